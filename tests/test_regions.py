@@ -1,0 +1,121 @@
+"""Region files: every bad input fails with the file, the field and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import main, sync_index
+from pipeline.regions import RegionError, load_region, load_regions
+
+GOOD = {
+    "name": "paris",
+    "aoi": {"bbox": [2.30, 48.85, 2.32, 48.86]},
+    "gsd_m": 0.5,
+    "sar": {"stac": "s3://capella-open-data/stac/catalog.json", "product": "GEO", "polarization": "HH"},
+    "eo": {"tiles": "https://tiles.example/{z}/{x}/{y}.png", "datetime": "2023-05-01"},
+    "osm": {"overpass": True},
+}
+
+
+def write(tmp_path: Path, data: object, name: str = "paris") -> Path:
+    (tmp_path / "regions").mkdir(exist_ok=True)
+    p = tmp_path / "regions" / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return p
+
+
+def variant(**changes: object) -> dict:
+    d = yaml.safe_load(yaml.safe_dump(GOOD))
+    for dotted, value in changes.items():
+        keys = dotted.split("__")
+        node = d
+        for k in keys[:-1]:
+            node = node[k]
+        if value is None:
+            node.pop(keys[-1])
+        else:
+            node[keys[-1]] = value
+    return d
+
+
+def test_good_region_loads_and_resolves_paths(tmp_path: Path) -> None:
+    r = load_region(write(tmp_path, variant(osm={"file": "osm/paris.osm.pbf"})))
+    assert r.name == "paris" and r.bbox == (2.30, 48.85, 2.32, 48.86) and r.sar["product"] == "GEO"
+    assert r.resolve("osm/paris.osm.pbf") == str(tmp_path / "osm/paris.osm.pbf")
+    assert r.resolve("s3://b/k.json") == "s3://b/k.json"
+    assert r.aoi.bounds == r.bbox
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (variant(sar__product="SLC"), "regions/paris.yaml: sar.product: 'SLC' is not geocoded; use GEO or GEC"),
+        (variant(sar__product="CPHD"), "sar.product: 'CPHD' is not geocoded"),
+        (variant(sar__product="XYZ"), "sar.product: 'XYZ' is not a known product"),
+        (variant(colour="red"), "(top level): unknown field(s) colour"),
+        (variant(sar__pol="HH"), "sar: unknown field(s) pol"),
+        (variant(gsd_m=None), "'gsd_m' is required but missing"),
+        (variant(gsd_m=-1), "gsd_m: -1 is less than or equal to the minimum of 0"),
+        (variant(gsd_m=0), "gsd_m: 0 is less than or equal to the minimum of 0"),
+        (variant(aoi={"bbox": [179.9, 10, -179.9, 11]}), "aoi.bbox: west 179.9 >= east -179.9; AOIs crossing the antimeridian"),
+        (variant(aoi={"bbox": [2.3, 48.9, 2.4, 48.8]}), "aoi.bbox: south 48.9 >= north 48.8"),
+        (variant(aoi={"bbox": [200, 48.8, 201, 48.9]}), "aoi.bbox: [200, 48.8, 201, 48.9] is not [west, south, east, north]"),
+        (variant(aoi={"bbox": [1, 2, 3]}), "aoi.bbox: [1, 2, 3] is too short"),
+        (variant(aoi={}), "aoi: give exactly one of bbox"),
+        (variant(eo__datetime=None), "eo.datetime: required for tiles and files"),
+        (variant(eo__datetime="2023-13-45"), "eo.datetime: '2023-13-45' is not a calendar date"),
+        (variant(eo__tiles="https://t/{z}/{x}.png"), "eo.tiles: 'https://t/{z}/{x}.png' must contain {z}, {x} and {y}"),
+        (variant(sar__file="scene.tif"), "sar: give exactly one source of stac, file"),
+        (variant(osm={}), "osm: give one of file, overpass"),
+        (variant(sar__datetime="2024-01-01"), "sar.datetime: '2024-01-01' is not of the form"),
+        (variant(name="Paris"), "name: 'Paris' must be lower-case"),
+        (variant(name="lyon"), "name: 'lyon' must match the file name 'paris'"),
+        ([1, 2], "expected a mapping of fields, got list"),
+    ],
+)
+def test_bad_region_names_file_field_and_expectation(tmp_path: Path, data: object, expected: str) -> None:
+    path = write(tmp_path, data)
+    with pytest.raises(RegionError) as exc:
+        load_region(path)
+    assert expected in str(exc.value).replace(str(tmp_path) + "/", "")
+    assert str(exc.value).startswith(str(path))
+
+
+def test_geojson_aoi(tmp_path: Path) -> None:
+    poly = {"type": "Polygon", "coordinates": [[[2.3, 48.85], [2.32, 48.85], [2.31, 48.86], [2.3, 48.85]]]}
+    r = load_region(write(tmp_path, variant(aoi={"geojson": poly})))
+    assert r.bbox == (2.3, 48.85, 2.32, 48.86) and r.aoi.area < (0.02 * 0.01)
+    bad = {"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]]}
+    with pytest.raises(RegionError, match="aoi.geojson: expected a valid, non-empty Polygon"):
+        load_region(write(tmp_path, variant(aoi={"geojson": bad})))
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(RegionError, match="no such region file"):
+        load_region(tmp_path / "regions" / "nowhere.yaml")
+    (tmp_path / "regions").mkdir()
+    p = tmp_path / "regions" / "x.yaml"
+    p.write_text("name: [unclosed\n")
+    with pytest.raises(RegionError, match="x.yaml: not valid YAML"):
+        load_region(p)
+
+
+def test_sync_writes_index_and_cli_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path, GOOD)
+    write(tmp_path, variant(name="lyon"), name="lyon")
+    assert sync_index(tmp_path) == ["lyon", "paris"]
+    assert yaml.safe_load((tmp_path / "regions.index.yaml").read_text()) == {"regions": ["lyon", "paris"]}
+    write(tmp_path, variant(sar__product="SLC"), name="paris")
+    assert main(["--root", str(tmp_path), "validate"]) == 2
+    err = capsys.readouterr().err
+    assert "paris.yaml: sar.product: 'SLC' is not geocoded; use GEO or GEC" in err
+    assert "Traceback" not in err
+
+
+def test_repository_regions_valid_and_index_in_sync(root: Path) -> None:
+    """The committed regions all validate and regions.index.yaml lists exactly them."""
+    names = [r.name for r in load_regions(root / "regions")]
+    assert yaml.safe_load((root / "regions.index.yaml").read_text())["regions"] == names
