@@ -1,0 +1,248 @@
+"""Read OpenStreetMap features for a region: local extracts (.osm, .osm.bz2, .osm.pbf) or Overpass.
+
+Every source ends up in the same shape (``OsmFeatures``): one row per OSM way/relation in
+EPSG:4326 with ``osm_id``, ``kind`` ("area" or "line") and one string column per tag key the
+legend reads, so classification never cares where the data came from.
+
+Files go through GDAL's OSM driver (pyogrio): it reads PBF and XML alike and assembles
+multipolygons without crashing on clipped extracts; ``.bz2`` is streamed to a temporary file
+first (GDAL's OSM driver needs a seekable file). Overpass goes through osmnx with its own
+response cache. Broken geometries from clipped extracts are repaired (shapely ``make_valid``)
+or, when nothing usable is left, skipped; both are counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import logging
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+
+log = logging.getLogger("sareo.osm")
+
+DEFAULTS: dict[str, Any] = {
+    "overpass_url": "https://overpass-api.de/api",
+    "overpass_timeout": 180,
+    "overpass_rate_limit": True,
+    "cache_dir": ".cache/osmnx",
+}
+
+ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL 1.0"
+OSM_SUFFIXES = (".osm", ".osm.bz2", ".osm.pbf", ".pbf", ".xml")
+_GDAL_LAYERS = (("multipolygons", "area"), ("lines", "line"))
+
+
+class OsmError(ValueError):
+    """An OSM source that cannot be read; the message names the source and what was expected."""
+
+
+@dataclass
+class OsmFeatures:
+    """OSM ways/relations in EPSG:4326 with the tag columns the legend needs, plus repair counts."""
+
+    gdf: gpd.GeoDataFrame
+    source: str
+    repaired: int = 0
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.gdf)
+
+    def report(self) -> dict[str, Any]:
+        return {"source": self.source, "features": len(self.gdf), "repaired": self.repaired, "skipped": self.skipped}
+
+
+def _params(params: dict[str, Any] | None) -> dict[str, Any]:
+    return {**DEFAULTS, **((params or {}).get("labels", {}) or {})}
+
+
+def _default_keys() -> list[str]:
+    from pipeline.legend import load_legend
+
+    return load_legend().keys()
+
+
+def repair_geometries(geoms: gpd.GeoSeries, kind: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Make geometries usable: returns (geometries, repaired mask, skipped mask).
+
+    Null/empty geometries are skipped. Invalid ones go through ``make_valid``; areas keep
+    only their polygonal parts, lines their linear parts; if nothing remains they are skipped.
+    """
+    g = np.asarray(geoms.values, dtype=object)
+    missing = shapely.is_missing(g) | shapely.is_empty(np.where(shapely.is_missing(g), None, g))
+    bad = ~missing & ~shapely.is_valid(g)
+    out = g.copy()
+    repaired = np.zeros(len(g), bool)
+    skipped = missing.copy()
+    for i in np.flatnonzero(bad):
+        fixed = shapely.make_valid(g[i])
+        want = ("Polygon", "MultiPolygon") if kind.iloc[i] == "area" else ("LineString", "MultiLineString")
+        parts = [p for p in getattr(fixed, "geoms", [fixed]) if p.geom_type in want and not p.is_empty]
+        if parts:
+            out[i] = shapely.union_all(parts) if len(parts) > 1 else parts[0]
+            repaired[i] = True
+        else:
+            skipped[i] = True
+    return out, repaired, skipped
+
+
+def _tag_columns(df: pd.DataFrame, keys: list[str]) -> dict[str, pd.Series]:
+    """One string column per key: from GDAL's own column if it has one, else from other_tags."""
+    other = df["other_tags"] if "other_tags" in df else pd.Series([None] * len(df), index=df.index)
+    other = other.map(lambda d: d if isinstance(d, dict) else {})
+    cols = {}
+    for k in keys:
+        from_other = other.map(lambda d, k=k: d.get(k))
+        if k in df.columns and k != "other_tags":
+            cols[k] = df[k].where(df[k].notna(), from_other).astype(object)
+        else:
+            cols[k] = from_other.astype(object)
+    return cols
+
+
+def _finish(parts: list[gpd.GeoDataFrame], keys: list[str], source: str) -> OsmFeatures:
+    """Concatenate rows, repair geometries and count what was repaired or skipped."""
+    cols = ["osm_id", "kind", *keys, "geometry"]
+    if not parts or all(len(p) == 0 for p in parts):
+        return OsmFeatures(gpd.GeoDataFrame({c: [] for c in cols[:-1]}, geometry=[], crs="EPSG:4326"), source)
+    gdf = pd.concat([p for p in parts if len(p)], ignore_index=True)
+    geoms, repaired, skipped = repair_geometries(gdf.geometry, gdf["kind"])
+    gdf = gpd.GeoDataFrame(gdf.drop(columns="geometry"), geometry=geoms, crs="EPSG:4326")
+    gdf = gdf[~skipped].reset_index(drop=True)[cols]
+    # Deterministic order: by id, whatever the reader's internal order was.
+    gdf = gdf.sort_values(["kind", "osm_id"], kind="stable").reset_index(drop=True)
+    out = OsmFeatures(gdf, source, repaired=int(repaired.sum()), skipped=int(skipped.sum()))
+    log.info("%s: %d features (%d repaired, %d skipped)", source, len(gdf), out.repaired, out.skipped)
+    return out
+
+
+@contextlib.contextmanager
+def _seekable_osm(path: Path) -> Iterator[Path]:
+    """GDAL's OSM driver needs a plain .osm/.pbf file: stream .bz2 into a temporary one."""
+    if path.suffix != ".bz2":
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="sareo-osm-") as tmp:
+        plain = Path(tmp) / path.with_suffix("").name
+        if plain.suffix not in (".osm", ".pbf"):
+            plain = plain.with_suffix(".osm")
+        try:
+            with bz2.open(path, "rb") as src, open(plain, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except OSError as exc:
+            raise OsmError(f"{path}: not a readable bzip2 file ({exc})") from None
+        yield plain
+
+
+def read_osm_file(path: str | Path, bbox: tuple[float, float, float, float] | None, keys: list[str]) -> OsmFeatures:
+    """Ways and relations of a local extract through GDAL's OSM driver, filtered to ``bbox``."""
+    import pyogrio
+
+    path = Path(path)
+    if not path.is_file():
+        raise OsmError(f"{path}: no such OSM file")
+    if not str(path).endswith(OSM_SUFFIXES):
+        raise OsmError(f"{path}: expected an OSM extract ending in {', '.join(OSM_SUFFIXES)}")
+    parts = []
+    with _seekable_osm(path) as plain, warnings.catch_warnings():
+        # GDAL warns for every clipped ring; the repaired/skipped counts report them instead.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for layer, kind in _GDAL_LAYERS:
+            try:
+                df = pyogrio.read_dataframe(
+                    plain, layer=layer, bbox=bbox, on_invalid="ignore", TAGS_FORMAT="JSON", use_arrow=False
+                )
+            except Exception as exc:  # noqa: BLE001 - pyogrio/GDAL raise several error types
+                raise OsmError(f"{path}: GDAL's OSM driver cannot read layer {layer!r} ({exc})") from None
+            if "osm_way_id" in df:  # multipolygons: closed ways carry osm_way_id, relations osm_id
+                way = df["osm_way_id"].notna()
+                osm_id = np.where(way, "w" + df["osm_way_id"].astype(str), "r" + df["osm_id"].astype(str))
+            else:
+                osm_id = "w" + df["osm_id"].astype(str)
+            tags = _tag_columns(df, keys)
+            parts.append(
+                gpd.GeoDataFrame(
+                    {"osm_id": osm_id, "kind": kind, **tags}, geometry=df.geometry.values, crs="EPSG:4326"
+                )
+            )
+    return _finish(parts, keys, str(path))
+
+
+@contextlib.contextmanager
+def _osmnx_settings(p: dict[str, Any]) -> Iterator[Any]:
+    """Point osmnx at the configured Overpass server and cache, restoring its global settings after."""
+    import osmnx as ox
+
+    names = ("overpass_url", "requests_timeout", "overpass_rate_limit", "cache_folder", "use_cache", "log_console")
+    saved = {n: getattr(ox.settings, n) for n in names}
+    try:
+        ox.settings.overpass_url = str(p["overpass_url"]).rstrip("/")
+        ox.settings.requests_timeout = float(p["overpass_timeout"])
+        ox.settings.overpass_rate_limit = bool(p["overpass_rate_limit"])
+        ox.settings.cache_folder = str(p["cache_dir"])
+        ox.settings.use_cache = True
+        ox.settings.log_console = False
+        yield ox
+    finally:
+        for n, v in saved.items():
+            setattr(ox.settings, n, v)
+
+
+def read_overpass(
+    bbox: tuple[float, float, float, float], keys: list[str], params: dict[str, Any] | None = None
+) -> OsmFeatures:
+    """Query Overpass (through osmnx, cached) for every feature carrying one of the legend's keys."""
+    from osmnx._errors import InsufficientResponseError
+
+    from pipeline.legend import load_legend
+
+    p = _params(params)
+    main_keys = sorted({r.key for c in load_legend().classes for r in c.rules})
+    source = f"overpass:{p['overpass_url']}"
+    with _osmnx_settings(p) as ox:
+        try:
+            gdf = ox.features.features_from_bbox(tuple(bbox), tags={k: True for k in main_keys})
+        except InsufficientResponseError:
+            log.warning("%s: no features in %s", source, bbox)
+            return _finish([], keys, source)
+        except Exception as exc:  # noqa: BLE001 - requests/osmnx raise many error types
+            raise OsmError(f"{source}: Overpass query for bbox {bbox} failed ({type(exc).__name__}: {exc})") from None
+    gdf = gdf.reset_index()
+    gdf = gdf[gdf["element"].isin(["way", "relation"])]
+    gtype = gdf.geometry.geom_type
+    kind = np.where(gtype.isin(["Polygon", "MultiPolygon"]), "area", "line")
+    keep = gtype.isin(["Polygon", "MultiPolygon", "LineString", "MultiLineString"]).to_numpy()
+    gdf, kind = gdf[keep], kind[keep]
+    osm_id = np.where(gdf["element"] == "way", "w", "r") + gdf["id"].astype(str)
+    tags = {k: (gdf[k].where(gdf[k].notna(), None).astype(object) if k in gdf else None) for k in keys}
+    part = gpd.GeoDataFrame({"osm_id": osm_id, "kind": kind, **tags}, geometry=gdf.geometry.values, crs="EPSG:4326")
+    return _finish([part], keys, source)
+
+
+def read_osm(
+    source: str | Path,
+    bbox: tuple[float, float, float, float] | None,
+    keys: list[str] | None = None,
+    params: dict[str, Any] | None = None,
+) -> OsmFeatures:
+    """OSM features for ``bbox`` (west, south, east, north) from a local extract or ``"overpass"``.
+
+    ``keys`` are the tag keys to keep as columns (default: every key of the default legend).
+    """
+    keys = list(keys) if keys is not None else _default_keys()
+    if str(source) == "overpass":
+        if bbox is None:
+            raise OsmError("overpass: a bbox (west, south, east, north) is required")
+        return read_overpass(bbox, keys, params)
+    return read_osm_file(source, bbox, keys)

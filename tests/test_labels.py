@@ -1,0 +1,345 @@
+"""Labels: legend, classification, rasterisation (alignment, priority, windows) and the stage output.
+
+The fixture check recomputes the label map through a different code path: tags parsed from
+GDAL's hstore text (Helsinki) or read by osmnx (West Oakland), matching written here from the
+legend's raw YAML, polygon membership by shapely.contains_xy on pixel centres and line
+membership by true distance in metres from each pixel centre (no buffering, no rasterio).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyproj
+import pytest
+import rasterio
+import shapely
+import yaml
+import geopandas as gpd
+from affine import Affine
+from shapely.geometry import LineString, Polygon, box
+
+from pipeline.grid import grid_for_bbox
+from pipeline.legend import LegendError, load_legend, parse_legend
+from pipeline.labels import classify, label_region, parse_width, rasterize_classes, utm_crs
+from pipeline.osm import read_osm
+
+HELSINKI_BBOX = (24.935, 60.164, 24.953, 60.179)
+OAKLAND_BBOX = (-122.30258, 37.80615, -122.29825, 37.80914)
+
+
+
+
+def _gdf(rows: list[dict], kinds: list[str]) -> gpd.GeoDataFrame:
+    geoms = [r.pop("geometry") for r in rows]
+    keys = sorted({k for r in rows for k in r})
+    data = {k: [r.get(k) for r in rows] for k in keys}
+    return gpd.GeoDataFrame({"osm_id": [f"w{i}" for i in range(len(rows))], "kind": kinds, **data},
+                            geometry=geoms, crs="EPSG:4326")
+
+
+# --------------------------------------------------------------------------- legend
+
+
+def test_legend_has_25_classes_with_roles_and_colours():
+    legend = load_legend()
+    assert [c.id for c in legend.classes] == list(range(25))
+    assert legend.ids_with_role("residential") == [2]
+    assert legend.ids_with_role("nonresidential") == [3, 4, 5]
+    assert legend.by_id(1).priority > max(c.priority for c in legend.classes if c.id != 1)  # buildings last
+    assert legend.palette().shape == (256, 3)
+    assert len({c.colour for c in legend.classes}) == 25
+
+
+def test_legend_errors_name_the_class_and_field(tmp_path):
+    raw = yaml.safe_load(Path(load_legend().path).read_text())
+    raw["classes"][3]["role"] = "urbanish"
+    with pytest.raises(LegendError, match=r"classes\[3\] \(commercial_retail\): role 'urbanish'"):
+        parse_legend(raw, "x.yaml")
+    raw = yaml.safe_load(Path(load_legend().path).read_text())
+    del raw["classes"][9]["rules"][0]["width_m"]
+    with pytest.raises(LegendError, match="local_road.*no width_m"):
+        parse_legend(raw, "x.yaml")
+    with pytest.raises(LegendError, match="no such legend file"):
+        load_legend(tmp_path / "missing.yaml")
+
+
+# --------------------------------------------------------------------------- classify
+
+
+def test_exclusions_whitelist_and_widths():
+    lon0, lat0 = 24.94, 60.17
+    line = LineString([(lon0, lat0), (lon0 + 0.002, lat0)])  # ~111 m east-west
+    rows = [
+        {"highway": "residential", "geometry": line},                       # default 6 m
+        {"highway": "residential", "width": "9 m", "geometry": line},       # width tag
+        {"highway": "residential", "lanes": "3", "geometry": line},         # 3 x 3.5 m
+        {"highway": "primary", "tunnel": "yes", "geometry": line},           # tunnel: dropped
+        {"highway": "primary", "layer": "-1", "geometry": line},             # underground: dropped
+        {"landuse": "steps", "geometry": box(lon0, lat0, lon0 + 0.001, lat0 + 0.001)},  # junk: dropped
+        {"landuse": "residential", "geometry": box(lon0, lat0, lon0 + 0.001, lat0 + 0.001)},
+        {"power": "substation", "geometry": box(lon0, lat0, lon0 + 0.001, lat0 + 0.001).exterior},  # closed way
+    ]
+    out = classify(_gdf(rows, ["line"] * 5 + ["area", "area", "line"]))
+    assert sorted(out["class_id"].tolist()) == [2, 4, 9, 9, 9]
+    roads = out[out["class_id"] == 9].sort_values("width_m")
+    assert roads["width_m"].tolist() == [6.0, 9.0, 10.5]
+    utm = roads.to_crs(utm_crs(lon0, lat0))
+    length = roads["length_m"].to_numpy()
+    # Round-capped buffer area = L*w + pi*(w/2)^2 (quad_segs=4 polygonises the caps slightly small).
+    expect = length * roads["width_m"] + np.pi * (roads["width_m"] / 2) ** 2
+    np.testing.assert_allclose(utm.area, expect, rtol=0.01)
+    assert out["priority"].is_monotonic_increasing
+
+
+@pytest.mark.parametrize(
+    "text,metres", [("5", 5.0), ("3,5 m", 3.5), ("10 ft", 3.048), ("wide", np.nan), (None, np.nan)]
+)
+def test_parse_width(text, metres):
+    np.testing.assert_allclose(parse_width(text), metres)
+
+
+# --------------------------------------------------------------------------- rasterise
+
+
+def test_alignment_with_region_grid_and_priority():
+    """A polygon whose edges sit on pixel edges burns exactly those pixels; higher priority on top."""
+    grid = grid_for_bbox((24.94, 60.17, 24.942, 60.171), 1.0)
+    t = grid.transform
+
+    def px_box(c0, r0, c1, r1):
+        (x0, y0), (x1, y1) = t @ (c0, r0), t @ (c1, r1)
+        return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+    classified = gpd.GeoDataFrame(
+        {"class_id": np.array([1, 14], np.uint8), "priority": [100, 40]},
+        geometry=[px_box(10, 20, 15, 23), px_box(5, 5, 40, 30)], crs="EPSG:4326")
+    valid = np.ones(grid.shape, bool)
+    valid[:, :3] = False
+    for block in (7, 2048):  # windows must not shift anything
+        arr = rasterize_classes(classified, grid.crs, grid.transform, grid.shape, valid=valid, block=block, workers=2)
+        expect = np.zeros(grid.shape, np.uint8)
+        expect[5:30, 5:40] = 14
+        expect[20:23, 10:15] = 1
+        expect[:, :3] = 255
+        np.testing.assert_array_equal(arr, expect)
+
+
+def test_rasterise_on_utm_grid_matches_projected_geometry():
+    """Any target CRS: burn a lon/lat polygon onto a 1 m UTM grid; pixels match its projected outline."""
+    poly = box(24.9400, 60.1700, 24.9410, 60.1705)
+    crs = utm_crs(24.94, 60.17)
+    proj = gpd.GeoSeries([poly], crs="EPSG:4326").to_crs(crs).iloc[0]
+    x0, y0, x1, y1 = proj.bounds
+    transform = Affine(1.0, 0, np.floor(x0) - 10, 0, -1.0, np.ceil(y1) + 10)
+    shape = (int(np.ceil(y1 - y0)) + 20, int(np.ceil(x1 - x0)) + 20)
+    classified = gpd.GeoDataFrame({"class_id": np.array([19], np.uint8), "priority": [22]}, geometry=[poly],
+                                  crs="EPSG:4326")
+    arr = rasterize_classes(classified, crs, transform, shape, block=16, workers=2)
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    xs, ys = transform @ (cols + 0.5, rows + 0.5)
+    inside = shapely.contains_xy(proj, xs, ys)
+    assert (arr == 19).sum() == pytest.approx(proj.area, rel=0.01)
+    assert np.mean((arr == 19) == inside) > 0.999
+
+
+# --------------------------------------------------------------------------- independent check on real extracts
+
+_HSTORE = re.compile(r'"((?:[^"\\]|\\.)*)"=>"((?:[^"\\]|\\.)*)"')
+
+
+def _independent_map(features: list[tuple[dict, object, bool]], grid, raw_legend: dict) -> np.ndarray:
+    """Label map from (tags, geometry, is_polygon) without buffering or rasterio: pixel-centre tests."""
+    h, w = grid.shape
+    t = grid.transform
+    lon = t.c + (np.arange(w) + 0.5) * t.a
+    lat = t.f + (np.arange(h) + 0.5) * t.e
+    lon2, lat2 = np.meshgrid(lon, lat)
+    crs = utm_crs(float(lon.mean()), float(lat.mean()))
+    to_utm = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    ux, uy = to_utm.transform(lon2, lat2)
+    excl = {k: {str(v) for v in vs} for k, vs in raw_legend["exclude"].items()}
+    items = []
+    for cls in raw_legend["classes"]:
+        for rule in cls["rules"]:
+            vals = None if rule["values"] == "*" else {str(v) for v in rule["values"]}
+            widths = rule.get("width_m", {})
+            for tags, geom, is_poly in features:
+                v = tags.get(rule["key"])
+                if v is None or (vals is not None and v not in vals) or v in set(map(str, rule.get("except", []))):
+                    continue
+                if any(tags.get(k) in set(vs) for k, vs in (rule.get("unless") or {}).items()):
+                    continue
+                if any(tags.get(k) in vs for k, vs in excl.items()):
+                    continue
+                try:
+                    if float(tags.get("layer", "0")) < 0:
+                        continue
+                except ValueError:
+                    pass
+                closed = (not is_poly and geom.geom_type == "LineString" and geom.is_closed
+                          and len(geom.coords) >= 4 and tags.get("area") != "no")
+                if rule.get("geometry", "area") == "area" and (is_poly or closed):
+                    g = geom if is_poly else Polygon(geom.coords).buffer(0)
+                    items.append((cls["priority"], cls["id"], "poly", g, 0.0))
+                elif rule.get("geometry") == "any" and is_poly:
+                    items.append((cls["priority"], cls["id"], "poly", geom, 0.0))
+                elif rule.get("geometry") in ("line", "any") and not is_poly:
+                    m = re.match(r"^\s*([0-9.]+)\s*m?\s*$", tags.get("width") or "")
+                    lanes = re.findall(r"[0-9]+", tags.get("lanes") or "")
+                    if m and float(m.group(1)) > 0:
+                        width = float(m.group(1))
+                    elif lanes:
+                        width = 3.5 * max(int(x) for x in lanes)
+                    else:
+                        width = widths.get(v, widths.get("*")) if isinstance(widths, dict) else widths
+                    items.append((cls["priority"], cls["id"], "line", geom, min(max(width, 0.5), 100.0)))
+    items.sort(key=lambda it: (it[0], it[1]))
+    out = np.zeros((h, w), np.uint8)
+    for _, cid, kind, geom, width in items:
+        if kind == "poly":
+            x0, y0, x1, y1 = geom.bounds
+        else:
+            x0, y0, x1, y1 = geom.buffer(width / 80000.0 * 2).bounds  # generous degree pad, >= width
+        c0, c1 = np.searchsorted(lon, [x0, x1])
+        r0, r1 = np.searchsorted(-lat, [-y1, -y0])
+        if c1 <= c0 or r1 <= r0:
+            continue
+        sl = np.s_[r0:r1, c0:c1]
+        if kind == "poly":
+            mask = shapely.contains_xy(geom, lon2[sl], lat2[sl])
+        else:
+            g = shapely.transform(geom, lambda xy: np.column_stack(to_utm.transform(xy[:, 0], xy[:, 1])))
+            mask = shapely.distance(g, shapely.points(ux[sl], uy[sl])) <= width / 2
+        out[sl][mask] = cid
+    return out
+
+
+def _shares(arr: np.ndarray) -> np.ndarray:
+    return np.bincount(arr.ravel(), minlength=256)[:25] / arr.size
+
+
+def _pipeline_shares(path: Path, bbox, gsd: float) -> np.ndarray:
+    grid = grid_for_bbox(bbox, gsd)
+    classified = classify(read_osm(path, None))
+    return _shares(rasterize_classes(classified, grid.crs, grid.transform, grid.shape, workers=2)), grid
+
+
+def test_helsinki_shares_agree_with_independent_gdal_hstore_path(fixtures):
+    import pyogrio
+
+    path = fixtures / "osm" / "Helsinki.osm.pbf"
+    ours, grid = _pipeline_shares(path, HELSINKI_BBOX, 2.0)
+    feats = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for layer, is_poly in (("multipolygons", True), ("lines", False)):
+            df = pyogrio.read_dataframe(path, layer=layer, on_invalid="ignore")  # hstore text, not JSON
+            skip = {"osm_id", "osm_way_id", "other_tags", "geometry", "z_order"}
+            for rec in df.itertuples(index=False):
+                geom = rec.geometry
+                if geom is None or geom.is_empty:
+                    continue
+                if not geom.is_valid:
+                    geom = geom.buffer(0) if is_poly else geom
+                    if geom.is_empty:
+                        continue
+                tags = {k: str(v) for k, v in rec._asdict().items() if k not in skip and isinstance(v, str)}
+                tags.update(dict(_HSTORE.findall(rec.other_tags if isinstance(rec.other_tags, str) else "")))
+                feats.append((tags, geom, is_poly))
+    theirs = _shares(_independent_map(feats, grid, yaml.safe_load(Path(load_legend().path).read_text())))
+    diff = np.abs(ours - theirs)
+    assert diff.max() < 0.01, {i: (round(ours[i], 4), round(theirs[i], 4)) for i in np.flatnonzero(diff > 0.005)}
+    assert ours[1] > 0.2 and ours[0] < 0.5  # sanity: central Helsinki is a third buildings
+
+
+def test_west_oakland_shares_agree_with_independent_osmnx_path(fixtures):
+    import osmnx as ox
+
+    path = fixtures / "osm" / "West-Oakland.osm.bz2"
+    ours, grid = _pipeline_shares(path, OAKLAND_BBOX, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gdf = ox.features_from_xml(path)
+    gdf = gdf[gdf.index.get_level_values("element") != "node"]
+    feats = []
+    for (_, _), rec in gdf.iterrows():
+        tags = {k: str(v) for k, v in rec.items() if k != "geometry" and isinstance(v, str)}
+        geom = rec.geometry
+        feats.append((tags, geom, geom.geom_type in ("Polygon", "MultiPolygon")))
+    theirs = _shares(_independent_map(feats, grid, yaml.safe_load(Path(load_legend().path).read_text())))
+    diff = np.abs(ours - theirs)
+    assert diff.max() < 0.01, {i: (round(ours[i], 4), round(theirs[i], 4)) for i in np.flatnonzero(diff > 0.005)}
+    assert ours[2] > 0.1  # the one residential polygon
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def make_grid_dir(path: Path, bbox, gsd: float) -> object:
+    """A tiny synthetic grid stage output: SAR NaN in the left 10 columns, EO invalid in the top 8 rows."""
+    grid = grid_for_bbox(bbox, gsd)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "grid.json").write_text(grid.to_json())
+    prof = {"driver": "GTiff", "width": grid.width, "height": grid.height, "crs": grid.crs, "transform": grid.transform}
+    sar = np.full(grid.shape, -10.0, np.float32)
+    sar[:, :10] = np.nan
+    with rasterio.open(path / "sar_db.tif", "w", count=1, dtype="float32", **prof) as dst:
+        dst.write(sar, 1)
+    eo = np.full((4, *grid.shape), 100, np.uint8)
+    eo[3] = 255
+    eo[3, :8, :] = 0
+    with rasterio.open(path / "eo.tif", "w", count=4, dtype="uint8", **prof) as dst:
+        dst.write(eo)
+    return grid
+
+
+def _region(fixtures: Path, bbox) -> SimpleNamespace:
+    return SimpleNamespace(
+        name="west-oakland", bbox=bbox, gsd_m=1.0, aoi=box(*bbox), path=Path("regions/west-oakland.yaml"),
+        osm={"file": "West-Oakland.osm.bz2"}, resolve=lambda href: str(fixtures / "osm" / href))
+
+
+def test_label_region_outputs(tmp_path, fixtures):
+    grid = make_grid_dir(tmp_path / "grid", OAKLAND_BBOX, 1.0)
+    region = _region(fixtures, OAKLAND_BBOX)
+    params = {"labels": {"block_size": 256, "tile_size": 256}}
+    out = label_region(region, tmp_path / "grid", tmp_path / "labels", params)
+    assert sorted(p.name for p in out.iterdir()) == ["labels.json", "labels.png", "labels.tif", "zones.tif"]
+    with rasterio.open(out / "labels.tif") as src:
+        lab = src.read(1)
+        assert src.transform.almost_equals(grid.transform) and src.nodata == 255 and src.profile["tiled"]
+    with rasterio.open(out / "zones.tif") as src:
+        zones = src.read(1)
+    assert (lab[:, :10] == 255).all() and (lab[:8] == 255).all() and (lab[8:, 10:] != 255).all()
+    assert set(np.unique(zones)) <= {0, 1, 2} and (zones == 1).any()
+    report = json.loads((out / "labels.json").read_text())
+    valid = lab != 255
+    assert report["shares"]["valid_pixels"] == int(valid.sum())
+    for c in report["shares"]["classes"]:
+        assert c["pixels"] == int((lab == c["id"]).sum())
+    ur = report["urban_rural"]
+    assert ur["class"] == "urban" and ur["fallback_used"] and ur["landuse_coverage"] < 0.5
+    assert "OpenStreetMap contributors" in report["attribution"] and report["osm"]["source"] == "West-Oakland.osm.bz2"
+    # zones.tif share of residential equals the vector share within a pixel-edge tolerance
+    assert np.mean(zones == 1) == pytest.approx(ur["residential_share"], abs=0.01)
+    # same inputs -> same bytes
+    out2 = label_region(region, tmp_path / "grid", tmp_path / "labels2", params)
+    for name in ("labels.tif", "zones.tif", "labels.json", "labels.png"):
+        assert (out / name).read_bytes() == (out2 / name).read_bytes(), name
+
+
+def test_label_region_rejects_grid_mismatch(tmp_path, fixtures):
+    from pipeline.labels import LabelsError
+
+    make_grid_dir(tmp_path / "grid", OAKLAND_BBOX, 1.0)
+    other = grid_for_bbox(OAKLAND_BBOX, 2.0)
+    (tmp_path / "grid" / "grid.json").write_text(other.to_json())
+    with pytest.raises(LabelsError, match="sar_db.tif.*not on the grid"):
+        label_region(_region(fixtures, OAKLAND_BBOX), tmp_path / "grid", tmp_path / "labels", {})
+    assert not (tmp_path / "labels").exists()

@@ -1,0 +1,121 @@
+"""OSM reading: local extracts through GDAL (repairs counted, never a crash) and Overpass through osmnx
+against a loopback server that answers as Overpass does."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+import pytest
+
+from pipeline.labels import classify
+from pipeline.osm import OsmError, read_osm
+
+BBOX = (24.9400, 60.1700, 24.9420, 60.1710)
+
+
+def _elements() -> list[dict]:
+    nodes = {1: (24.9401, 60.1701), 2: (24.9405, 60.1701), 3: (24.9405, 60.1704), 4: (24.9401, 60.1704),
+             5: (24.9400, 60.1706), 6: (24.9419, 60.1706), 10: (24.9406, 60.1701), 11: (24.9418, 60.1701),
+             12: (24.9418, 60.1709), 13: (24.9406, 60.1709)}
+    els = [{"type": "node", "id": i, "lat": lat, "lon": lon} for i, (lon, lat) in nodes.items()]
+    els += [
+        {"type": "way", "id": 100, "nodes": [1, 2, 3, 4, 1], "tags": {"building": "yes"}},
+        {"type": "way", "id": 101, "nodes": [5, 6], "tags": {"highway": "primary", "lanes": "4"}},
+        {"type": "way", "id": 102, "nodes": [10, 11, 12, 13, 10]},
+        {"type": "relation", "id": 200, "tags": {"type": "multipolygon", "landuse": "residential"},
+         "members": [{"type": "way", "ref": 102, "role": "outer"}]},
+    ]
+    return els
+
+
+class _Overpass(BaseHTTPRequestHandler):
+    queries: list[str] = []
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):  # osmnx's rate-limit check: /api/status
+        body = (b"Connected as: 1\nCurrent time: 2024-01-01T00:00:00Z\nAnnounced endpoint: none\n"
+                b"Rate limit: 2\n2 slots available now.\nCurrently running queries:\n")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", 0))
+        query = parse_qs(self.rfile.read(length).decode())["data"][0]
+        type(self).queries.append(query)
+        body = json.dumps({"version": 0.6, "generator": "loopback", "elements": _elements()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture()
+def overpass_server():
+    _Overpass.queries = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Overpass)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    server.shutdown()
+    server.server_close()
+
+
+def test_overpass_through_osmnx_with_cache(overpass_server, tmp_path):
+    params = {"labels": {"overpass_url": overpass_server, "overpass_timeout": 5, "cache_dir": str(tmp_path / "cache")}}
+    feats = read_osm("overpass", BBOX, params=params)
+    assert len(_Overpass.queries) == 1 and "landuse" in _Overpass.queries[0] and "highway" in _Overpass.queries[0]
+    by_id = feats.gdf.set_index("osm_id")
+    assert by_id.loc["w100", "building"] == "yes" and by_id.loc["w100", "kind"] == "area"
+    assert by_id.loc["w101", "kind"] == "line" and by_id.loc["w101", "lanes"] == "4"
+    assert by_id.loc["r200", "landuse"] == "residential" and by_id.loc["r200", "kind"] == "area"
+    classes = classify(feats).groupby("class_id")["width_m"].max()
+    assert classes.loc[8] == 14.0 and set(classes.index) == {1, 2, 8}
+    again = read_osm("overpass", BBOX, params=params)  # answered from the osmnx cache
+    assert len(_Overpass.queries) == 1 and len(again) == len(feats)
+
+
+def test_overpass_unreachable_fails_fast_with_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a loopback port with nobody listening: connection refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    params = {"labels": {"overpass_url": f"http://127.0.0.1:{port}/api", "overpass_timeout": 2,
+                         "overpass_rate_limit": False, "cache_dir": str(tmp_path)}}
+    with pytest.raises(OsmError, match="overpass:.*failed"):
+        read_osm("overpass", BBOX, params=params)
+
+
+def test_clipped_extract_is_repaired_or_skipped_and_counted(fixtures):
+    feats = read_osm(fixtures / "osm" / "Helsinki.osm.pbf", None)
+    assert feats.repaired > 0 and feats.skipped > 0  # the extract is clipped: some rings are broken
+    assert feats.gdf.geometry.is_valid.all() and not feats.gdf.geometry.is_empty.any()
+    assert feats.gdf.crs.to_epsg() == 4326
+
+
+def test_bz2_xml_and_bbox_filter(fixtures):
+    path = fixtures / "osm" / "West-Oakland.osm.bz2"
+    full = read_osm(path, None)
+    part = read_osm(path, (-122.3026, 37.8062, -122.3005, 37.8075))
+    assert 0 < len(part) < len(full)
+    assert (full.gdf["landuse"] == "residential").sum() == 1
+
+
+def test_bad_sources_are_named(tmp_path):
+    with pytest.raises(OsmError, match="no such OSM file"):
+        read_osm(tmp_path / "nope.osm.pbf", None)
+    bad = tmp_path / "x.osm.bz2"
+    bad.write_bytes(b"not bzip2")
+    with pytest.raises(OsmError, match="x.osm.bz2: not a readable bzip2"):
+        read_osm(bad, None)
+    txt = tmp_path / "x.txt"
+    txt.write_text("hi")
+    with pytest.raises(OsmError, match="expected an OSM extract"):
+        read_osm(txt, None)
