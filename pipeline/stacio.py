@@ -1,0 +1,317 @@
+"""Read bytes from local paths, file://, http(s):// and anonymous s3:// with retries.
+
+Capella and Umbra publish *static* STAC catalogs in public S3 buckets. pystac reads local
+files and plain URLs only, so :class:`SareoStacIO` plugs :class:`Transport` into pystac.
+One transport does everything remote for the fetch stage (catalog JSON, assets, tiles), so
+retries, timeouts, the S3 endpoint override and the error messages are the same everywhere.
+
+Href arithmetic (:func:`join_href`, :func:`is_within`) is done here rather than with
+``pystac.utils.make_absolute_href``, which silently clamps ``../`` at the bucket or file-system
+root: a catalog that points outside its own root must be *refused*, not quietly re-rooted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import pystac
+from pystac.stac_io import DefaultStacIO
+
+log = logging.getLogger("sareo.stacio")
+
+URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+T = TypeVar("T")
+
+
+class FetchError(RuntimeError):
+    """Anything the fetch stage cannot use; the message names the href or item and why."""
+
+
+class NotFound(FetchError):
+    """The resource does not exist (HTTP 404, S3 NoSuchKey, missing file): retrying will not help."""
+
+
+class Unsafe(FetchError):
+    """An href that escapes its catalog root or the cache directory."""
+
+
+# --------------------------------------------------------------------------- href arithmetic
+
+
+def scheme(href: str) -> str:
+    """'s3', 'http', 'https', 'file' or '' (a plain local path)."""
+    m = URL_RE.match(href)
+    return href[: m.end() - 3].lower() if m else ""
+
+
+def is_remote(href: str) -> bool:
+    return scheme(href) in ("s3", "http", "https")
+
+
+def local_path(href: str) -> Path:
+    """The file-system path of a local path or file:// href."""
+    if scheme(href) == "file":
+        return Path(urllib.request.url2pathname(urllib.parse.urlparse(href).path))
+    return Path(href)
+
+
+def _normalise(path: str, href: str) -> str:
+    """Collapse '.' and '..' in a '/'-separated path; raise instead of clamping at the root."""
+    out: list[str] = []
+    parts = path.split("/")
+    for i, seg in enumerate(parts):
+        if seg == "..":
+            if len(out) <= 1:  # out[0] is the empty segment before the leading '/'
+                raise Unsafe(f"{href}: climbs above the root of its file system, bucket or host")
+            out.pop()
+        elif seg == "." or (seg == "" and 0 < i < len(parts) - 1):
+            continue
+        else:
+            out.append(seg)
+    return "/".join(out) or "/"
+
+
+def _split(href: str) -> tuple[str, str, str]:
+    """(prefix, path, query) where prefix is 'scheme://netloc' ('' for local paths)."""
+    if URL_RE.match(href):
+        u = urllib.parse.urlsplit(href)
+        query = f"?{u.query}" if u.query else ""
+        return f"{u.scheme}://{u.netloc}", u.path or "/", query
+    p = os.path.abspath(href) if not href.startswith("/") else href
+    return "", p.replace(os.sep, "/"), ""
+
+
+def join_href(base: str, href: str) -> str:
+    """Resolve ``href`` (absolute or relative) against the document ``base`` it appears in."""
+    if URL_RE.match(href) or (not URL_RE.match(base) and os.path.isabs(href)):
+        prefix, path, query = _split(href)
+        return prefix + _normalise(path, href) + query
+    prefix, path, _ = _split(base)
+    if href.startswith("/"):  # host- or bucket-absolute, as in URLs
+        rel, _, query = href.partition("?")
+        return prefix + _normalise(rel, href) + (f"?{query}" if query else "")
+    rel, _, query = href.partition("?")
+    directory = path.rsplit("/", 1)[0]
+    joined = _normalise(f"{directory}/{rel}", href)
+    return prefix + joined + (f"?{query}" if query else "")
+
+
+def href_dir(href: str) -> str:
+    """The 'directory' of a document href, with a trailing '/' (a catalog's root prefix)."""
+    prefix, path, _ = _split(href)
+    return prefix + _normalise(path, href).rsplit("/", 1)[0] + "/"
+
+
+def _canonical(href: str) -> str:
+    """file:// and plain paths compare as paths; URLs as strings."""
+    return local_path(href).as_posix() if scheme(href) in ("file", "") else href
+
+
+def is_within(href: str, root_dir: str) -> bool:
+    """True if the resolved ``href`` lies under ``root_dir`` (as made by :func:`href_dir`)."""
+    return _canonical(href).startswith(_canonical(root_dir).rstrip("/") + "/")
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- transport
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How to reach remote data: retries with exponential backoff, timeouts, S3 endpoint.
+
+    ``s3_endpoint`` (e.g. ``http://127.0.0.1:5000``) overrides AWS for tests and mirrors;
+    S3 access is always anonymous (botocore UNSIGNED): the open-data buckets need no keys
+    and a pipeline that silently used someone's credentials would not be reproducible.
+    """
+
+    retries: int = 3
+    backoff_s: float = 0.5
+    timeout_s: float = 30.0
+    s3_endpoint: str | None = None
+    s3_region: str = "us-west-2"
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> Transport:
+        env = os.environ
+        endpoint = section.get("s3_endpoint") or env.get("SAREO_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL")
+        return cls(
+            retries=int(section.get("retries", cls.retries)),
+            backoff_s=float(section.get("backoff_s", cls.backoff_s)),
+            timeout_s=float(section.get("timeout_s", cls.timeout_s)),
+            s3_endpoint=endpoint or None,
+            s3_region=str(section.get("s3_region", cls.s3_region)),
+        )
+
+    # -- retry loop ---------------------------------------------------------------------
+
+    def retry(self, what: str, fn: Callable[[], T]) -> T:
+        """Call ``fn`` up to ``retries + 1`` times; NotFound and Unsafe are not retried."""
+        last: BaseException | None = None
+        attempts = max(1, self.retries + 1)
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except (NotFound, Unsafe):
+                raise
+            except Exception as exc:  # noqa: BLE001 - network stacks raise many types
+                last = exc
+                if attempt + 1 < attempts:
+                    delay = self.backoff_s * (2**attempt)
+                    log.warning(
+                        "%s: attempt %d/%d failed (%s); retrying in %.2fs", what, attempt + 1, attempts, exc, delay
+                    )
+                    time.sleep(delay)
+        raise FetchError(f"{what}: failed after {attempts} attempt(s): {last}") from last
+
+    # -- streams ------------------------------------------------------------------------
+
+    def _s3(self):  # -> botocore client
+        return _s3_client(self.s3_endpoint, self.s3_region, self.timeout_s)
+
+    @contextmanager
+    def _open_once(self, href: str) -> Iterator[tuple[IO[bytes], int | None]]:
+        """One attempt at opening ``href``: yields (stream, size or None)."""
+        s = scheme(href)
+        if s in ("", "file"):
+            p = local_path(href)
+            if not p.is_file():
+                raise NotFound(f"{href}: no such file")
+            with open(p, "rb") as f:
+                yield f, p.stat().st_size
+        elif s == "s3":
+            u = urllib.parse.urlsplit(href)
+            bucket, key = u.netloc, u.path.lstrip("/")
+            client = self._s3()
+            try:
+                obj = client.get_object(Bucket=bucket, Key=key)
+            except client.exceptions.NoSuchKey:
+                raise NotFound(f"{href}: no such object") from None
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+                if code in ("NoSuchKey", "404", "NoSuchBucket"):
+                    raise NotFound(f"{href}: no such object ({code})") from None
+                if code in ("AccessDenied", "403"):
+                    raise NotFound(f"{href}: access denied (the object is not public?)") from None
+                raise
+            body = obj["Body"]
+            try:
+                yield body, int(obj.get("ContentLength")) if obj.get("ContentLength") is not None else None
+            finally:
+                body.close()
+        elif s in ("http", "https"):
+            req = urllib.request.Request(quote_url(href), headers={"User-Agent": "sareo"})
+            try:
+                resp = urllib.request.urlopen(req, timeout=self.timeout_s)  # noqa: S310 - scheme checked
+            except urllib.error.HTTPError as exc:
+                if exc.code in (403, 404, 410):
+                    raise NotFound(f"{href}: HTTP {exc.code}") from None
+                raise
+            with resp:
+                length = resp.headers.get("Content-Length")
+                yield resp, int(length) if length is not None else None
+        else:
+            raise FetchError(f"{href}: unsupported scheme {s!r}; use a path, file://, http(s):// or s3://")
+
+    def read_bytes(self, href: str) -> bytes:
+        """The whole resource (catalog JSON, a tile); checks Content-Length."""
+
+        def once() -> bytes:
+            with self._open_once(href) as (f, size):
+                try:
+                    data = f.read()
+                except http.client.IncompleteRead as exc:
+                    raise FetchError(f"{href}: truncated: got {len(exc.partial)} of {size} bytes") from None
+            if size is not None and len(data) != size:
+                raise FetchError(f"{href}: truncated: got {len(data)} of {size} bytes")
+            return data
+
+        return self.retry(href, once)
+
+    def download(self, href: str, dest: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+        """Stream ``href`` into ``dest`` (which the caller renames into place); (sha256, bytes).
+
+        A short read is an error (and is retried): a truncated GeoTIFF often still opens.
+        """
+
+        def once() -> tuple[str, int]:
+            h = hashlib.sha256()
+            n = 0
+            with self._open_once(href) as (f, size), open(dest, "wb") as out:
+                try:
+                    while block := f.read(chunk):
+                        h.update(block)
+                        out.write(block)
+                        n += len(block)
+                except http.client.IncompleteRead as exc:
+                    got = n + len(exc.partial)
+                    raise FetchError(f"{href}: truncated download: got {got} of {size} bytes") from None
+            if size is not None and n != size:
+                raise FetchError(f"{href}: truncated download: got {n} of {size} bytes")
+            return h.hexdigest(), n
+
+        return self.retry(href, once)
+
+
+def quote_url(href: str) -> str:
+    """Percent-encode spaces and other unsafe characters (Umbra folder names have them), keep '%XX'."""
+    u = urllib.parse.urlsplit(href)
+    path = urllib.parse.quote(u.path, safe="/%:@!$&'()*+,;=-._~")
+    return urllib.parse.urlunsplit((u.scheme, u.netloc, path, u.query, u.fragment))
+
+
+_S3_CLIENTS: dict[tuple[str | None, str, float], Any] = {}
+
+
+def _s3_client(endpoint: str | None, region: str, timeout: float):
+    """An anonymous boto3 S3 client (cached: creating one costs ~50 ms)."""
+    key = (endpoint, region, timeout)
+    if key not in _S3_CLIENTS:
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
+        cfg = Config(
+            signature_version=UNSIGNED,
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"max_attempts": 1},  # our own retry loop counts attempts
+            s3={"addressing_style": "path"} if endpoint else {},
+        )
+        _S3_CLIENTS[key] = boto3.session.Session().client("s3", region_name=region, endpoint_url=endpoint, config=cfg)
+    return _S3_CLIENTS[key]
+
+
+class SareoStacIO(DefaultStacIO):
+    """pystac reader for paths, file://, http(s):// and anonymous s3://, through a Transport."""
+
+    def __init__(self, transport: Transport | None = None) -> None:
+        super().__init__()
+        self.transport = transport or Transport()
+
+    def read_text(self, source: Any, *args: Any, **kwargs: Any) -> str:
+        href = pystac.utils.make_posix_style(source) if not isinstance(source, str) else source
+        return self.transport.read_bytes(href).decode("utf-8")
+
+    def write_text(self, dest: Any, txt: str, *args: Any, **kwargs: Any) -> None:
+        raise FetchError(f"{dest}: the fetch stage never writes catalogs")

@@ -1,0 +1,123 @@
+"""Loopback servers for tests: a moto S3 server and an HTTP file server, both on 127.0.0.1 only.
+
+Use the context managers directly, or import the pytest fixtures into a test module::
+
+    from servers import http_dir, s3_server  # noqa: F401  (tests/ is on sys.path under pytest)
+
+``s3_server`` yields an :class:`S3Server`; ``publish(directory, bucket)`` uploads a folder with
+dummy credentials and public-read ACLs (ACLs, not a bucket policy: moto answers anonymous HEAD
+with 403 under a policy, which trips GDAL), so the pipeline can read it anonymously.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory; paths in ``truncate`` get an honest Content-Length but half the body."""
+
+    truncate: frozenset[str] = frozenset()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - keep tests quiet
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0].lstrip("/") in self.truncate:
+            body = Path(self.translate_path(self.path)).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET()
+
+
+@contextlib.contextmanager
+def serve_directory(directory: str | Path, truncate: tuple[str, ...] = ()) -> Iterator[str]:
+    """Serve ``directory`` over HTTP on 127.0.0.1; yields the base URL (no trailing slash)."""
+    handler = type("H", (_Handler,), {"truncate": frozenset(truncate)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+
+    def client(self):  # -> boto3 S3 client with dummy credentials (writer side only)
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-west-2",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def publish(self, directory: str | Path, bucket: str, prefix: str = "") -> str:
+        """Upload every file under ``directory`` as public-read; returns 's3://bucket/prefix'."""
+        c = self.client()
+        existing = {b["Name"] for b in c.list_buckets().get("Buckets", [])}
+        if bucket not in existing:
+            c.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+        root = Path(directory)
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                key = f"{prefix.strip('/')}/{p.relative_to(root).as_posix()}".lstrip("/")
+                c.put_object(Bucket=bucket, Key=key, Body=p.read_bytes(), ACL="public-read")
+        return f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
+
+
+@contextlib.contextmanager
+def moto_s3() -> Iterator[S3Server]:
+    """A moto S3 server in a thread on 127.0.0.1."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield S3Server(f"http://127.0.0.1:{port}")
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    with moto_s3() as s:
+        yield s
+
+
+@pytest.fixture
+def http_dir() -> Iterator[Callable[..., str]]:
+    """A factory: ``http_dir(path, truncate=())`` serves ``path`` and returns its base URL."""
+    with contextlib.ExitStack() as stack:
+        yield lambda directory, truncate=(): stack.enter_context(serve_directory(directory, tuple(truncate)))

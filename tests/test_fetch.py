@@ -1,0 +1,583 @@
+"""The fetch stage on a tiny Capella-layout static catalog, read locally, over loopback HTTP and
+from a loopback moto S3 server; asset classification on the real Umbra STAC item."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+import yaml
+from PIL import Image
+from pyproj import Transformer
+from rasterio.transform import from_origin
+from servers import free_port, http_dir, s3_server  # noqa: F401 - pytest fixtures
+
+from pipeline import fetch, tiles
+from pipeline.regions import load_region
+from pipeline.stacio import FetchError, Transport, Unsafe, join_href
+
+LON, LAT = 24.945, 60.17
+AOI = [LON - 0.001, LAT - 0.0005, LON + 0.001, LAT + 0.0005]
+EPSG = 32635
+FAST = {"fetch": {"retries": 1, "backoff_s": 0.01, "timeout_s": 5, "workers": 2}}
+WINNER = "CAPELLA_C14_SP_GEO_HH_20240709040329_20240709040358"
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+def _geotiff(path: Path, centre: tuple[float, float], seed: int, crs: int | None = EPSG) -> list[list[float]]:
+    """A 80x80 UInt16 GeoTIFF at 5 m around ``centre`` (lon, lat), nodata 0; returns its lon/lat ring."""
+    to_utm = Transformer.from_crs("EPSG:4326", f"EPSG:{EPSG}", always_xy=True)
+    x, y = to_utm.transform(*centre)
+    transform = from_origin(x - 200, y + 200, 5, 5)
+    data = np.random.default_rng(seed).integers(1, 4000, (1, 80, 80), dtype=np.uint16)
+    data[:, :5, :5] = 0
+    profile = {"driver": "GTiff", "width": 80, "height": 80, "count": 1, "dtype": "uint16", "nodata": 0,
+               "transform": transform}
+    if crs:
+        profile["crs"] = f"EPSG:{crs}"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    back = Transformer.from_crs(f"EPSG:{EPSG}", "EPSG:4326", always_xy=True)
+    corners = [(x - 200, y + 200), (x + 200, y + 200), (x + 200, y - 200), (x - 200, y - 200), (x - 200, y + 200)]
+    return [list(back.transform(*c)) for c in corners]
+
+
+def _item(root: Path, sub: str, item_id: str, centre: tuple[float, float], seed: int) -> dict[str, Any]:
+    d = root / sub / item_id
+    d.mkdir(parents=True)
+    ring = _geotiff(d / f"{item_id}.tif", centre, seed)
+    cap = fetch.parse_capella_id(item_id)
+    assert cap
+    (d / f"{item_id}_extended.json").write_text(json.dumps(
+        {"product_type": cap["product"], "collect": {"image": {"scale_factor": 1e-4 * (seed + 1),
+                                                               "radiometry": "sigma_nought"}}}))
+    Image.new("RGB", (8, 8), (seed, seed, seed)).save(d / f"{item_id}_preview.png")
+    start = cap["start"]
+    when = f"{start[:4]}-{start[4:6]}-{start[6:8]}T{start[8:10]}:{start[10:12]}:{start[12:14]}Z"
+    lons, lats = [p[0] for p in ring], [p[1] for p in ring]
+    item = {
+        "type": "Feature", "stac_version": "1.0.0", "id": item_id,
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "bbox": [min(lons), min(lats), max(lons), max(lats)],
+        "properties": {"datetime": when, "sar:product_type": cap["product"], "sar:polarizations": [cap["pol"]],
+                       "sar:instrument_mode": "spotlight", "constellation": "capella"},
+        "links": [{"rel": "root", "href": "../../catalog.json"}, {"rel": "parent", "href": "../catalog.json"}],
+        "assets": {
+            cap["pol"]: {"href": f"./{item_id}.tif", "type": "image/tiff; application=geotiff", "roles": ["data"]},
+            "metadata": {"href": f"./{item_id}_extended.json", "type": "application/json", "roles": ["metadata"]},
+            "preview": {"href": f"./{item_id}_preview.png", "type": "image/png", "roles": ["overview"]},
+            "thumbnail": {"href": f"./{item_id}_preview.png", "type": "image/png", "roles": ["thumbnail"]},
+        },
+    }
+    (d / f"{item_id}.json").write_text(json.dumps(item))
+    return item
+
+
+def build_catalog(root: Path) -> dict[str, str]:
+    """Capella layout: root catalog -> by-datetime -> year catalogs -> items, relative hrefs."""
+    items = {
+        WINNER: ("2024", (LON, LAT), 1),  # newest GEO HH covering the AOI: the expected pick
+        "CAPELLA_C13_SP_GEO_HH_20230101120000_20230101120010": ("2023", (LON, LAT), 2),  # older
+        "CAPELLA_C13_SP_SLC_HH_20240801000000_20240801000010": ("2024", (LON, LAT), 3),  # not geocoded
+        "CAPELLA_C13_SP_GEO_VV_20240901000000_20240901000010": ("2024", (LON, LAT), 4),  # other polarisation
+        "CAPELLA_C13_SM_GEO_HH_20241001000000_20241001000010": ("2024", (LON + 1.0, LAT), 5),  # elsewhere
+    }
+    by_dt = root / "capella-open-data-by-datetime"
+    years: dict[str, list[str]] = {}
+    for item_id, (year, centre, seed) in items.items():
+        sub = f"capella-open-data-by-datetime/capella-open-data-{year}"
+        _item(root, sub, item_id, centre, seed)
+        years.setdefault(year, []).append(item_id)
+    for year, ids in years.items():
+        (by_dt / f"capella-open-data-{year}" / "catalog.json").write_text(json.dumps({
+            "type": "Catalog", "stac_version": "1.0.0", "id": f"capella-open-data-{year}", "description": year,
+            "links": [{"rel": "root", "href": "../../catalog.json"}]
+            + [{"rel": "item", "href": f"./{i}/{i}.json", "type": "application/json"} for i in sorted(ids)],
+        }))
+    by_dt.joinpath("catalog.json").write_text(json.dumps({
+        "type": "Catalog", "stac_version": "1.0.0", "id": "by-datetime", "description": "by datetime",
+        "links": [{"rel": "root", "href": "../catalog.json"}]
+        + [{"rel": "child", "href": f"./capella-open-data-{y}/catalog.json"} for y in sorted(years)],
+    }))
+    root.joinpath("catalog.json").write_text(json.dumps({
+        "type": "Catalog", "stac_version": "1.0.0", "id": "capella-open-data", "description": "demo",
+        "links": [{"rel": "child", "href": "./capella-open-data-by-datetime/catalog.json"}],
+    }))
+    return {"winner_dir": f"capella-open-data-by-datetime/capella-open-data-2024/{WINNER}"}
+
+
+def build_tiles(root: Path, bbox: list[float], zoom: int, skip: tuple[int, int] | None = None) -> int:
+    x0, y0, x1, y1 = tiles.tile_range(tuple(bbox), zoom)
+    n = 0
+    for x in range(x0, x1 + 1):
+        for y in range(y0, y1 + 1):
+            if (x, y) == skip:
+                continue
+            d = root / str(zoom) / str(x)
+            d.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (256, 256), (x % 256, y % 256, 50)).save(d / f"{y}.png")
+            n += 1
+    return n
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """A served-able directory: capella/ (catalog) and tiles/ (XYZ PNG)."""
+    root = tmp_path_factory.mktemp("demo")
+    build_catalog(root / "capella")
+    zoom = tiles.zoom_for_gsd(LAT, 1.0)
+    build_tiles(root / "tiles", AOI, zoom)
+    return root
+
+
+def make_region(tmp: Path, sar: dict[str, Any], eo: dict[str, Any] | None = None, bbox: list[float] | None = None,
+                gsd: float = 1.0):
+    (tmp / "regions").mkdir(exist_ok=True)
+    doc = {"name": "testregion", "aoi": {"bbox": bbox or AOI}, "gsd_m": gsd, "sar": sar,
+           "eo": eo or {"tiles": "tiles/{z}/{x}/{y}.png", "datetime": "2024-06-01"}, "osm": {"overpass": True}}
+    path = tmp / "regions" / "testregion.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return load_region(path, root=tmp)
+
+
+def _local_region(tmp_path: Path, demo: Path, **sar: Any):
+    for name in ("capella", "tiles"):
+        if not (tmp_path / name).exists():
+            os.symlink(demo / name, tmp_path / name)
+    return make_region(tmp_path, {"stac": "capella/catalog.json", "polarization": "HH", **sar})
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_umbra_sample_assets_classified(fixtures: Path) -> None:
+    item = pystac.Item.from_file(str(fixtures / "umbra/2024-10-26-18-07-08_UMBRA-05.stac.v2.json"))
+    kinds = {k: fetch.classify_asset(k, a) for k, a in item.assets.items()}
+    assert kinds["2024-10-26-18-07-08_UMBRA-05_MM.tif"] == "geotiff"
+    assert kinds["2024-10-26-18-07-08_UMBRA-05_SICD_MM.nitf"] == "sicd"
+    assert kinds["2024-10-26-18-07-08_UMBRA-05_SIDD_MM.nitf"] == "sidd"
+    assert kinds["2024-10-26-18-07-08_UMBRA-05_MM.cphd"] == "cphd"
+    assert kinds["2024-10-26-18-07-08_UMBRA-05_MM.json"] == "metadata"
+    key, _ = fetch.select_data_asset(item, "HH")
+    assert key == "2024-10-26-18-07-08_UMBRA-05_MM.tif"
+    facts = fetch.item_facts(item)
+    assert (facts.provider, facts.product, facts.polarizations, facts.mode) == ("umbra", "GEC", ("HH",), "SP")
+    assert fetch.select_metadata_asset(item, "umbra") is None  # not Capella's format
+    # an older vintage keys the same file 'GEC': still found, by what it is
+    renamed = item.clone()
+    renamed.assets = {("GEC" if k.endswith("_MM.tif") else k): a for k, a in item.assets.items()}
+    assert fetch.select_data_asset(renamed, "HH")[0] == "GEC"
+
+
+def test_complex_only_item_refused(fixtures: Path) -> None:
+    item = pystac.Item.from_file(str(fixtures / "umbra/2024-10-26-18-07-08_UMBRA-05.stac.v2.json"))
+    item.assets = {k: a for k, a in item.assets.items() if not k.endswith(".tif")}
+    with pytest.raises(FetchError, match=r"83ae479c.*no GeoTIFF data asset.*CPHD, SICD, SIDD"):
+        fetch.select_data_asset(item, "HH")
+
+
+def test_capella_id_and_ranking() -> None:
+    cap = fetch.parse_capella_id(WINNER)
+    assert cap == {"platform": "C14", "mode": "SP", "product": "GEO", "pol": "HH",
+                   "start": "20240709040329", "end": "20240709040358"}
+    assert fetch.parse_capella_id("CAPELLA_C14_SP_GEO_HH_2024") is None
+    def mk(i: str, when: str) -> fetch.ItemFacts:
+        return fetch.ItemFacts(i, "capella", "GEO", ("HH",), "SP", fetch._parse_dt(when), None, when)
+
+    old, new = mk("b", "2020-01-01T00:00:00Z"), mk("c", "2024-01-01T00:00:00Z")
+    tie = mk("a", "2024-01-01T00:00:00Z")
+    ranked = sorted([(old, 1.0), (new, 1.0), (tie, 1.0), (new, 0.5)], key=lambda p: fetch.rank_key(*p))
+    assert [(f.id, c) for f, c in ranked] == [("a", 1.0), ("c", 1.0), ("b", 1.0), ("c", 0.5)]
+
+
+def test_date_range_and_reasons() -> None:
+    lo, hi = fetch.date_range("2024-07-01/2024-07-09")
+    f = fetch.ItemFacts("x", "capella", "GEO", ("HH",), "SP", fetch._parse_dt("2024-07-09T23:59:00Z"),
+                        fetch._parse_dt("2024-07-09T23:59:30Z"), "")
+    assert lo <= f.start < hi  # END date is inclusive
+    sar = {"product": "GEO", "polarization": "HH", "datetime": "2024-07-10/.."}
+    assert fetch.reject_reason(f, 1.0, sar, True) == "datetime"
+    assert fetch.reject_reason(f, 0.0, {}, True) == "outside AOI"
+    assert fetch.reject_reason(f, 1.0, {"product": "GEO", "polarization": "VV"}, True) == "polarization"
+    assert fetch.reject_reason(f, 1.0, {"product": "GEO", "mode": "SM"}, True) == "mode"
+    slc = fetch.ItemFacts("y", "capella", "SLC", ("HH",), "SP", None, None, "")
+    assert fetch.reject_reason(slc, 1.0, {"product": "GEO"}, True) == "not geocoded"
+    umbra_gec = fetch.ItemFacts("z", "umbra", "GEC", ("HH",), "SP", None, None, "")
+    assert fetch.reject_reason(umbra_gec, 1.0, {"product": "GEO"}, False) is None  # default product
+    assert fetch.reject_reason(umbra_gec, 1.0, {"product": "GEO"}, True) == "product"
+
+
+def test_href_escape_refused() -> None:
+    assert fetch.check_href("./a/b.tif", "s3://bkt/stac/x/item.json", "s3://bkt/stac/") == "s3://bkt/stac/x/a/b.tif"
+    with pytest.raises(Unsafe, match="outside the catalog root"):
+        fetch.check_href("../../other/b.tif", "s3://bkt/stac/x/item.json", "s3://bkt/stac/")
+    with pytest.raises(Unsafe, match="outside the catalog root"):
+        fetch.check_href("/secret.tif", "https://h/stac/x/item.json", "https://h/stac/")
+    with pytest.raises(Unsafe, match="climbs above the root"):
+        join_href("s3://bkt/item.json", "../../../etc/passwd")
+    with pytest.raises(Unsafe, match="may not point at local file"):
+        fetch.check_href("file:///etc/passwd", "https://h/stac/item.json", "https://h/stac/")
+    with pytest.raises(Unsafe, match="outside the catalog root"):
+        fetch.check_href("../../x.tif", "/data/cat/sub/item.json", "/data/cat/")
+    # absolute URLs are the catalog's explicit choice (Capella's assets live in another prefix)
+    absolute = "https://data.example/a.tif"
+    assert fetch.check_href(absolute, "s3://b/stac/i.json", "s3://b/stac/") == absolute
+
+
+@pytest.mark.parametrize("href", ["s3://b/../../etc/passwd", "https://h/a/..", "http://h/x/.hidden", "file:///a/b/c/",
+                                  "https://h/a%2F..%2F..%2Fx", "s3://b/" + "x" * 500, "https://h/\u00e9t\u00e9 ,a.tif"])
+def test_cache_names_stay_inside(tmp_path: Path, href: str) -> None:
+    cache = fetch.Cache(tmp_path / "c", Transport())
+    p = cache.path_for(href)
+    assert p.parent == (tmp_path / "c" / "objects").resolve()
+    assert not p.name.startswith(".") and len(p.name) <= 100
+    assert all(ch.isalnum() or ch in "._-" for ch in p.name)
+
+
+# --------------------------------------------------------------------------- the stage, local
+
+
+def test_fetch_local_catalog(tmp_path: Path, demo: Path) -> None:
+    region = _local_region(tmp_path, demo)
+    out = fetch.fetch_region(region, tmp_path / "out" / "source", tmp_path / "cache", FAST)
+    wdir = demo / "capella/capella-open-data-by-datetime/capella-open-data-2024" / WINNER
+    assert sorted(p.name for p in out.iterdir()) == ["eo.tif", "provenance.json", "sar.tif", "sar_metadata.json"]
+    assert os.path.samefile(out / "sar.tif", wdir / f"{WINNER}.tif")  # hardlinked, not copied
+    assert (out / "sar_metadata.json").read_bytes() == (wdir / f"{WINNER}_extended.json").read_bytes()
+    prov = json.loads((out / "provenance.json").read_text())
+    s = prov["sar"]
+    assert s["item_id"] == WINNER and s["sha256"] == sha(wdir / f"{WINNER}.tif")
+    assert s["bytes"] == (wdir / f"{WINNER}.tif").stat().st_size
+    assert s["provider"] == "capella" and s["product"] == "GEO" and s["polarization"] == "HH"
+    assert s["licence"] == "CC-BY-4.0" and "Capella" in s["attribution"]
+    assert [c["item_id"] for c in s["candidates"]] == [WINNER, "CAPELLA_C13_SP_GEO_HH_20230101120000_20230101120010"]
+    assert s["rejected"] == {"not geocoded": 1, "outside AOI": 1, "polarization": 1}
+    assert s["items_read"] == 5 and s["coverage"] == 1.0
+    # local paths are recorded relative to the project root, so every clone writes the same bytes
+    assert s["catalog"] == "capella/catalog.json" and s["href"] == f"{wdir.relative_to(demo)}/{WINNER}.tif"
+    e = prov["eo"]
+    assert e["kind"] == "tiles" and e["zoom"] == tiles.zoom_for_gsd(LAT, 1.0) and e["tiles"]["missing"] == 0
+    assert e["sha256"] == sha(out / "eo.tif") and e["datetime"] == "2024-06-01"
+    with rasterio.open(out / "eo.tif") as eo:
+        assert eo.crs.to_epsg() == 3857 and eo.count == 3 and eo.dtypes == ("uint8",) * 3
+        assert (eo.dataset_mask() == 255).all()
+    # same inputs, same bytes; nothing else written beside out/
+    again = fetch.fetch_region(region, tmp_path / "again" / "source", tmp_path / "cache", FAST)
+    for name in ("provenance.json", "eo.tif"):
+        assert (again / name).read_bytes() == (out / name).read_bytes()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["source"]
+
+
+def test_filters_datetime_ids_and_slc(tmp_path: Path, demo: Path) -> None:
+    older = "CAPELLA_C13_SP_GEO_HH_20230101120000_20230101120010"
+    region = _local_region(tmp_path, demo, datetime="2022-01-01/2023-12-31")
+    out = fetch.fetch_region(region, tmp_path / "a", tmp_path / "cache", FAST)
+    assert json.loads((out / "provenance.json").read_text())["sar"]["item_id"] == older
+    region = _local_region(tmp_path, demo, ids=[older])
+    out = fetch.fetch_region(region, tmp_path / "b", tmp_path / "cache", FAST)
+    assert json.loads((out / "provenance.json").read_text())["sar"]["item_id"] == older
+    region = _local_region(tmp_path, demo, ids=["CAPELLA_C13_SP_SLC_HH_20240801000000_20240801000010"])
+    with pytest.raises(FetchError, match=r"SLC_HH_2024.*product SLC is not geocoded"):
+        fetch.fetch_region(region, tmp_path / "c", tmp_path / "cache", FAST)
+    assert not (tmp_path / "c").exists()
+    region = _local_region(tmp_path, demo, ids=["CAPELLA_C99_SP_GEO_HH_20240801000000_20240801000010"])
+    with pytest.raises(FetchError, match="sar.ids not found"):
+        fetch.fetch_region(region, tmp_path / "d", tmp_path / "cache", FAST)
+    region = _local_region(tmp_path, demo, datetime="2025-01-01/..")
+    with pytest.raises(FetchError, match=r"no item matches region testregion.*rejected by datetime: 4, outside AOI: 1"):
+        fetch.fetch_region(region, tmp_path / "e", tmp_path / "cache", FAST)
+
+
+def test_aoi_without_items(tmp_path: Path, demo: Path) -> None:
+    for name in ("capella", "tiles"):
+        os.symlink(demo / name, tmp_path / name)
+    region = make_region(tmp_path, {"stac": "capella/catalog.json"}, bbox=[10.0, 10.0, 10.01, 10.01])
+    with pytest.raises(FetchError, match=r"capella/catalog.json: no item intersects the AOI \(10.0, 10.0"):
+        fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_catalog(tmp_path: Path) -> None:
+    href = f"http://127.0.0.1:{free_port()}/stac/catalog.json"
+    region = make_region(tmp_path, {"stac": href})
+    with pytest.raises(FetchError, match=rf"{href}: failed after 2 attempt\(s\)"):
+        fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_download(tmp_path: Path, demo: Path, http_dir) -> None:  # noqa: F811
+    tif = f"capella/capella-open-data-by-datetime/capella-open-data-2024/{WINNER}/{WINNER}.tif"
+    base = http_dir(demo, truncate=[tif])
+    os.symlink(demo / "tiles", tmp_path / "tiles")
+    region = make_region(tmp_path, {"stac": f"{base}/capella/catalog.json", "polarization": "HH"})
+    with pytest.raises(FetchError, match=r"truncated download: got \d+ of \d+ bytes"):
+        fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+    assert not (tmp_path / "out").exists()
+    leftovers = [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert not any(WINNER in n for n in leftovers), leftovers
+
+
+def _copy_catalog(demo: Path, dest: Path) -> Path:
+    shutil.copytree(demo / "capella", dest / "capella")
+    os.symlink(demo / "tiles", dest / "tiles")
+    return dest / "capella/capella-open-data-by-datetime/capella-open-data-2024" / WINNER / f"{WINNER}.json"
+
+
+def test_checksum_mismatch(tmp_path: Path, demo: Path, s3_server) -> None:  # noqa: F811
+    item_path = _copy_catalog(demo, tmp_path)
+    item = json.loads(item_path.read_text())
+    good = sha(item_path.with_suffix(".tif"))
+    item["assets"]["HH"]["file:checksum"] = "1220" + "0" * 64
+    item_path.write_text(json.dumps(item))
+    url = s3_server.publish(tmp_path / "capella", "badsum")
+    params = {"fetch": {**FAST["fetch"], "s3_endpoint": s3_server.endpoint}}
+    region = make_region(tmp_path, {"stac": f"{url}/catalog.json", "polarization": "HH"})
+    with pytest.raises(FetchError, match=rf"{WINNER}.tif: checksum mismatch: sha256 {good}"):
+        fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", params)
+    assert not (tmp_path / "out").exists()
+    assert not any(WINNER in p.name for p in (tmp_path / "cache").rglob("*"))
+    # the right checksum passes
+    item["assets"]["HH"]["file:checksum"] = "1220" + good
+    item_path.write_text(json.dumps(item))
+    s3_server.publish(tmp_path / "capella", "badsum")
+    out = fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", params)
+    assert sha(out / "sar.tif") == good
+
+
+def test_asset_escaping_root_refused(tmp_path: Path, demo: Path) -> None:
+    item_path = _copy_catalog(demo, tmp_path)
+    outside = tmp_path / "outside.tif"
+    shutil.copy(item_path.with_suffix(".tif"), outside)  # a valid file: only the check can stop it
+    item = json.loads(item_path.read_text())
+    item["assets"]["HH"]["href"] = "../../../../outside.tif"
+    item_path.write_text(json.dumps(item))
+    region = make_region(tmp_path, {"stac": "capella/catalog.json", "polarization": "HH"})
+    with pytest.raises(Unsafe, match=r"'../../../../outside.tif' in .*outside the catalog root"):
+        fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+    assert not (tmp_path / "out").exists()
+
+
+def test_geotiff_without_crs(tmp_path: Path) -> None:
+    _geotiff(tmp_path / "nocrs.tif", (LON, LAT), 1, crs=None)
+    build_tiles(tmp_path / "tiles", AOI, tiles.zoom_for_gsd(LAT, 1.0))
+    region = make_region(tmp_path, {"file": "nocrs.tif"})
+    with pytest.raises(FetchError, match=r"nocrs.tif: GeoTIFF has no CRS"):
+        fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+    assert not (tmp_path / "out").exists()
+
+
+def test_local_sar_file_with_metadata(tmp_path: Path, fixtures: Path) -> None:
+    _geotiff(tmp_path / "scene.tif", (LON, LAT), 7)
+    shutil.copy(fixtures / f"capella/{WINNER}_extended.json", tmp_path / "meta.json")
+    zoom = tiles.zoom_for_gsd(LAT, 1.0)
+    x0, y0, _, _ = tiles.tile_range(tuple(AOI), zoom)
+    build_tiles(tmp_path / "tiles", AOI, zoom, skip=(x0, y0))
+    region = make_region(tmp_path, {"file": "scene.tif", "metadata": "meta.json", "provider": "capella"})
+    out = fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+    assert os.path.samefile(out / "sar.tif", tmp_path / "scene.tif")
+    assert json.loads((out / "sar_metadata.json").read_text())["collect"]["image"]["scale_factor"] > 0
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["sar"]["sha256"] == sha(tmp_path / "scene.tif") and prov["eo"]["tiles"]["missing"] == 1
+    with rasterio.open(out / "eo.tif") as eo:
+        mask = eo.dataset_mask()
+    assert (mask[:256, :256] == 0).all() and (mask == 255).sum() == mask.size - 256 * 256
+
+
+# --------------------------------------------------------------------------- remote: S3 and HTTP
+
+
+def test_fetch_from_s3_and_http(tmp_path: Path, demo: Path, s3_server, http_dir, monkeypatch) -> None:  # noqa: F811
+    url = s3_server.publish(demo, "open-data", prefix="demo")
+    base = http_dir(demo)
+    params = {"fetch": {**FAST["fetch"], "s3_endpoint": s3_server.endpoint}}
+    region = make_region(tmp_path, {"stac": f"{url}/capella/catalog.json", "polarization": "HH"},
+                         eo={"tiles": base + "/tiles/{z}/{x}/{y}.png", "datetime": "2024-06-01"})
+    out = fetch.fetch_region(region, tmp_path / "s3" / "source", tmp_path / "cache", params)
+    wdir = demo / "capella/capella-open-data-by-datetime/capella-open-data-2024" / WINNER
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["sar"]["href"] == f"{url}/capella/{wdir.relative_to(demo / 'capella').as_posix()}/{WINNER}.tif"
+    assert sha(out / "sar.tif") == sha(wdir / f"{WINNER}.tif") == prov["sar"]["sha256"]
+    cached = fetch.Cache(tmp_path / "cache", Transport()).path_for(prov["sar"]["href"])
+    assert os.path.samefile(out / "sar.tif", cached) and cached.stat().st_nlink >= 2
+    assert prov["eo"]["tiles"]["count"] >= 1 and prov["eo"]["tiles"]["missing"] == 0
+
+    # the same catalog over https-like loopback HTTP gives the same bytes
+    region_http = make_region(tmp_path, {"stac": f"{base}/capella/catalog.json", "polarization": "HH"},
+                              eo={"tiles": base + "/tiles/{z}/{x}/{y}.png", "datetime": "2024-06-01"})
+    out_http = fetch.fetch_region(region_http, tmp_path / "http" / "source", tmp_path / "cache", FAST)
+    assert sha(out_http / "sar.tif") == prov["sar"]["sha256"]
+    assert (out_http / "eo.tif").read_bytes() == (out / "eo.tif").read_bytes()
+
+    # a second S3 run is served from the cache: no asset download at all
+    def no_download(*a: Any, **k: Any) -> None:
+        raise AssertionError("downloaded although cached")
+
+    monkeypatch.setattr(Transport, "download", no_download)
+    again = fetch.fetch_region(region, tmp_path / "s3b" / "source", tmp_path / "cache", params)
+    assert (again / "provenance.json").read_bytes() == (out / "provenance.json").read_bytes()
+
+
+def test_s3_needs_public_objects(tmp_path: Path, demo: Path, s3_server) -> None:  # noqa: F811
+    """Anonymous reads really are anonymous: a private object is refused, not read with keys."""
+    c = s3_server.client()
+    c.create_bucket(Bucket="private", CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+    c.put_object(Bucket="private", Key="catalog.json", Body=b"{}")
+    t = Transport(retries=0, s3_endpoint=s3_server.endpoint)
+    with pytest.raises(FetchError, match="s3://private/catalog.json: access denied"):
+        t.read_bytes("s3://private/catalog.json")
+
+
+# --------------------------------------------------------------------------- EO from files and STAC
+
+
+def test_eo_file_converted_to_uint8_rgb(tmp_path: Path, fixtures: Path) -> None:
+    src = fixtures / "eo/atlanta_pan_0p5m.tif"
+    with rasterio.open(src) as s:
+        from rasterio.warp import transform_bounds
+
+        w, so, e, n = transform_bounds(s.crs, "EPSG:4326", *s.bounds)
+        crs, transform, shape = s.crs, s.transform, s.shape
+        pan = s.read(1)
+    region = make_region(tmp_path, {"file": "x.tif"}, eo={"file": str(src), "datetime": "2016-01-01"},
+                         bbox=[w, so, e, n], gsd=0.5)
+    dest = tmp_path / "eo.tif"
+    rec = fetch.fetch_eo(region, fetch.Cache(tmp_path / "c", Transport()), fetch.settings(FAST), dest)
+    assert rec["kind"] == "file" and rec["source_sha256"] == sha(src)
+    with rasterio.open(dest) as d:
+        assert d.count == 3 and d.dtypes == ("uint8",) * 3 and d.crs == crs and d.transform == transform
+        rgb = d.read()
+    assert rgb.shape[1:] == shape and (rgb[0] == rgb[1]).all() and (rgb[1] == rgb[2]).all()
+    # monotone stretch: brighter panchromatic pixels are never darker in the output
+    order = np.argsort(pan.ravel(), kind="stable")
+    assert (np.diff(rgb[0].ravel()[order].astype(int)) >= 0).all()
+    assert rgb.min() == 0 and rgb.max() == 255
+
+
+def test_eo_from_stac_item(tmp_path: Path) -> None:
+    to_utm = Transformer.from_crs("EPSG:4326", f"EPSG:{EPSG}", always_xy=True)
+    x, y = to_utm.transform(LON, LAT)
+    (tmp_path / "eo").mkdir()
+    with rasterio.open(tmp_path / "eo/visual.tif", "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
+                       crs=f"EPSG:{EPSG}", transform=from_origin(x - 160, y + 160, 5, 5)) as dst:
+        dst.write(np.full((3, 64, 64), 9, np.uint8))
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "eo-1",
+            "geometry": {"type": "Polygon", "coordinates": [[[LON - 0.01, LAT - 0.01], [LON + 0.01, LAT - 0.01],
+                                                             [LON + 0.01, LAT + 0.01], [LON - 0.01, LAT - 0.01]]]},
+            "bbox": [LON - 0.01, LAT - 0.01, LON + 0.01, LAT + 0.01],
+            "properties": {"datetime": "2023-05-05T10:00:00Z"}, "links": [],
+            "assets": {"thumbnail": {"href": "./thumb.png", "roles": ["thumbnail"]},
+                       "visual": {"href": "./visual.tif", "type": "image/tiff; application=geotiff",
+                                  "roles": ["visual"]}}}
+    (tmp_path / "eo/item.json").write_text(json.dumps(item))
+    region = make_region(tmp_path, {"file": "x.tif"}, eo={"stac": "eo/item.json"})
+    dest = tmp_path / "out.tif"
+    rec = fetch.fetch_eo(region, fetch.Cache(tmp_path / "c", Transport()), fetch.settings(FAST), dest)
+    assert rec["kind"] == "stac" and rec["asset"] == "visual" and rec["item_id"] == "eo-1"
+    assert rec["datetime"] == "2023-05-05T10:00:00Z"
+    assert os.path.samefile(dest, tmp_path / "eo/visual.tif")
+    item["assets"]["visual"]["href"] = "../../visual.tif"
+    (tmp_path / "eo/item.json").write_text(json.dumps(item))
+    with pytest.raises(Unsafe):
+        fetch.fetch_eo(region, fetch.Cache(tmp_path / "c", Transport()), fetch.settings(FAST), tmp_path / "o2.tif")
+    region_bad = make_region(tmp_path, {"file": "x.tif"}, eo={"stac": "eo/item.json", "asset": "nir"})
+    with pytest.raises(FetchError, match="eo.asset 'nir' not among"):
+        fetch.fetch_eo(region_bad, fetch.Cache(tmp_path / "c", Transport()), fetch.settings(FAST), tmp_path / "o3.tif")
+
+
+# --------------------------------------------------------------------------- Umbra, STAC API
+
+
+def test_umbra_item_end_to_end(tmp_path: Path, fixtures: Path) -> None:
+    """The real Umbra item, its GEC asset pointed at a local uint8 GeoTIFF: default product accepts GEC."""
+    item = json.loads((fixtures / "umbra/2024-10-26-18-07-08_UMBRA-05.stac.v2.json").read_text())
+    lon, lat = -121.745, 46.797
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32610", always_xy=True)
+    x, y = to_utm.transform(lon, lat)
+    (tmp_path / "umbra").mkdir()
+    with rasterio.open(tmp_path / "umbra/gec.tif", "w", driver="GTiff", width=50, height=50, count=1, dtype="uint8",
+                       crs="EPSG:32610", transform=from_origin(x - 100, y + 100, 4, 4)) as dst:
+        dst.write(np.full((1, 50, 50), 80, np.uint8))
+    item["assets"]["2024-10-26-18-07-08_UMBRA-05_MM.tif"]["href"] = "./gec.tif"
+    (tmp_path / "umbra/item.json").write_text(json.dumps(item))
+    bbox = [lon - 0.0005, lat - 0.0003, lon + 0.0005, lat + 0.0003]
+    build_tiles(tmp_path / "tiles", bbox, tiles.zoom_for_gsd(lat, 1.0))
+    region = make_region(tmp_path, {"stac": "umbra/item.json", "provider": "umbra"}, bbox=bbox)
+    out = fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+    assert not (out / "sar_metadata.json").exists()
+    s = json.loads((out / "provenance.json").read_text())["sar"]
+    assert s["item_id"] == item["id"] and s["product"] == "GEC" and s["asset"].endswith("_MM.tif")
+    assert s["calibrated"] is False and "uncalibrated" in s["note"] and "Umbra" in s["attribution"]
+    assert os.path.samefile(out / "sar.tif", tmp_path / "umbra/gec.tif")
+
+
+def test_stac_api_uses_pystac_client(tmp_path: Path, demo: Path) -> None:
+    """A catalog that conforms to item-search is searched (pystac-client), not walked."""
+    import http.server
+    import threading
+
+    wdir = demo / "capella/capella-open-data-by-datetime/capella-open-data-2024" / WINNER
+    item = json.loads((wdir / f"{WINNER}.json").read_text())
+    seen: list[str] = []
+
+    class Api(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a: Any) -> None:
+            pass
+
+        def _json(self, obj: Any) -> None:
+            body = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            if self.path in ("/", ""):
+                return self._json({"type": "Catalog", "stac_version": "1.0.0", "id": "api", "description": "api",
+                                   "conformsTo": ["https://api.stacspec.org/v1.0.0/core",
+                                                  "https://api.stacspec.org/v1.0.0/item-search"],
+                                   "links": [{"rel": "self", "href": f"{base}/"},
+                                             {"rel": "root", "href": f"{base}/"},
+                                             {"rel": "search", "href": f"{base}/search", "method": "GET",
+                                              "type": "application/geo+json"}]})
+            if self.path.startswith("/search"):
+                it = copy_item(item, f"{base}/files")
+                return self._json({"type": "FeatureCollection", "features": [it], "links": []})
+            self.path = self.path.removeprefix("/files")
+            return super().do_GET()
+
+        do_POST = do_GET
+
+    def copy_item(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+        d = json.loads(json.dumps(d))
+        for a in d["assets"].values():
+            a["href"] = f"{prefix}/{a['href'].removeprefix('./')}"
+        d["links"] = []
+        return d
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Api(*a, directory=str(wdir)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        build_tiles(tmp_path / "tiles", AOI, tiles.zoom_for_gsd(LAT, 1.0))
+        region = make_region(tmp_path, {"stac": f"{base}/", "polarization": "HH", "datetime": "2024-01-01/.."})
+        out = fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert any(p.startswith("/search") and "bbox=" in p for p in seen), seen
+    s = json.loads((out / "provenance.json").read_text())["sar"]
+    assert s["item_id"] == WINNER and s["sha256"] == sha(wdir / f"{WINNER}.tif")
