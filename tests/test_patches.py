@@ -1,0 +1,220 @@
+"""Patches stage on a small simulated region: pixel-exact cutting, filtering, order, metadata, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipeline.grid import grid_for_bbox
+from pipeline.patches import PatchError, gap_days, patch_origins, patch_region, urban_class
+from pipeline.splits import audit
+from pipeline.store import IMAGE_ARRAYS, META_ARRAYS, read_class_hist, read_meta, store_attrs, store_stats
+
+PARAMS = {
+    "patches": {"size": 64, "stride": 32, "min_valid": 0.9, "shard_patches": 16},
+    "splits": {"block_patches": 3, "seed": 1, "tolerance": 0.2},
+}
+
+
+def _write(path: Path, data: np.ndarray, grid, dtype: str, nodata=None, tags=None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = data if data.ndim == 3 else data[None]
+    profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=data.shape[0], dtype=dtype,
+                   crs="EPSG:4326", transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
+                   compress="deflate", nodata=nodata)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data.astype(dtype))
+        if tags:
+            dst.update_tags(**tags)
+
+
+def make_region_dir(root: Path, bbox=(24.930, 60.160, 24.9395, 60.1650), gsd_m: float = 1.0, seed: int = 0,
+                    nodata_corner: bool = True, provider: str = "capella") -> Path:  # fmt: skip
+    """A region directory as the grid and labels stages write it, with structured random content.
+
+    SAR has a NaN triangle (top-left), EO an invalid strip (right), labels 255 where either is invalid.
+    """
+    grid = grid_for_bbox(bbox, gsd_m)
+    rng = np.random.default_rng(seed)
+    h, w = grid.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    sar = (-15 + 5 * np.sin(xx / 23.0) + 3 * np.cos(yy / 17.0) + rng.normal(0, 2, (h, w))).astype("float32")
+    if nodata_corner:
+        sar[xx + yy < min(h, w) // 2] = np.nan
+    eo = np.stack([(xx * 3 + yy) % 256, (yy * 5) % 256, rng.integers(0, 256, (h, w))]).astype("uint8")
+    mask = np.full((h, w), 255, np.uint8)
+    mask[:, w - w // 6 :] = 0
+    eo[:, mask == 0] = 0
+    labels = ((xx // 37 + yy // 29 * 3) % 25).astype("uint8")
+    labels[~np.isfinite(sar) | (mask == 0)] = 255
+    zones = ((xx // 50 + yy // 70) % 3).astype("uint8")
+    _write(root / "grid" / "sar_db.tif", sar, grid, "float32", nodata=float("nan"), tags={"calibrated": "true"})
+    _write(root / "grid" / "eo.tif", np.concatenate([eo, mask[None]]), grid, "uint8")
+    _write(root / "labels" / "labels.tif", labels, grid, "uint8", nodata=255)
+    _write(root / "labels" / "zones.tif", zones, grid, "uint8")
+    (root / "grid" / "grid.json").write_text(grid.to_json())
+    (root / "labels" / "labels.json").write_text(json.dumps({"urban_rural": {"class": "urban", "residential_share": 0.3}}))
+    (root / "source").mkdir(parents=True, exist_ok=True)
+    prov = {
+        "sar": {"item_id": "CAPELLA_C13_SP_GEO_HH_20240101000000_20240101000010", "datetime": "2024-01-01T00:00:05Z",
+                "provider": provider, "sha256": "0" * 64},
+        "eo": {"source": "test tiles", "datetime": "2023-12-02", "attribution": "Test EO provider"},
+    }  # fmt: skip
+    (root / "source" / "provenance.json").write_text(json.dumps(prov))
+    return root
+
+
+def read_full(region_dir: Path) -> dict[str, np.ndarray]:
+    with rasterio.open(region_dir / "grid" / "sar_db.tif") as s, rasterio.open(region_dir / "grid" / "eo.tif") as e:
+        sar, eo = s.read(1), e.read()
+    with rasterio.open(region_dir / "labels" / "labels.tif") as lab, rasterio.open(region_dir / "labels" / "zones.tif") as z:
+        return {"sar": sar, "eo": eo, "label": lab.read(1), "zones": z.read(1)}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("region")
+    region_dir = make_region_dir(root / "r")
+    store = root / "patches.zarr"
+    report = patch_region("testregion", region_dir, store, PARAMS)
+    return region_dir, store, report
+
+
+def test_patches_are_pixel_exact_windows_of_the_grid(built):
+    import zarr
+
+    region_dir, store, _ = built
+    full = read_full(region_dir)
+    meta = read_meta(store)
+    g = zarr.open_group(str(store), mode="r")
+    sar, eo, label = g["sar"][:], g["eo"][:], g["label"][:]
+    assert len(meta) > 20
+    for i, (r, c) in enumerate(zip(meta["row"], meta["col"])):
+        win = (slice(r, r + 64), slice(c, c + 64))
+        np.testing.assert_array_equal(sar[i, 0], full["sar"][win])
+        np.testing.assert_array_equal(eo[i], full["eo"][(slice(0, 3), *win)])
+        np.testing.assert_array_equal(label[i], full["label"][win])
+
+
+def test_filter_order_and_metadata(built):
+    region_dir, store, report = built
+    full = read_full(region_dir)
+    meta = read_meta(store)
+    rows, cols = patch_origins(*full["sar"].shape, 64, 32)
+    sar_ok = np.array([np.isfinite(full["sar"][r : r + 64, c : c + 64]).mean() for r, c in zip(rows, cols)])
+    eo_ok = np.array([(full["eo"][3, r : r + 64, c : c + 64] > 0).mean() for r, c in zip(rows, cols)])
+    passing = {(int(r), int(c)) for r, c, a, b in zip(rows, cols, sar_ok, eo_ok) if a >= 0.9 and b >= 0.9}
+    stored = set(zip(meta["row"].tolist(), meta["col"].tolist()))
+    assert stored <= passing and len(passing) > len(stored) - 1  # filtered; only buffer drops missing
+    assert len(passing) - len(stored) == report["dropped_by_buffer"]
+    assert (sar_ok < 0.9).any() and (eo_ok < 0.9).any()  # the fixture really has nodata to drop
+    # store order: split (train, val, test), then row, then col
+    code = meta["split"].map({"train": 0, "val": 1, "test": 2}).to_numpy()
+    key = list(zip(code, meta["row"], meta["col"]))
+    assert key == sorted(key)
+    assert {k: int(v) for k, v in meta["split"].value_counts().items()} == {k: v for k, v in report["counts"].items() if v}
+    # footprints follow the grid transform
+    grid_t = json.loads((region_dir / "grid" / "grid.json").read_text())["transform"]
+    a, _, c0, _, e, f0 = grid_t
+    np.testing.assert_allclose(meta["lon_min"], c0 + a * meta["col"])
+    np.testing.assert_allclose(meta["lat_max"], f0 + e * meta["row"])
+    np.testing.assert_allclose(meta["lat_min"], f0 + e * (meta["row"] + 64))
+    np.testing.assert_allclose(meta["lon"], c0 + a * (meta["col"] + 32))
+    assert (meta["gap_days"] == np.float32(30.0 + 5 / 86400)).all()
+    assert meta["calibrated"].all() and (meta["urban_rural"] == "urban").all()
+    assert (meta["sar_item"] == "CAPELLA_C13_SP_GEO_HH_20240101000000_20240101000010").all()
+    assert meta["id"].is_unique
+    # per-patch statistics
+    hist = read_class_hist(store)
+    for i in range(0, len(meta), 7):
+        r, c = meta["row"][i], meta["col"][i]
+        lab = full["label"][r : r + 64, c : c + 64]
+        np.testing.assert_array_equal(hist[i], np.bincount(lab[lab < 25], minlength=25))
+        z = full["zones"][r : r + 64, c : c + 64]
+        assert meta["residential_share"][i] == pytest.approx((z == 1).mean())
+        assert meta["nonres_share"][i] == pytest.approx((z == 2).mean())
+        ok = np.isfinite(full["sar"][r : r + 64, c : c + 64]) & (full["eo"][3, r : r + 64, c : c + 64] > 0)
+        assert meta["valid_share"][i] == pytest.approx(ok.mean())
+
+
+def test_store_audit_attrs_and_layout(built):
+    _, store, report = built
+    meta = read_meta(store)
+    code = meta["split"].map({"train": 0, "val": 1, "test": 2}).to_numpy()
+    assert audit(meta["row"].to_numpy(), meta["col"].to_numpy(), code, 64)["passed"]
+    attrs = store_attrs(store)
+    assert attrs["region"] == "testregion"
+    assert attrs["splits"]["audit"]["passed"] and attrs["splits"]["method"] == "blocks"
+    assert attrs["splits"]["counts"] == report["counts"]
+    assert "SAR: (c) Capella Space Corp, CC BY 4.0" in attrs["attribution"]
+    assert "Labels: (c) OpenStreetMap contributors, ODbL 1.0" in attrs["attribution"]
+    assert "EO: Test EO provider" in attrs["attribution"]
+    assert attrs["urban_rural"]["class"] == "urban" and attrs["grid"]["crs"] == "EPSG:4326"
+    assert attrs["params"]["patches"]["size"] == 64 and "grid/grid.json" in attrs["provenance"]["inputs_sha256"]
+    # few files: one shard per 16 patches per image array, one chunk per metadata array, plus zarr.json files
+    n = len(meta)
+    shards = -(-n // 16)
+    n_arrays = len(IMAGE_ARRAYS) + len(META_ARRAYS) + 1
+    assert store_stats(store)["files"] == 3 * shards + (n_arrays - 3) + n_arrays + 1
+
+
+def test_xarray_gives_named_dimensions(built):
+    import xarray as xr
+
+    _, store, _ = built
+    ds = xr.open_zarr(store, consolidated=False)
+    assert ds["sar"].dims == ("patch", "sar_band", "y", "x")
+    assert ds["eo"].dims == ("patch", "eo_band", "y", "x")
+    assert ds["label"].dims == ("patch", "y", "x")
+    assert ds["class_hist"].dims == ("patch", "class")
+    assert ds["split"].dims == ("patch",)
+    assert str(ds["split"].values[0]) == "train"
+
+
+def test_same_inputs_same_bytes(built, tmp_path):
+    region_dir, store, _ = built
+    again = tmp_path / "again.zarr"
+    patch_region("testregion", region_dir, again, PARAMS)
+    files = sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for f in files:
+        assert (store / f).read_bytes() == (again / f).read_bytes(), f
+
+
+def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path):
+    region_dir = make_region_dir(tmp_path / "r", bbox=(24.93, 60.16, 24.9345, 60.1625))
+    out = tmp_path / "p.zarr"
+    os.remove(region_dir / "labels" / "labels.tif")
+    with pytest.raises(PatchError, match="labels.tif: missing"):
+        patch_region("x", region_dir, out, PARAMS)
+    assert not out.exists() and not list(tmp_path.glob(".p.zarr*"))
+    # a raster not on the region grid
+    other = make_region_dir(tmp_path / "o", bbox=(24.93, 60.16, 24.9360, 60.1625))
+    (region_dir / "labels" / "labels.tif").write_bytes((other / "labels" / "labels.tif").read_bytes())
+    with pytest.raises(PatchError, match=r"labels\.tif: \d+x\d+ px; expected the grid's"):
+        patch_region("x", region_dir, out, PARAMS)
+    with pytest.raises(PatchError, match="patches.compression_level"):
+        patch_region("x", region_dir, out, {"patches": {"compression_level": {"dem": 1}}})
+    with pytest.raises(PatchError, match="patches.min_valid"):
+        patch_region("x", region_dir, out, {"patches": {"min_valid": 2}})
+    assert not out.exists()
+
+
+def test_no_valid_patch_gives_an_empty_store(tmp_path):
+    region_dir = make_region_dir(tmp_path / "r", bbox=(24.93, 60.16, 24.9345, 60.1625))
+    report = patch_region("x", region_dir, tmp_path / "p.zarr", {**PARAMS, "patches": {**PARAMS["patches"], "min_valid": 1.0, "size": 400}})
+    assert report["counts"] == {"train": 0, "val": 0, "test": 0}
+    assert len(read_meta(tmp_path / "p.zarr")) == 0
+
+
+def test_time_gap_and_urban_class_helpers():
+    assert gap_days("2024-01-01T00:00:00Z", "2023-12-31") == pytest.approx(1.0)
+    assert np.isnan(gap_days("2024-01-01", None))
+    assert urban_class({"urban_rural": {"class": "rural"}}) == "rural"
+    assert urban_class({"urban": "urban"}) == "urban"
+    assert urban_class({}) == "unknown"
