@@ -1,0 +1,216 @@
+"""Structure descriptors and FFT matching for SAR-to-optical registration (pure numpy/scipy).
+
+SAR and optical intensities are physically unrelated (a roof is bright in one, dark in the
+other; speckle is multiplicative), so we never correlate intensities. We correlate *structure*:
+dense CFOG-like descriptors (channels of oriented gradient magnitude, smoothed across space
+and orientation, normalised per pixel), with a speckle-robust SAR gradient (log-ratio of local
+means, ROEWA-like), matched by a masked normalised cross-correlation computed with FFTs.
+
+Everything here works on in-memory arrays; reading, tiling and georeferencing live in
+``pipeline.coregister``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import fft as sfft
+from scipy import ndimage
+
+EPS = 1e-6
+
+
+def _masked_mean_filter(img: np.ndarray, valid: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Box mean of ``img`` over valid pixels only, and the valid fraction in each box."""
+    v = valid.astype(np.float64)
+    num = ndimage.uniform_filter(np.where(valid, img, 0.0).astype(np.float64), size=size, mode="constant")
+    den = ndimage.uniform_filter(v, size=size, mode="constant")
+    return num / np.maximum(den, EPS), den
+
+
+def sar_gradients(sar_db: np.ndarray, valid: np.ndarray, half: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Speckle-robust SAR gradient (gx, gy): log-ratio of the mean intensity on either side.
+
+    Ratio-of-means edge detectors have a constant false-alarm rate under multiplicative
+    speckle, unlike differences (which scale with brightness). ``half`` is the width of each
+    half window in pixels; the windows are ``2*half+1`` long along the edge.
+    """
+    inten = np.power(10.0, np.clip(np.nan_to_num(sar_db, nan=-99.0), -99, 99) / 10.0)
+    valid = valid & np.isfinite(sar_db)
+    w = max(1, int(half))
+    sh = w // 2 + 1  # offset from the pixel to the centre of a half window of width w
+    # horizontal gradient: windows of w columns right/left, 2w+1 rows tall
+    mh, fh = _masked_mean_filter(inten, valid, (2 * w + 1, w))
+    mv, fv = _masked_mean_filter(inten, valid, (w, 2 * w + 1))
+    gx = np.zeros_like(mh)
+    gy = np.zeros_like(mv)
+    gx[:, sh:-sh] = np.log(np.maximum(mh[:, 2 * sh :], EPS)) - np.log(np.maximum(mh[:, : -2 * sh], EPS))
+    gy[sh:-sh, :] = np.log(np.maximum(mv[2 * sh :, :], EPS)) - np.log(np.maximum(mv[: -2 * sh, :], EPS))
+    ok_h = np.zeros_like(valid)
+    ok_v = np.zeros_like(valid)
+    ok_h[:, sh:-sh] = (fh[:, 2 * sh :] > 0.5) & (fh[:, : -2 * sh] > 0.5)
+    ok_v[sh:-sh, :] = (fv[2 * sh :, :] > 0.5) & (fv[: -2 * sh, :] > 0.5)
+    gx[~ok_h] = 0.0
+    gy[~ok_v] = 0.0
+    return gx.astype(np.float32), gy.astype(np.float32)
+
+
+def optical_gradients(gray: np.ndarray, valid: np.ndarray, sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient (gx, gy) of the optical image after Gaussian smoothing (masked, so edges of
+    the data footprint do not produce gradients)."""
+    g = np.where(valid, gray, 0.0).astype(np.float64)
+    v = valid.astype(np.float64)
+    sg = ndimage.gaussian_filter(g, sigma) / np.maximum(ndimage.gaussian_filter(v, sigma), EPS)
+    gx = ndimage.sobel(sg, axis=1) / 8.0
+    gy = ndimage.sobel(sg, axis=0) / 8.0
+    inner = ndimage.binary_erosion(valid, iterations=2, border_value=0)
+    gx[~inner] = 0.0
+    gy[~inner] = 0.0
+    return gx.astype(np.float32), gy.astype(np.float32)
+
+
+def cfog(gx: np.ndarray, gy: np.ndarray, n_orient: int = 9, sigma: float = 1.5) -> np.ndarray:
+    """CFOG-like descriptor (n_orient, H, W): |oriented gradient| channels over 0..180 degrees,
+    Gaussian-smoothed in space, [1,2,1]-smoothed across orientation (cyclic), then L2-normalised
+    per pixel. Absolute values make it invariant to contrast reversal between sensors; the
+    per-pixel normalisation makes it invariant to edge strength."""
+    thetas = np.arange(n_orient) * np.pi / n_orient
+    ch = np.empty((n_orient,) + gx.shape, dtype=np.float32)
+    for k, t in enumerate(thetas):
+        ch[k] = np.abs(np.cos(t) * gx + np.sin(t) * gy)
+    ch = ndimage.gaussian_filter(ch, sigma=(0, sigma, sigma))
+    ch = 0.25 * np.roll(ch, 1, axis=0) + 0.5 * ch + 0.25 * np.roll(ch, -1, axis=0)
+    norm = np.sqrt((ch**2).sum(axis=0))
+    # weak-gradient areas get a floor so their (noisy) directions do not count as structure
+    floor = 0.1 * float(np.median(norm[norm > 0])) if np.any(norm > 0) else 1.0
+    return (ch / (norm + floor + EPS)).astype(np.float32)
+
+
+def downsample(img: np.ndarray, valid: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Block mean over valid pixels (``factor`` x ``factor``); a block is valid if half of it is."""
+    if factor <= 1:
+        return img.astype(np.float64), valid.copy()
+    h, w = (img.shape[0] // factor) * factor, (img.shape[1] // factor) * factor
+    a = np.where(valid, img, 0.0)[:h, :w].astype(np.float64).reshape(h // factor, factor, w // factor, factor)
+    v = valid[:h, :w].astype(np.float64).reshape(h // factor, factor, w // factor, factor)
+    s, n = a.sum(axis=(1, 3)), v.sum(axis=(1, 3))
+    return s / np.maximum(n, 1), n >= 0.5 * factor * factor
+
+
+def null_ncc(template: np.ndarray, tmask: np.ndarray, search: np.ndarray, smask: np.ndarray, radius: int,
+             min_overlap: float) -> np.ndarray:
+    """Surrogate null surface: the template against the search window turned 180 degrees. The
+    orientation channels (0-180 deg, axial) are unchanged by that turn, so the statistics match
+    those of the real surface while no true match exists."""
+    return masked_ncc(template, tmask, search[:, ::-1, ::-1], smask[::-1, ::-1], radius, min_overlap)
+
+
+def masked_ncc(
+    template: np.ndarray, tmask: np.ndarray, search: np.ndarray, smask: np.ndarray, radius: int, min_overlap: float
+) -> np.ndarray:
+    """Masked NCC (Padfield 2012) of a (C, h, w) template over a (C, h+2r, w+2r) search window.
+
+    Entry [r+dy, r+dx] compares the template with the search window displaced by (dx, dy),
+    i.e. a template pixel (x, y) with search pixel (x + r + dx, y + r + dy). All channels
+    count as one long vector. Shifts where less than ``min_overlap`` of the template's valid
+    pixels overlap valid search pixels get -inf.
+    """
+    c, h, w = template.shape
+    H, W = search.shape[1:]
+    if H != h + 2 * radius or W != w + 2 * radius:
+        raise ValueError(f"search window {H}x{W} must be template {h}x{w} plus 2*radius={2 * radius}")
+    shape = (sfft.next_fast_len(H, real=True), sfft.next_fast_len(W, real=True))
+    tm = tmask.astype(np.float64)
+    sm = smask.astype(np.float64)
+    t = np.where(tmask, template, 0.0).astype(np.float64)
+    s = np.where(smask, search, 0.0).astype(np.float64)
+    # Only the cross term needs one FFT per channel: the other sums are linear in the
+    # channels, so they are correlations of channel sums.
+    tm_f = sfft.rfft2(tm, s=shape)
+    sm_f = sfft.rfft2(sm, s=shape)
+    n = 2 * radius + 1
+    crop = (slice(0, n), slice(0, n))
+
+    def corr_f(a_f: np.ndarray, b_f: np.ndarray) -> np.ndarray:
+        prod = np.conj(a_f) * b_f
+        return sfft.irfft2(prod.sum(axis=0) if prod.ndim == 3 else prod, s=shape)[crop]
+
+    count = corr_f(tm_f, sm_f) * c
+    sum_t = corr_f(sfft.rfft2(t.sum(axis=0), s=shape), sm_f)
+    sum_t2 = corr_f(sfft.rfft2((t * t).sum(axis=0), s=shape), sm_f)
+    sum_s = corr_f(tm_f, sfft.rfft2(s.sum(axis=0), s=shape))
+    sum_s2 = corr_f(tm_f, sfft.rfft2((s * s).sum(axis=0), s=shape))
+    sum_ts = corr_f(sfft.rfft2(t, s=shape), sfft.rfft2(s, s=shape))
+    cnt = np.maximum(count, 1.0)
+    num = sum_ts - sum_t * sum_s / cnt
+    var_t = np.maximum(sum_t2 - sum_t**2 / cnt, 0.0)
+    var_s = np.maximum(sum_s2 - sum_s**2 / cnt, 0.0)
+    ncc = num / np.sqrt(np.maximum(var_t * var_s, EPS))
+    need = min_overlap * tm.sum() * c
+    ncc[(count < need) | (var_t <= EPS) | (var_s <= EPS)] = -np.inf
+    return ncc
+
+
+@dataclass(frozen=True)
+class Peak:
+    """Best displacement in a correlation surface, with how much to trust it.
+
+    ``dx, dy``: sub-pixel displacement (pixels); ``score``: NCC at the peak; ``second``: best
+    NCC outside the peak's neighbourhood; ``distinct``: (score - second) / (score - median),
+    0 for an ambiguous surface, towards 1 for a single sharp peak; ``on_edge``: the peak
+    touches the search border (the true shift may lie outside the search radius); ``z``: the
+    peak's height over the surface's median in robust standard deviations (MAD), which for
+    unrelated images stays near the extreme-value level of noise (about 4-5).
+    """
+
+    dx: float
+    dy: float
+    score: float
+    second: float
+    distinct: float
+    on_edge: bool
+    z: float = 0.0
+    significance: float = 0.0
+
+
+def find_peak(surface: np.ndarray, exclude: int = 2, null: np.ndarray | None = None) -> Peak:
+    """Integer peak refined by a 1-D parabola fit along x and y; the runner-up is the best other
+    local maximum outside a (2*exclude+1)^2 box around it."""
+    r = surface.shape[0] // 2
+    finite = np.isfinite(surface)
+    if not finite.any():
+        return Peak(0.0, 0.0, -1.0, -1.0, 0.0, True)
+    s = np.where(finite, surface, -np.inf)
+    iy, ix = np.unravel_index(int(np.argmax(s)), s.shape)
+    score = float(s[iy, ix])
+
+    def parabola(m1: float, c0: float, p1: float) -> float:
+        if not (np.isfinite(m1) and np.isfinite(p1)):
+            return 0.0
+        den = m1 - 2 * c0 + p1
+        return float(np.clip(0.5 * (m1 - p1) / den, -0.5, 0.5)) if den < 0 else 0.0
+
+    n = s.shape[0]
+    on_edge = ix in (0, n - 1) or iy in (0, n - 1)
+    fx = parabola(s[iy, ix - 1], score, s[iy, ix + 1]) if 0 < ix < n - 1 else 0.0
+    fy = parabola(s[iy - 1, ix], score, s[iy + 1, ix]) if 0 < iy < n - 1 else 0.0
+    # runner-up: the best *other local maximum* (not the slope of the main lobe), away from
+    # the peak and from the border (where the window only clips a slope)
+    filled = np.where(finite, s, np.nanmin(np.where(finite, s, np.nan)))
+    is_max = (ndimage.maximum_filter(filled, size=3, mode="nearest") == filled) & finite
+    is_max[[0, -1], :] = False
+    is_max[:, [0, -1]] = False
+    is_max[max(0, iy - exclude) : iy + exclude + 1, max(0, ix - exclude) : ix + exclude + 1] = False
+    second = float(filled[is_max].max()) if is_max.any() else float(np.median(s[finite]))
+    vals = s[finite]
+    med = float(np.median(vals))
+    mad = 1.4826 * float(np.median(np.abs(vals - med)))
+    distinct = float(np.clip((score - second) / max(score - med, EPS), 0.0, 1.0))
+    z = (score - med) / max(mad, EPS)
+    sig = 0.0
+    if null is not None and np.isfinite(null).any():
+        nv = null[np.isfinite(null)]
+        nmed = float(np.median(nv))
+        sig = (score - nmed) / max(float(nv.max()) - nmed, EPS)
+    return Peak(ix - r + fx, iy - r + fy, score, second, distinct, bool(on_edge), float(z), float(sig))

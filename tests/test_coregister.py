@@ -1,0 +1,262 @@
+"""Co-registration: known offsets are recovered, unrelated pairs are flagged, corrections are right in map units."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from PIL import Image
+from pyproj import Transformer
+from rasterio.warp import calculate_default_transform, reproject, transform_bounds
+from scipy import ndimage
+
+from pipeline import coregister as cr
+from pipeline import descriptors as dsc
+from pipeline.grid import grid_for_bbox
+from pipeline.regions import Region
+
+FAST = {"coregister": {"tile_size": 128, "max_tiles": 9, "search_radius_m": 30.0}}
+
+
+def structured_scene(rng: np.random.Generator, n: int = 384) -> np.ndarray:
+    """Label-like scene: roads and rectangular buildings on background, as grey levels."""
+    img = np.full((n, n), 0.4)
+    for _ in range(6):  # roads
+        w = int(rng.integers(4, 9))
+        if rng.random() < 0.5:
+            y = int(rng.integers(0, n - w))
+            img[y : y + w, :] = 0.15
+        else:
+            x = int(rng.integers(0, n - w))
+            img[:, x : x + w] = 0.15
+    for _ in range(60):  # buildings
+        h, w = rng.integers(8, 40, 2)
+        y, x = rng.integers(0, n - h), rng.integers(0, n - w)
+        img[y : y + h, x : x + w] = rng.uniform(0.5, 1.0)
+    return img
+
+
+def eo_render(scene: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return ndimage.gaussian_filter(scene, 0.8) * 200 + rng.normal(0, 3, scene.shape)
+
+
+def sar_render(scene: np.ndarray, rng: np.random.Generator, shift: tuple[float, float], looks: int = 2) -> np.ndarray:
+    """SAR-like dB image of ``scene`` with its content moved by ``shift`` (dx, dy): bright
+    edges (double bounce), dark roads, contrast unrelated to the optical one, speckle."""
+    moved = ndimage.shift(scene, (shift[1], shift[0]), order=1, mode="nearest")
+    edges = np.hypot(ndimage.sobel(moved, 0), ndimage.sobel(moved, 1))
+    inten = 0.2 + (1.2 - moved) ** 2 + 3.0 * edges  # bright edges, reversed contrast
+    inten = inten * rng.gamma(looks, 1.0 / looks, inten.shape)
+    return 10 * np.log10(inten)
+
+
+def test_masked_ncc_recovers_integer_shift_and_subpixel_peak() -> None:
+    rng = np.random.default_rng(1)
+    search = ndimage.gaussian_filter(rng.random((3, 100, 100)), (0, 2, 2))
+    r, dx, dy = 10, 4, -7
+    template = search[:, r + dy : r + dy + 80, r + dx : r + dx + 80]
+    surf = dsc.masked_ncc(template, np.ones((80, 80), bool), search, np.ones((100, 100), bool), r, 0.5)
+    pk = dsc.find_peak(surf)
+    assert (round(pk.dx), round(pk.dy)) == (dx, dy)
+    assert pk.score == pytest.approx(1.0, abs=1e-6)
+    # a parabola sampled around a peak at +0.3 is located there
+    yy, xx = np.mgrid[-5:6, -5:6]
+    pk2 = dsc.find_peak(-((xx - 0.3) ** 2) - (yy + 0.2) ** 2)
+    assert pk2.dx == pytest.approx(0.3, abs=1e-6) and pk2.dy == pytest.approx(-0.2, abs=1e-6)
+
+
+def test_known_offset_recovered_on_synthetic_scene() -> None:
+    rng = np.random.default_rng(7)
+    scene = structured_scene(rng)
+    shift = (6.4, -3.7)
+    sar = sar_render(scene, rng, shift)
+    valid = np.ones(scene.shape, bool)
+    reg = cr.estimate_shift(sar, eo_render(scene, rng), valid, valid, FAST, gsd_m=0.5)
+    assert not reg.flagged, reg.reason
+    assert math.hypot(reg.dx - shift[0], reg.dy - shift[1]) < 1.0
+    assert reg.residuals_px["n_inliers"] >= 3
+    assert all(tp.inlier for tp in reg.tie_points if tp.confidence > 0.5)
+
+
+@pytest.fixture(scope="module")
+def atlanta(fixtures: Path) -> tuple[np.ndarray, rasterio.Affine, object]:
+    with rasterio.open(fixtures / "eo" / "atlanta_pan_0p5m.tif") as src:
+        return src.read(1).astype(np.float64), src.transform, src.crs
+
+
+def test_known_offset_recovered_on_real_chip(atlanta) -> None:
+    eo = atlanta[0][:640, :640]
+    rng = np.random.default_rng(3)
+    shift = (-17.3, 11.6)
+    moved = ndimage.shift(eo, (shift[1], shift[0]), order=3, mode="constant", cval=np.nan)
+    sar = cr.sar_like(moved, rng, looks=1)
+    reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, FAST, gsd_m=0.5)
+    assert not reg.flagged, reg.reason
+    assert math.hypot(reg.dx - shift[0], reg.dy - shift[1]) < 1.0
+
+
+@pytest.mark.parametrize("kind", ["other-scene", "transposed"])
+def test_unrelated_pair_is_flagged_not_corrected(atlanta, kind: str) -> None:
+    eo = atlanta[0][:640, :640]
+    rng = np.random.default_rng(11)
+    other = structured_scene(rng, 640) * 1000 if kind == "other-scene" else eo.T[::-1].copy()
+    sar = cr.sar_like(other, rng, looks=2)
+    reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, FAST, gsd_m=0.5)
+    assert reg.flagged
+    assert reg.confidence < cr.DEFAULTS["confidence_threshold"]
+
+
+def test_offset_beyond_search_radius_is_flagged(atlanta) -> None:
+    # 40 px true offset, 10 m = 20 px search radius: any estimate would be wrong, so it must be flagged
+    eo = atlanta[0][:640, :640]
+    moved = ndimage.shift(eo, (28.0, -28.5), order=3, mode="constant", cval=np.nan)
+    sar = cr.sar_like(moved, np.random.default_rng(2), looks=2)
+    params = {"coregister": {**FAST["coregister"], "search_radius_m": 10.0}}
+    reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, params, gsd_m=0.5)
+    assert reg.flagged
+
+
+# ----------------------------------------------------------------------------- stage on files
+
+
+def make_source(atlanta, tmp: Path, offset_m: tuple[float, float], related: bool = True, size: int = 600) -> Region:
+    """A region whose SAR (UTM, uint16, nodata 0) shows everything at P + offset_m, and whose EO
+    (EPSG:3857 RGB with an internal mask) is the real chip."""
+    eo, transform, crs = atlanta
+    eo = eo[:size, :size]
+    rng = np.random.default_rng(5)
+    scene = eo if related else eo.T[::-1].copy()
+    amp = np.sqrt(cr.sar_like(scene, rng, looks=2))
+    amp = np.clip(amp / np.percentile(amp, 99) * 3000, 1, 65535).astype("uint16")
+    amp[:, :20] = 0  # a nodata margin, as at a real scene edge
+    src_dir = tmp / "source"
+    src_dir.mkdir(parents=True)
+    sar_t = Affine.translation(*offset_m) * transform
+    with rasterio.open(src_dir / "sar.tif", "w", driver="GTiff", width=size, height=size, count=1, dtype="uint16",
+                       crs=crs, transform=sar_t, nodata=0) as dst:
+        dst.write(amp, 1)
+    left, top = transform.c, transform.f
+    bounds = (left, top - 0.5 * size, left + 0.5 * size, top)
+    t3857, w, h = calculate_default_transform(crs, "EPSG:3857", size, size, *bounds)
+    grey = np.zeros((h, w), "uint8")
+    reproject(np.clip(eo / 8, 1, 255).astype("uint8"), grey, src_transform=transform, src_crs=crs,
+              dst_transform=t3857, dst_crs="EPSG:3857", src_nodata=0, dst_nodata=0)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(src_dir / "eo.tif", "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8",
+                           crs="EPSG:3857", transform=t3857) as dst:
+            dst.write(np.stack([grey] * 3))
+            dst.write_mask(np.where(grey > 0, 255, 0).astype("uint8"))
+    w4, s4, e4, n4 = transform_bounds(crs, "EPSG:4326", *bounds)
+    pad = 0.0002
+    return Region(name="atl", bbox=(w4 + pad, s4 + pad, e4 - pad, n4 - pad), gsd_m=0.5, sar={}, eo={}, osm={},
+                  path=tmp / "atl.yaml", root=tmp)
+
+
+def test_register_region_recovers_map_offset(atlanta, tmp_path: Path) -> None:
+    offset = (7.3, -4.6)  # the SAR shows things 7.3 m east and 4.6 m south of where they are
+    region = make_source(atlanta, tmp_path, offset)
+    params = {"coregister": {**FAST["coregister"], "record_timing": False}}
+    rec = cr.register_region(region, tmp_path / "source", tmp_path / "registration", params)
+    assert rec["applied"] and not rec["flagged"], rec["reason"]
+    assert rec["model"] == "translation"
+    assert rec["sar_crs"] == "EPSG:32616"
+    # DESIGN "Demo ground truth": a perfect registration returns shift_m == -offset
+    err_m = math.hypot(rec["shift_m"]["east"] + offset[0], rec["shift_m"]["north"] + offset[1])
+    assert err_m < 0.5 * 0.5  # half a pixel at 0.5 m
+    corr = Affine(*rec["correction"])
+    assert (corr.c, corr.f) == (rec["shift_m"]["east"], rec["shift_m"]["north"])
+    with rasterio.open(tmp_path / "source" / "sar.tif") as src:
+        fixed = corr @ src.transform
+    # the corrected SAR geotransform puts the SAR back on the true one (within half a pixel)
+    assert math.hypot(fixed.c - atlanta[1].c, fixed.f - atlanta[1].f) < 0.25
+    on_disk = json.loads((tmp_path / "registration" / "registration.json").read_text())
+    assert on_disk == json.loads(json.dumps(rec))
+    assert all({"x", "y", "dx", "dy", "confidence"} <= set(tp) for tp in on_disk["tie_points"])
+    assert {"rms", "median", "max", "n_inliers"} <= set(on_disk["residuals_px"])
+    with Image.open(tmp_path / "registration" / "overlay.png") as png:  # a real picture, two panels
+        assert png.format == "PNG" and png.width > 2 * png.height - 50
+    # same inputs and params, same bytes
+    first = (tmp_path / "registration" / "registration.json").read_bytes()
+    cr.register_region(region, tmp_path / "source", tmp_path / "registration", params)
+    assert (tmp_path / "registration" / "registration.json").read_bytes() == first
+
+
+def test_register_region_unrelated_keeps_georeferencing(atlanta, tmp_path: Path) -> None:
+    region = make_source(atlanta, tmp_path, (5.0, 5.0), related=False, size=512)
+    rec = cr.register_region(region, tmp_path / "source", tmp_path / "out", FAST)
+    assert rec["flagged"] and not rec["applied"]
+    assert rec["correction"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert rec["shift_m"] == {"east": 0.0, "north": 0.0}
+    assert (tmp_path / "out" / "overlay.png").is_file()
+    assert rec["timing"]["seconds"] > 0
+
+
+def test_disabled_writes_identity(atlanta, tmp_path: Path) -> None:
+    region = make_source(atlanta, tmp_path, (3.0, 0.0), size=256)
+    rec = cr.register_region(region, tmp_path / "source", tmp_path / "out", {"coregister": {"enabled": False}})
+    assert not rec["applied"] and rec["model"] == "none"
+    assert "disabled" in rec["reason"]
+    assert rec["correction"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def test_map_correction_uses_projection_not_degree_scaling() -> None:
+    # 2.5 deg off the UTM zone's central meridian (grid convergence ~1.4 deg): a shift due east on the
+    # lon/lat grid is not due east in UTM; the correction must carry that rotation.
+    grid = grid_for_bbox((-84.50, 33.60, -84.49, 33.61), 0.5)
+    reg = cr.Registration(dx=20.0, dy=0.0, model="translation", matrix=(1, 0, 20.0, 0, 1, 0.0), confidence=1.0,
+                          flagged=False, reason="")
+    corr, shift = cr.map_correction(reg, grid, "EPSG:32616")
+    tr = Transformer.from_crs("EPSG:4326", "EPSG:32616", always_xy=True)
+    cx, cy = grid.width / 2, grid.height / 2
+    p = tr.transform(*grid.pixel_to_lonlat(cx, cy))
+    q = tr.transform(*grid.pixel_to_lonlat(cx + 20, cy))
+    assert shift["east"] == pytest.approx(p[0] - q[0], abs=1e-6)
+    assert shift["north"] == pytest.approx(p[1] - q[1], abs=1e-6)
+    convergence = math.radians(2.5) * math.sin(math.radians(33.605))  # ~ d_lon * sin(lat)
+    assert shift["north"] == pytest.approx(-10.0 * math.sin(convergence), abs=0.02)  # ~0.24 m, not 0
+    assert math.hypot(shift["east"], shift["north"]) == pytest.approx(10.0, rel=2e-3)  # 20 px of 0.5 m
+
+
+def test_fit_prefers_translation_and_uses_affine_only_when_supported() -> None:
+    rng = np.random.default_rng(0)
+    xy = [(x, y) for x in np.linspace(200, 3800, 4) for y in np.linspace(200, 3800, 4)]
+    params = cr.merged_params({})
+
+    def tps(fn):
+        return [cr.TiePoint(x, y, *fn(x, y), confidence=1.0, score=0.5) for x, y in xy]
+
+    noise = rng.normal(0, 0.2, (len(xy), 2))
+    shift = tps(lambda x, y: (3.0 + noise[xy.index((x, y))][0], -2.0 + noise[xy.index((x, y))][1]))
+    _, model, m, res, conf, reason = cr._fit(shift, params, (4000, 4000))
+    assert model == "translation" and not reason and conf > 0.9
+    assert (m[2], m[5]) == pytest.approx((3.0, -2.0), abs=0.2)
+    # 1e-3 scale + 0.5 mrad rotation: up to ~4 px of misfit for a translation over 4000 px
+    aff = tps(lambda x, y: (1e-3 * x - 5e-4 * y + 1.0, 5e-4 * x + 1e-3 * y - 1.0))
+    out, model, m, res, conf, reason = cr._fit(aff, {**params, "inlier_tol_px": 5.0}, (4000, 4000))
+    assert model == "affine" and res["rms"] < 0.01
+    assert m == pytest.approx((1.001, -5e-4, 1.0, 5e-4, 1.001, -1.0), abs=1e-6)
+    # and the map-unit correction of that affine maps apparent SAR positions back onto the truth
+    grid = grid_for_bbox((-84.50, 33.60, -84.46, 33.64), 1.0)
+    reg = cr.Registration(0, 0, "affine", m, 1.0, False, "")
+    corr, _ = cr.map_correction(reg, grid, "EPSG:32616")
+    tr = Transformer.from_crs("EPSG:4326", "EPSG:32616", always_xy=True)
+    for x, y in [(100.0, 200.0), (3000.0, 1500.0)]:
+        true = tr.transform(*grid.pixel_to_lonlat(x, y))
+        app = tr.transform(*grid.pixel_to_lonlat(*reg.sar_position(x, y)))
+        fixed = Affine(*corr) * app
+        assert math.hypot(fixed[0] - true[0], fixed[1] - true[1]) < 0.05
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path: Path) -> None:
+    region = Region(name="x", bbox=(0, 0, 0.01, 0.01), gsd_m=1.0, sar={}, eo={}, osm={}, path=tmp_path, root=tmp_path)
+    with pytest.raises(cr.RegistrationError, match="sar.tif: missing"):
+        cr.register_region(region, tmp_path, tmp_path / "out", {})
+    with pytest.raises(cr.RegistrationError, match="unknown key"):
+        cr.merged_params({"coregister": {"tile_sise": 100}})
+    with pytest.raises(cr.RegistrationError, match="model"):
+        cr.merged_params({"coregister": {"model": "homography"}})
