@@ -1,0 +1,153 @@
+"""End to end: a reduced offline demo through every stage, as `sareo run` (what DVC runs) does it.
+
+Checks the contracts *between* stages that module tests cannot see: the registration's sign and
+map units are applied by the gridding (SAR and EO agree on the final grid), labels sit on the
+same grid, patch stores are leak-free and loadable (numpy, xarray, torch DataLoader workers),
+and the published index matches the stores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+
+from pipeline.cli import main
+from pipeline.coregister import estimate_shift
+from pipeline.grid import Grid
+from pipeline.loader import PatchDataset
+from pipeline.store import read_meta, store_attrs
+
+ROOT = Path(__file__).resolve().parent.parent
+# about 560 x 500 m per region: big enough for several split blocks, small enough for seconds
+BBOXES = {"helsinki": [24.939, 60.1665, 24.949, 60.171], "uppland": [17.588, 59.906, 17.598, 59.9105]}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    (root / "pipeline").mkdir()
+    os.symlink(ROOT / "pipeline" / "demo_data", root / "pipeline" / "demo_data")
+    (root / "regions").mkdir()
+    for name, bbox in BBOXES.items():
+        region = yaml.safe_load((ROOT / "regions" / f"{name}.yaml").read_text())
+        region["aoi"]["bbox"] = bbox
+        (root / "regions" / f"{name}.yaml").write_text(yaml.safe_dump(region))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, bbox in BBOXES.items():
+        params["demo"]["regions"][name]["bbox"] = bbox
+    params["splits"]["block_patches"] = 2
+    params["fetch"]["cache_dir"] = str(root / ".cache")
+    params["labels"]["cache_dir"] = str(root / ".cache" / "osmnx")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["--root", str(root), "-q", "run"]) == 0
+    return root
+
+
+def test_every_stage_wrote_its_outputs(built: Path) -> None:
+    for name in BBOXES:
+        rdir = built / "data" / "regions" / name
+        for rel in ("source/sar.tif", "source/eo.tif", "source/provenance.json", "registration/registration.json",
+                    "registration/overlay.png", "grid/grid.json", "grid/sar_db.tif", "grid/eo.tif",
+                    "grid/quicklook.png", "labels/labels.tif", "labels/zones.tif", "labels/labels.json",
+                    "labels/labels.png"):
+            assert (rdir / rel).is_file(), rel
+        assert (built / "data" / "patches" / f"{name}.zarr" / "zarr.json").is_file()
+    for rel in ("data/dataset/index.parquet", "data/dataset/stats.json", "stac/dataset/collection.json"):
+        assert (built / rel).is_file(), rel
+    # nothing half-written anywhere: no temporaries left behind by the atomic writers
+    assert not [p for p in built.rglob("*") if ".tmp" in p.name]
+
+
+def test_registration_recovers_injected_offset(built: Path) -> None:
+    truth = json.loads((built / "data" / "demo" / "truth.json").read_text())["regions"]
+    for name in BBOXES:
+        reg = json.loads((built / "data" / "regions" / name / "registration" / "registration.json").read_text())
+        off = truth[name]["sar_offset_m"]
+        assert reg["applied"] and not reg["flagged"]
+        err = np.hypot(reg["shift_m"]["east"] + off["east"], reg["shift_m"]["north"] + off["north"])
+        assert err < 0.5, f"{name}: registration error {err:.2f} m (> 1 px at 0.5 m)"
+
+
+def test_gridded_sar_and_eo_agree_after_correction(built: Path) -> None:
+    """The correction went into the SAR geotransform with the right sign: no offset left on the grid."""
+    for name in BBOXES:
+        gdir = built / "data" / "regions" / name / "grid"
+        grid = Grid.from_json((gdir / "grid.json").read_text())
+        with rasterio.open(gdir / "sar_db.tif") as s, rasterio.open(gdir / "eo.tif") as e:
+            assert (s.height, s.width) == (e.height, e.width) == grid.shape
+            assert s.transform.almost_equals(grid.transform) and e.transform.almost_equals(grid.transform)
+            sar = s.read(1)
+            eo = e.read().astype(np.float32)
+        gray = eo[:3].mean(axis=0)
+        reg = estimate_shift(sar, gray, np.isfinite(sar), eo[3] > 0, gsd_m=grid.gsd_m)
+        assert not reg.flagged
+        assert np.hypot(reg.dx, reg.dy) < 0.5, f"{name}: {reg.dx:.2f}, {reg.dy:.2f} px left after correction"
+
+
+def test_labels_on_grid_and_valid_footprint(built: Path) -> None:
+    for name in BBOXES:
+        rdir = built / "data" / "regions" / name
+        with rasterio.open(rdir / "labels" / "labels.tif") as lab, rasterio.open(rdir / "grid" / "sar_db.tif") as s, \
+                rasterio.open(rdir / "grid" / "eo.tif") as e:
+            assert lab.transform == s.transform and lab.shape == s.shape
+            labels, sar, eo_valid = lab.read(1), s.read(1), e.read(4) > 0
+        invalid = ~(np.isfinite(sar) & eo_valid)
+        assert (labels[invalid] == 255).all() and (labels[~invalid] < 25).all()
+
+
+def test_patch_stores_are_leak_free_and_load(built: Path) -> None:
+    stores = sorted((built / "data" / "patches").glob("*.zarr"))
+    total = 0
+    for store in stores:
+        attrs = store_attrs(store)
+        assert attrs["splits"]["audit"]["passed"] and attrs["splits"]["method"] == "blocks"
+        text = json.dumps(attrs)
+        assert "Capella" in text and "OpenStreetMap" in text
+        meta = read_meta(store)
+        assert set(meta["split"]) <= {"train", "val", "test"} and len(meta) > 8
+        total += len(meta)
+    ds = PatchDataset(stores, split="train")
+    item = ds[0]
+    assert item["sar"].shape == (1, 256, 256) and item["sar"].dtype == np.float32
+    assert item["eo"].shape == (3, 256, 256) and item["eo"].dtype == np.uint8
+    assert item["label"].shape == (256, 256) and item["label"].max() < 25
+    import geopandas as gpd
+
+    index = gpd.read_parquet(built / "data" / "dataset" / "index.parquet")
+    assert len(index) == total and index.crs.to_epsg() == 4326
+
+
+def test_xarray_gives_named_dimensions(built: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    ds = xr.open_zarr(built / "data" / "patches" / "uppland.zarr", consolidated=False)
+    assert ds["sar"].dims == ("patch", "sar_band", "y", "x") and ds["label"].dims == ("patch", "y", "x")
+
+
+def test_torch_dataloader_with_worker_processes(built: Path) -> None:
+    torch = pytest.importorskip("torch")
+    stores = sorted((built / "data" / "patches").glob("*.zarr"))
+    ds = PatchDataset(stores, as_torch=True)
+    len(ds), ds[0]  # opened in the parent before the workers fork: each worker must reopen
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    n = 0
+    for batch in loader:
+        assert batch["sar"].shape[1:] == (1, 256, 256) and batch["eo"].dtype == torch.uint8
+        n += batch["sar"].shape[0]
+    assert n == len(ds)
+
+
+def test_cli_stage_error_is_one_clear_line(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copytree(built / "regions", tmp_path / "regions")
+    assert main(["--root", str(tmp_path), "grid", "helsinki"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sareo: error:") and "Traceback" not in err
+    assert main(["--root", str(tmp_path), "fetch", "nowhere"]) == 2
+    assert "regions/nowhere.yaml: no such region file (known regions: helsinki, uppland)" in capsys.readouterr().err
