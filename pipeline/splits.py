@@ -28,7 +28,8 @@ DROPPED = -1
 DEFAULTS: dict[str, Any] = {
     "method": "blocks",  # blocks | random (random leaks: only to reproduce the paper)
     "seed": 0,
-    "block_patches": 8,  # block width in patch strides (8 x 128 px = 1024 px)
+    "block_patches": 8,  # largest block width in patch strides (8 x 128 px = 1024 px)
+    "min_block_patches": 2,  # smaller blocks are tried, largest first, until the ratios are met
     "ratios": [0.7, 0.1, 0.2],
     "tolerance": 0.03,  # allowed |share - ratio| per split, by patch count, after buffer drops
     "buffer_px": 0,  # extra gap between footprints of different splits (0 = no shared pixel)
@@ -63,6 +64,10 @@ def split_params(params: dict[str, Any] | None) -> dict[str, Any]:
     p["ratios"] = ratios
     if int(p["block_patches"]) < 1:
         raise SplitError(f"splits.block_patches: {p['block_patches']!r}; expected an integer >= 1")
+    if not 1 <= int(p["min_block_patches"]) <= int(p["block_patches"]):
+        raise SplitError(
+            f"splits.min_block_patches: {p['min_block_patches']!r}; expected an integer from 1 to block_patches"
+        )
     if int(p["buffer_px"]) < 0:
         raise SplitError(f"splits.buffer_px: {p['buffer_px']!r}; expected an integer >= 0")
     if int(p["tries"]) < 1:
@@ -91,14 +96,24 @@ def split_patches(
         split = random_split(len(rows), ratios, seed)
         report: dict[str, Any] = {"method": "random", "leaky": True}
     else:
-        split, extra = block_split(
-            rows, cols, size, stride, ratios, seed, int(p["block_patches"]), int(p["buffer_px"]), int(p["tries"])
-        )
-        report = {"method": "blocks", "leaky": False, **extra}
+        # Largest blocks first: they lose the fewest patches to the no-overlap rule and keep
+        # spatially correlated neighbours together; shrink only while the ratios are missed.
+        best = None
+        tried = []
+        for bp in range(int(p["block_patches"]), int(p["min_block_patches"]) - 1, -1):
+            cand, extra = block_split(rows, cols, size, stride, ratios, seed, bp, int(p["buffer_px"]), int(p["tries"]))
+            cand_err = share_error(cand, ratios)
+            tried.append({"block_patches": bp, "max_share_error": round(cand_err, 6)})
+            if best is None or cand_err < best[2] - 1e-12:
+                best = (cand, {**extra, "block_patches": bp}, cand_err)
+            if cand_err <= float(p["tolerance"]) + 1e-12:
+                break
+        split, extra, _ = best
+        report = {"method": "blocks", "leaky": False, **extra, "block_sizes_tried": tried}
     counts = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
     kept = max(sum(counts.values()), 1)
     shares = {name: round(counts[name] / kept, 6) for name in SPLITS}
-    err = max(abs(counts[n] / kept - r) for n, r in zip(SPLITS, ratios)) if len(rows) else 0.0
+    err = share_error(split, ratios)
     audit_res = audit(rows, cols, split, size, int(p["buffer_px"]))
     report.update(
         {
@@ -118,6 +133,13 @@ def split_patches(
     if not report["within_tolerance"]:
         log.warning("split shares %s miss ratios %s by %.3f (> %.3f)", shares, list(ratios), err, p["tolerance"])
     return SplitResult(split.astype(np.int8), report)
+
+
+def share_error(split: np.ndarray, ratios: np.ndarray) -> float:
+    """Largest |share - ratio| over the splits, counting kept patches only (0 when none are kept)."""
+    counts = np.array([(split == i).sum() for i in range(len(SPLITS))], dtype=float)
+    kept = counts.sum()
+    return float(np.abs(counts / kept - ratios).max()) if kept else 0.0
 
 
 def random_split(n: int, ratios: np.ndarray, seed: int) -> np.ndarray:

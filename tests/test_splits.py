@@ -110,3 +110,22 @@ def test_edge_cases_and_bad_params():
         split_patches(np.array([0]), np.array([0]), SIZE, STRIDE, {"splits": {"ratios": [0.5, 0.5, 0.5]}})
     with pytest.raises(SplitError, match="rows/cols"):
         split_patches(np.array([0, 1]), np.array([0]), SIZE, STRIDE)
+
+
+def test_block_size_shrinks_only_until_ratios_are_met():
+    """Small regions get smaller blocks (to hit 7:1:2); large ones keep the largest blocks."""
+    from pipeline.patches import patch_origins
+
+    small_r, small_c = patch_origins(2007, 2015, 256, 128)  # the ~1 km rural demo region at 0.5 m
+    only8 = split_patches(small_r, small_c, 256, 128, {"splits": {"min_block_patches": 8}}).report
+    assert not only8["within_tolerance"]  # 4 blocks of 1024 px cannot make 7:1:2
+    rep = split_patches(small_r, small_c, 256, 128, {}).report
+    assert rep["within_tolerance"] and rep["audit"]["passed"]
+    assert rep["block_patches"] < 8 and rep["block_sizes_tried"][0] == {
+        "block_patches": 8, "max_share_error": only8["max_share_error"]}
+    assert [t["block_patches"] for t in rep["block_sizes_tried"]] == list(range(8, rep["block_patches"] - 1, -1))
+    big_r, big_c = patch_origins(12_000, 12_000, 256, 128)
+    big = split_patches(big_r, big_c, 256, 128, {}).report
+    assert big["within_tolerance"] and big["block_patches"] == 8 and len(big["block_sizes_tried"]) == 1
+    with pytest.raises(SplitError, match="splits.min_block_patches: 9; expected an integer from 1 to block_patches"):
+        split_patches(small_r, small_c, 256, 128, {"splits": {"min_block_patches": 9}})
