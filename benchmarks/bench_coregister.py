@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.warp import calculate_default_transform, reproject, transform_bounds
 from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,28 +100,8 @@ def part2a(eo: np.ndarray, trials: int) -> dict:
 def write_files(eo: np.ndarray, transform: Affine, crs, offset_m: tuple[float, float], rng, d: Path,
                 related: bool = True) -> Region:
     """sar.tif (UTM uint16 amplitude, nodata 0) showing P at P + offset_m; eo.tif in EPSG:3857 with a mask."""
-    d.mkdir(parents=True, exist_ok=True)
-    n = eo.shape[0]
-    scene = eo if related else eo.T[::-1].copy()
-    amp = np.sqrt(cr.sar_like(scene, rng, int(rng.integers(1, 5))))
-    amp = np.clip(amp / np.percentile(amp, 99) * 3000, 1, 65535).astype("uint16")
-    with rasterio.open(d / "sar.tif", "w", driver="GTiff", width=n, height=n, count=1, dtype="uint16", crs=crs,
-                       transform=Affine.translation(*offset_m) @ transform, nodata=0) as dst:
-        dst.write(amp, 1)
-    bounds = (transform.c, transform.f - 0.5 * n, transform.c + 0.5 * n, transform.f)
-    t3857, w, h = calculate_default_transform(crs, "EPSG:3857", n, n, *bounds)
-    grey = np.zeros((h, w), "uint8")
-    reproject(np.clip(eo / 8, 1, 255).astype("uint8"), grey, src_transform=transform, src_crs=crs,
-              dst_transform=t3857, dst_crs="EPSG:3857", src_nodata=0, dst_nodata=0)
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        with rasterio.open(d / "eo.tif", "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8",
-                           crs="EPSG:3857", transform=t3857) as dst:
-            dst.write(np.stack([grey] * 3))
-            dst.write_mask(np.where(grey > 0, 255, 0).astype("uint8"))
-    w4, s4, e4, n4 = transform_bounds(crs, "EPSG:4326", *bounds)
-    pad = 0.0002
-    return Region(name="atlanta", bbox=(w4 + pad, s4 + pad, e4 - pad, n4 - pad), gsd_m=0.5, sar={}, eo={}, osm={},
-                  path=d / "atlanta.yaml", root=d)
+    bbox = cr.write_synthetic_source(eo, transform, crs, offset_m, d, rng, int(rng.integers(1, 5)), related)
+    return Region(name="atlanta", bbox=bbox, gsd_m=0.5, sar={}, eo={}, osm={}, path=d / "atlanta.yaml", root=d)
 
 
 def part2b(eo: np.ndarray, transform: Affine, crs, trials: int) -> dict:

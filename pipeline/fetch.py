@@ -29,6 +29,7 @@ import pystac
 
 from pipeline import tiles as xyz
 from pipeline.atomic import atomic_path, write_json
+from pipeline.provenance import local_source, parse_datetime, sar_source, sha256_file
 from pipeline.regions import NOT_GEOCODED, Region
 from pipeline.stacio import (
     FetchError,
@@ -42,7 +43,6 @@ from pipeline.stacio import (
     join_href,
     local_path,
     scheme,
-    sha256_file,
 )
 
 log = logging.getLogger("sareo.fetch")
@@ -62,10 +62,6 @@ DEFAULTS: dict[str, Any] = {
     "max_api_items": 500,  # items asked from a STAC API search (static catalogs are walked fully)
 }
 
-LICENCES: dict[str, dict[str, str]] = {
-    "capella": {"licence": "CC-BY-4.0", "attribution": "(c) Capella Space Corp"},
-    "umbra": {"licence": "CC-BY-4.0", "attribution": "(c) Umbra Lab, Inc."},
-}
 CAPELLA_ID = re.compile(
     r"^CAPELLA_(?P<platform>C\d{2})_(?P<mode>SP|SM|SS)_(?P<product>SLC|GEO|GEC|SICD|SIDD|CPHD)_"
     r"(?P<pol>HH|VV|HV|VH)_(?P<start>\d{14})_(?P<end>\d{14})$"
@@ -81,13 +77,6 @@ def parse_capella_id(item_id: str) -> dict[str, str] | None:
     """The fields of a Capella item id, or None if ``item_id`` is not one."""
     m = CAPELLA_ID.match(item_id)
     return m.groupdict() if m else None
-
-
-def _parse_dt(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    d = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return d if d.tzinfo else d.replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -118,8 +107,8 @@ def item_facts(item: pystac.Item) -> ItemFacts:
     pols = (cap["pol"],) if cap else tuple(str(p).upper() for p in props.get("sar:polarizations", []))
     mode = cap["mode"] if cap else MODES.get(str(props.get("sar:instrument_mode", "")).lower(), "")
     when = props.get("datetime") or props.get("start_datetime")
-    start = _parse_dt(props.get("start_datetime") or when)
-    end = _parse_dt(props.get("end_datetime") or when)
+    start = parse_datetime(props.get("start_datetime") or when)
+    end = parse_datetime(props.get("end_datetime") or when)
     return ItemFacts(item.id, provider, product, pols, mode, start, end, str(when or ""))
 
 
@@ -128,8 +117,8 @@ def date_range(value: str | None) -> tuple[dt.datetime | None, dt.datetime | Non
     if not value:
         return None, None
     a, _, b = value.partition("/")
-    lo = _parse_dt(a[:10] + "T00:00:00Z") if a and a != ".." else None
-    hi = _parse_dt(b[:10] + "T00:00:00Z") + dt.timedelta(days=1) if b and b != ".." else None
+    lo = parse_datetime(a[:10] + "T00:00:00Z") if a and a != ".." else None
+    hi = parse_datetime(b[:10] + "T00:00:00Z") + dt.timedelta(days=1) if b and b != ".." else None
     return lo, hi
 
 
@@ -621,10 +610,9 @@ def _check_json(path: Path, href: str) -> None:
 
 
 def _licence(provider: str, region: Region) -> dict[str, str]:
-    lic = dict(LICENCES.get(provider, {"licence": "unknown", "attribution": ""}))
-    if region.attribution and provider not in LICENCES:
-        lic["attribution"] = region.attribution
-    return lic
+    """A known provider's licence and attribution (pipeline.provenance); else the region file's attribution."""
+    src = sar_source(provider) or local_source(region.attribution)
+    return {"licence": src.licence, "attribution": src.attribution}
 
 
 # --------------------------------------------------------------------------- EO

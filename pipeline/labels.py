@@ -33,7 +33,8 @@ from rasterio.windows import Window
 from pipeline.atomic import atomic_path, write_json
 from pipeline.grid import Grid
 from pipeline.legend import Legend, load_legend
-from pipeline.osm import ATTRIBUTION, OsmFeatures, read_osm
+from pipeline.osm import OsmFeatures, data_source, read_osm
+from pipeline.provenance import OSM
 from pipeline.urban import urban_rural, zone_frames
 
 log = logging.getLogger("sareo.labels")
@@ -333,8 +334,10 @@ def class_shares(hist: np.ndarray, legend: Legend) -> dict[str, Any]:
 # Picture
 
 
-def render_png(labels_tif: Path, legend: Legend, max_px: int = 1600, title: str = "") -> bytes:
-    """Colour map of a labels GeoTIFF (decimated read, nearest) with a legend panel, as PNG bytes."""
+def render_png(
+    labels_tif: Path, legend: Legend, max_px: int = 1600, title: str = "", attribution: str = OSM.attribution
+) -> bytes:
+    """Colour map of a labels GeoTIFF (decimated read, nearest) with a legend panel and the data credit, as PNG."""
     from PIL import Image, ImageDraw, ImageFont
 
     with rasterio.open(labels_tif) as src:
@@ -347,7 +350,7 @@ def render_png(labels_tif: Path, legend: Legend, max_px: int = 1600, title: str 
     rgb = legend.palette()[arr]
     font = ImageFont.load_default()
     row_h, panel_w = 16, 230
-    panel_h = row_h * (len(legend) + 2) + 8
+    panel_h = row_h * (len(legend) + 3) + 8  # title, classes, no data, credit line
     canvas = Image.new("RGB", (w + panel_w, max(h, panel_h)), (255, 255, 255))
     canvas.paste(Image.fromarray(rgb, "RGB"), (0, 0))
     draw = ImageDraw.Draw(canvas)
@@ -358,7 +361,7 @@ def render_png(labels_tif: Path, legend: Legend, max_px: int = 1600, title: str 
         y = 4 + row_h * (i + 1)
         draw.rectangle([x0, y, x0 + 12, y + 11], fill=col, outline=(0, 0, 0))
         draw.text((x0 + 18, y), f"{cid:>3} {name}", fill=(0, 0, 0), font=font)
-    draw.text((x0, 4 + row_h * (len(entries) + 1)), ATTRIBUTION, fill=(60, 60, 60), font=font)
+    draw.text((x0, 4 + row_h * (len(entries) + 1)), attribution, fill=(60, 60, 60), font=font)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
@@ -409,6 +412,7 @@ def label_region(region: Any, grid_dir: str | Path, out_dir: str | Path, params:
         raise LabelsError(f"{grid_json}: not a grid file ({exc})") from None
     legend = load_legend(p["legend"])
     source = _osm_source(region)
+    credit = data_source(source)  # OpenStreetMap, unless the file says it is not OSM data
     lat0 = (grid.bounds[1] + grid.bounds[3]) / 2
     dlat = p["read_margin_m"] / 111_000.0
     dlon = dlat / max(math.cos(math.radians(lat0)), 0.01)
@@ -438,7 +442,7 @@ def label_region(region: Any, grid_dir: str | Path, out_dir: str | Path, params:
         with atomic_path(out_dir) as tmp:
             tmp.mkdir(parents=True)
             with rasterio.open(tmp / "labels.tif", "w", nodata=legend.nodata, **profile) as dst:
-                dst.update_tags(legend="pipeline/legend.yaml", attribution=ATTRIBUTION)
+                dst.update_tags(legend="pipeline/legend.yaml", attribution=credit.attribution)
                 n_blocks = math.ceil(grid.height / block) * math.ceil(grid.width / block)
                 for i, (win, arr) in enumerate(iter_label_blocks(classified, grid.crs, grid.transform, grid.shape,
                                                                  None, block, int(p["workers"]))):
@@ -447,7 +451,8 @@ def label_region(region: Any, grid_dir: str | Path, out_dir: str | Path, params:
                     dst.write(arr, 1, window=win)
                     log.info("labels: block %d/%d", i + 1, n_blocks)
             with rasterio.open(tmp / "zones.tif", "w", **profile) as dst:
-                dst.update_tags(values="0 neither, 1 residential, 2 non-residential built-up", attribution=ATTRIBUTION)
+                dst.update_tags(values="0 neither, 1 residential, 2 non-residential built-up",
+                                attribution=credit.attribution)
                 for win, arr in iter_label_blocks(zones, grid.crs, grid.transform, grid.shape, None, block,
                                                   int(p["workers"])):
                     dst.write(arr, 1, window=win)
@@ -459,11 +464,12 @@ def label_region(region: Any, grid_dir: str | Path, out_dir: str | Path, params:
                 "urban_rural": urban,
                 "osm": {**feats.report(), "source": _public_source(source, region),
                         "classified_features": int(len(classified))},
-                "attribution": ATTRIBUTION,
-                "licence": "ODbL-1.0",
+                "attribution": credit.attribution,
+                "licence": credit.licence,
             }
             write_json(tmp / "labels.json", report)
-            (tmp / "labels.png").write_bytes(render_png(tmp / "labels.tif", legend, int(p["png_max_px"]), region.name))
+            png = render_png(tmp / "labels.tif", legend, int(p["png_max_px"]), region.name, credit.attribution)
+            (tmp / "labels.png").write_bytes(png)
     finally:
         sar.close()
         eo.close()

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipeline.provenance import OSM
+
 LEGEND_PATH = Path(__file__).with_name("legend.yaml")
 ROLES = ("residential", "nonresidential", "neither")
 GEOMETRIES = ("area", "line", "any")
@@ -64,7 +66,7 @@ class Legend:
     min_width_m: float = 0.5
     max_width_m: float = 100.0
     nodata: int = 255
-    attribution: str = "(c) OpenStreetMap contributors, ODbL 1.0"
+    attribution: str = OSM.attribution
     version: int = 1
     path: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -185,7 +187,7 @@ def parse_legend(data: Any, where: str = "legend") -> Legend:
         min_width_m=float(lines.get("min_width_m", 0.5)),
         max_width_m=float(lines.get("max_width_m", 100.0)),
         nodata=int(data.get("nodata", 255)),
-        attribution=str(data.get("attribution", "(c) OpenStreetMap contributors, ODbL 1.0")),
+        attribution=str(data.get("attribution", OSM.attribution)),
         version=int(data.get("version", 1)),
         path=where,
         raw=data,

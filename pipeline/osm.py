@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from pipeline.provenance import OSM, Source, local_source
+
 log = logging.getLogger("sareo.osm")
 
 DEFAULTS: dict[str, Any] = {
@@ -38,7 +40,6 @@ DEFAULTS: dict[str, Any] = {
     "cache_dir": ".cache/osmnx",
 }
 
-ATTRIBUTION = "(c) OpenStreetMap contributors, ODbL 1.0"
 OSM_SUFFIXES = (".osm", ".osm.bz2", ".osm.pbf", ".pbf", ".xml")
 _GDAL_LAYERS = (("multipolygons", "area"), ("lines", "line"))
 
@@ -143,6 +144,30 @@ def _seekable_osm(path: Path) -> Iterator[Path]:
         except OSError as exc:
             raise OsmError(f"{path}: not a readable bzip2 file ({exc})") from None
         yield plain
+
+
+def data_source(source: str | Path) -> Source:
+    """Whom to credit for an OSM-format source: OpenStreetMap, unless an OSM XML file says otherwise.
+
+    OSM XML carries its notice on the root element (the OSM API writes ``copyright="OpenStreetMap
+    and contributors"`` and a ``license`` URL). A file whose ``copyright`` does not name OpenStreetMap
+    (the demo's procedural scenes) is credited as it says, so its labels never claim OSM data.
+    PBF, Overpass and unreadable headers are OpenStreetMap.
+    """
+    import xml.etree.ElementTree as ET
+
+    path = Path(source)
+    if str(source) == "overpass" or not str(path).endswith((".osm", ".osm.bz2", ".xml")) or not path.is_file():
+        return OSM
+    try:
+        with (bz2.open(path, "rb") if path.suffix == ".bz2" else open(path, "rb")) as f:
+            _, root = next(ET.iterparse(f, events=("start",)))
+    except (OSError, ET.ParseError, StopIteration, EOFError):
+        return OSM
+    notice = str(root.attrib.get("copyright") or "").strip()
+    if root.tag != "osm" or not notice or "openstreetmap" in notice.lower():
+        return OSM
+    return local_source(notice, root.attrib.get("license"))
 
 
 def read_osm_file(path: str | Path, bbox: tuple[float, float, float, float] | None, keys: list[str]) -> OsmFeatures:

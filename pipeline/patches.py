@@ -11,8 +11,6 @@ then row, then col, so each split is one contiguous slice.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
 import logging
 import math
@@ -26,6 +24,7 @@ import numpy as np
 import pipeline
 from pipeline.atomic import atomic_path
 from pipeline.grid import Grid
+from pipeline.provenance import attribution_lines, licences, parse_datetime, sha256_file
 from pipeline.splits import SPLITS, split_params, split_patches
 from pipeline.store import N_CLASSES, PATCH_ORDER, create_store, write_meta
 
@@ -39,9 +38,6 @@ DEFAULTS: dict[str, Any] = {
     "compression_level": 3,  # zstd; an int, or per layer {sar: .., eo: .., label: ..}
     "band_pixels": 16_000_000,  # pixels per layer read at once in the validity pass
 }
-
-ATTRIBUTION_OSM = "Labels: (c) OpenStreetMap contributors, ODbL 1.0"
-SAR_DEFAULT_ATTRIBUTION = {"capella": "(c) Capella Space Corp, CC BY 4.0", "umbra": "(c) Umbra Lab, Inc., CC BY 4.0"}
 
 
 class PatchError(ValueError):
@@ -91,21 +87,9 @@ def box_counts(sat: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int, c
     return sat[k1, cols + size] - sat[k0, cols + size] - sat[k1, cols] + sat[k0, cols]
 
 
-def parse_time(value: Any) -> dt.datetime | None:
-    """An ISO 8601 date or datetime (with 'Z' or offset) as aware UTC, or None when absent."""
-    if value in (None, ""):
-        return None
-    text = str(value).strip().replace(" ", "T")
-    try:
-        t = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    except ValueError:
-        return None
-    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
-
-
 def gap_days(sar_time: Any, eo_time: Any) -> float:
-    """|EO - SAR| in days, NaN when either time is unknown."""
-    a, b = parse_time(sar_time), parse_time(eo_time)
+    """|EO - SAR| in days, NaN when either time is unknown or unreadable."""
+    a, b = parse_datetime(sar_time, strict=False), parse_datetime(eo_time, strict=False)
     return abs((b - a).total_seconds()) / 86400.0 if a and b else float("nan")
 
 
@@ -120,24 +104,6 @@ def urban_class(labels_json: dict[str, Any]) -> str:
         elif isinstance(v, str):
             return v
     return str(labels_json.get("class", "unknown")) if isinstance(labels_json.get("class"), str) else "unknown"
-
-
-def attribution(provenance: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-    """Attribution lines and licences for SAR, EO and OSM labels, from provenance.json."""
-    sar, eo = provenance.get("sar") or {}, provenance.get("eo") or {}
-    provider = str(sar.get("provider") or "").lower()
-    sar_attr = sar.get("attribution") or SAR_DEFAULT_ATTRIBUTION.get(provider, "see provenance")
-    lines = [f"SAR: {sar_attr}"]
-    eo_attr = eo.get("attribution") or eo.get("source")
-    if eo_attr:
-        lines.append(f"EO: {eo_attr}")
-    lines.append(ATTRIBUTION_OSM)
-    licences = {
-        "sar": str(sar.get("licence") or ("CC-BY-4.0" if provider in SAR_DEFAULT_ATTRIBUTION else "unknown")),
-        "eo": str(eo.get("licence") or "unknown"),
-        "labels": "ODbL-1.0",
-    }
-    return lines, licences
 
 
 # ---------------------------------------------------------------- inputs
@@ -155,10 +121,6 @@ def _read_json(path: Path, required: bool = True) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise PatchError(f"{path}: expected a JSON object")
     return data
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _truthy(value: Any) -> bool:
@@ -449,7 +411,6 @@ def _attrs(
     sar_tags: dict[str, str],
 ) -> dict[str, Any]:
     """Root attributes: everything needed to cite, reproduce and interpret the store."""
-    lines, licences = attribution(provenance)
     ur = labels_json.get("urban_rural")
     urban = dict(ur) if isinstance(ur, dict) else {}
     urban["class"] = urban_class(labels_json)
@@ -460,7 +421,7 @@ def _attrs(
     for rel in ("grid/grid.json", "labels/labels.json", "source/provenance.json", "registration/registration.json"):
         f = region_dir / rel
         if f.is_file():
-            inputs[rel] = _sha256(f)
+            inputs[rel] = sha256_file(f)
     return {
         "region": name,
         "urban_rural": urban,
@@ -469,8 +430,8 @@ def _attrs(
         "splits": splits_report,
         "provenance": {"sar": provenance.get("sar"), "eo": provenance.get("eo"), "registration": reg,
                        "sar_grid_tags": sar_tags, "inputs_sha256": inputs},  # fmt: skip
-        "licences": licences,
-        "attribution": lines,
+        "licences": licences(provenance, labels_json),
+        "attribution": attribution_lines(provenance, labels_json),
         "software": {"name": "sareo", "version": pipeline.__version__},
         "params": {"patches": p, "splits": sp},
         "patch_order": PATCH_ORDER,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_path, dumps_json
+from pipeline.provenance import OSM, SOURCES, licence_link, sar_source
 from pipeline.splits import SPLITS
 
 log = logging.getLogger("sareo.publish")
@@ -38,8 +38,8 @@ DEFAULTS: dict[str, Any] = {
     # STAC 1.0 keyword for mixed licences (1.1 prefers "other"); the links below name them.
     "license": "various",
     "license_links": [
-        {"href": "https://creativecommons.org/licenses/by/4.0/", "title": "CC-BY-4.0: SAR imagery (Capella, Umbra)"},
-        {"href": "https://opendatacommons.org/licenses/odbl/1-0/", "title": "ODbL-1.0: labels from OpenStreetMap"},
+        licence_link(SOURCES["capella"], "SAR imagery (Capella, Umbra)"),
+        licence_link(OSM, "labels from OpenStreetMap"),
     ],
     "keywords": ["SAR", "optical", "land cover", "OpenStreetMap", "co-registration", "machine learning"],
     "splits": list(SPLITS),
@@ -58,11 +58,6 @@ OPTIONAL_FIELDS: tuple[str, ...] = ("urban_rural",)  # per patch since pipeline.
 STR_FIELDS = {"id", "sar_datetime", "eo_datetime", "sar_item", "split", "urban_rural"}
 URBAN_RURAL = ("urban", "rural", "unknown")  # "unknown": labels.json had no decision
 
-SAR_PROVIDERS: dict[str, dict[str, str]] = {
-    "capella": {"name": "Capella Space", "url": "https://www.capellaspace.com/", "licence": "CC-BY-4.0"},
-    "umbra": {"name": "Umbra Lab, Inc.", "url": "https://umbra.space/", "licence": "CC-BY-4.0"},
-}
-OSM_PROVIDER = {"name": "OpenStreetMap contributors", "url": "https://www.openstreetmap.org/copyright"}
 SPLIT_COLOURS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
@@ -498,14 +493,16 @@ def _providers(metas: list[StoreMeta]):
     sar = sorted({str((m.attrs.get("provenance") or {}).get("sar", {}).get("provider", "")).lower() for m in metas})
     out = []
     for key in sar:
-        if key in SAR_PROVIDERS:
-            p = SAR_PROVIDERS[key]
-            out.append(pystac.Provider(p["name"], roles=["licensor", "producer"], url=p["url"],
-                                       description=f"SAR imagery, {p['licence']}"))  # fmt: skip
+        src = sar_source(key)
+        if src:
+            out.append(pystac.Provider(src.name, roles=["licensor", "producer"], url=src.url,
+                                       description=f"SAR imagery, {src.licence}"))  # fmt: skip
         elif key:
             out.append(pystac.Provider(key, roles=["licensor", "producer"], description="SAR imagery"))
-    out.append(pystac.Provider(OSM_PROVIDER["name"], roles=["licensor", "producer"], url=OSM_PROVIDER["url"],
-                               description="Land-cover labels rasterised from OpenStreetMap, ODbL-1.0"))  # fmt: skip
+    # OSM is credited when a store's labels come from it (not e.g. the demo's procedural features)
+    if any((m.attrs.get("licences") or {}).get("labels", OSM.licence) == OSM.licence for m in metas):
+        desc = f"Land-cover labels rasterised from OpenStreetMap, {OSM.licence}"
+        out.append(pystac.Provider(OSM.name, roles=["licensor", "producer"], url=OSM.url, description=desc))
     eo = set()
     for m in metas:
         e = (m.attrs.get("provenance") or {}).get("eo", {}) or {}

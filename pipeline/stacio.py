@@ -30,6 +30,8 @@ from typing import IO, Any, TypeVar
 import pystac
 from pystac.stac_io import DefaultStacIO
 
+from pipeline.provenance import sha256_file  # noqa: F401 - re-exported: the fetch cache's hash lives there
+
 log = logging.getLogger("sareo.stacio")
 
 URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -123,14 +125,6 @@ def _canonical(href: str) -> str:
 def is_within(href: str, root_dir: str) -> bool:
     """True if the resolved ``href`` lies under ``root_dir`` (as made by :func:`href_dir`)."""
     return _canonical(href).startswith(_canonical(root_dir).rstrip("/") + "/")
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- transport

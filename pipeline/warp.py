@@ -36,6 +36,7 @@ from rasterio.windows import Window
 from pipeline.atomic import atomic_path, write_json
 from pipeline.calibrate import Calibration, CalibrationError, calibration_for, dn_to_linear, linear_to_db
 from pipeline.grid import Grid, grid_for_bbox, metres_per_degree
+from pipeline.provenance import sar_attribution
 
 log = logging.getLogger("sareo.warp")
 
@@ -54,10 +55,6 @@ DEFAULTS: dict[str, Any] = {
     "quicklook_max_size": 1024,
 }
 
-ATTRIBUTION = {
-    "capella": "(c) Capella Space Corp, CC BY 4.0",
-    "umbra": "(c) Umbra Lab, Inc., CC BY 4.0",
-}
 _KERNEL_RADIUS = {"nearest": 1, "bilinear": 1, "average": 1, "cubic": 2, "cubic_spline": 2, "lanczos": 3}
 
 
@@ -460,7 +457,7 @@ def grid_region(region: Any, source_dir: str | Path, registration_json: str | Pa
     if eo.dtype != "uint8":
         raise WarpError(f"{eo.path}: data type {eo.dtype}; expected uint8 RGB")
     provider = (prov.get("sar") or {}).get("provider") or region.sar.get("provider") or "capella"
-    sar_attr = (prov.get("sar") or {}).get("attribution") or ATTRIBUTION.get(provider, "CC BY 4.0")
+    sar_attr = sar_attribution(prov.get("sar") or {}, provider, default="CC BY 4.0")
     eo_attr = (prov.get("eo") or {}).get("attribution") or region.attribution or ""
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("grid %s: %dx%d px at %g m", region.name, grid.width, grid.height, grid.gsd_m)

@@ -12,7 +12,6 @@ import rasterio
 from affine import Affine
 from PIL import Image
 from pyproj import Transformer
-from rasterio.warp import calculate_default_transform, reproject, transform_bounds
 from scipy import ndimage
 
 from pipeline import coregister as cr
@@ -128,33 +127,9 @@ def make_source(atlanta, tmp: Path, offset_m: tuple[float, float], related: bool
     """A region whose SAR (UTM, uint16, nodata 0) shows everything at P + offset_m, and whose EO
     (EPSG:3857 RGB with an internal mask) is the real chip."""
     eo, transform, crs = atlanta
-    eo = eo[:size, :size]
-    rng = np.random.default_rng(5)
-    scene = eo if related else eo.T[::-1].copy()
-    amp = np.sqrt(cr.sar_like(scene, rng, looks=2))
-    amp = np.clip(amp / np.percentile(amp, 99) * 3000, 1, 65535).astype("uint16")
-    amp[:, :20] = 0  # a nodata margin, as at a real scene edge
-    src_dir = tmp / "source"
-    src_dir.mkdir(parents=True)
-    sar_t = Affine.translation(*offset_m) * transform
-    with rasterio.open(src_dir / "sar.tif", "w", driver="GTiff", width=size, height=size, count=1, dtype="uint16",
-                       crs=crs, transform=sar_t, nodata=0) as dst:
-        dst.write(amp, 1)
-    left, top = transform.c, transform.f
-    bounds = (left, top - 0.5 * size, left + 0.5 * size, top)
-    t3857, w, h = calculate_default_transform(crs, "EPSG:3857", size, size, *bounds)
-    grey = np.zeros((h, w), "uint8")
-    reproject(np.clip(eo / 8, 1, 255).astype("uint8"), grey, src_transform=transform, src_crs=crs,
-              dst_transform=t3857, dst_crs="EPSG:3857", src_nodata=0, dst_nodata=0)
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        with rasterio.open(src_dir / "eo.tif", "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8",
-                           crs="EPSG:3857", transform=t3857) as dst:
-            dst.write(np.stack([grey] * 3))
-            dst.write_mask(np.where(grey > 0, 255, 0).astype("uint8"))
-    w4, s4, e4, n4 = transform_bounds(crs, "EPSG:4326", *bounds)
-    pad = 0.0002
-    return Region(name="atl", bbox=(w4 + pad, s4 + pad, e4 - pad, n4 - pad), gsd_m=0.5, sar={}, eo={}, osm={},
-                  path=tmp / "atl.yaml", root=tmp)
+    bbox = cr.write_synthetic_source(eo[:size, :size], transform, crs, offset_m, tmp / "source",
+                                     np.random.default_rng(5), looks=2, related=related, nodata_cols=20)
+    return Region(name="atl", bbox=bbox, gsd_m=0.5, sar={}, eo={}, osm={}, path=tmp / "atl.yaml", root=tmp)
 
 
 def test_register_region_recovers_map_offset(atlanta, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from rasterio.transform import from_origin
 from servers import free_port, http_dir, s3_server  # noqa: F401 - pytest fixtures
 
 from pipeline import fetch, tiles
+from pipeline.provenance import parse_datetime
 from pipeline.regions import load_region
 from pipeline.stacio import FetchError, Transport, Unsafe, join_href
 
@@ -193,7 +194,7 @@ def test_capella_id_and_ranking() -> None:
                    "start": "20240709040329", "end": "20240709040358"}
     assert fetch.parse_capella_id("CAPELLA_C14_SP_GEO_HH_2024") is None
     def mk(i: str, when: str) -> fetch.ItemFacts:
-        return fetch.ItemFacts(i, "capella", "GEO", ("HH",), "SP", fetch._parse_dt(when), None, when)
+        return fetch.ItemFacts(i, "capella", "GEO", ("HH",), "SP", parse_datetime(when), None, when)
 
     old, new = mk("b", "2020-01-01T00:00:00Z"), mk("c", "2024-01-01T00:00:00Z")
     tie = mk("a", "2024-01-01T00:00:00Z")
@@ -203,8 +204,8 @@ def test_capella_id_and_ranking() -> None:
 
 def test_date_range_and_reasons() -> None:
     lo, hi = fetch.date_range("2024-07-01/2024-07-09")
-    f = fetch.ItemFacts("x", "capella", "GEO", ("HH",), "SP", fetch._parse_dt("2024-07-09T23:59:00Z"),
-                        fetch._parse_dt("2024-07-09T23:59:30Z"), "")
+    f = fetch.ItemFacts("x", "capella", "GEO", ("HH",), "SP", parse_datetime("2024-07-09T23:59:00Z"),
+                        parse_datetime("2024-07-09T23:59:30Z"), "")
     assert lo <= f.start < hi  # END date is inclusive
     sar = {"product": "GEO", "polarization": "HH", "datetime": "2024-07-10/.."}
     assert fetch.reject_reason(f, 1.0, sar, True) == "datetime"

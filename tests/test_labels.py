@@ -343,3 +343,26 @@ def test_label_region_rejects_grid_mismatch(tmp_path, fixtures):
     with pytest.raises(LabelsError, match="sar_db.tif.*not on the grid"):
         label_region(_region(fixtures, OAKLAND_BBOX), tmp_path / "grid", tmp_path / "labels", {})
     assert not (tmp_path / "labels").exists()
+
+
+def test_procedural_osm_file_is_not_credited_to_openstreetmap(tmp_path):
+    """The demo's procedural rural file says it is not OSM data: labels.json, tags and PNG credit it as it says."""
+    from pipeline import demo
+    from pipeline.labels import render_png
+
+    bbox = (17.585, 59.905, 17.589, 59.907)
+    make_grid_dir(tmp_path / "grid", bbox, 2.0)
+    osm = demo.write_procedural_osm(tmp_path / "rural.osm", bbox, 20.0, 7)
+    region = SimpleNamespace(name="rural", bbox=bbox, gsd_m=2.0, aoi=box(*bbox), path=tmp_path / "rural.yaml",
+                             osm={"file": "rural.osm"}, resolve=lambda href: str(tmp_path / href))
+    params = {"labels": {"block_size": 256, "tile_size": 256}}
+    out = label_region(region, tmp_path / "grid", tmp_path / "labels", params)
+    report = json.loads((out / "labels.json").read_text())
+    assert report["attribution"] == demo.PROCEDURAL_NOTICE and report["licence"] == "unknown"
+    assert "OpenStreetMap" not in report["attribution"] and osm.is_file()
+    with rasterio.open(out / "labels.tif") as a, rasterio.open(out / "zones.tif") as z:
+        assert a.tags()["attribution"] == z.tags()["attribution"] == demo.PROCEDURAL_NOTICE
+    legend = load_legend()
+    png = (out / "labels.png").read_bytes()
+    assert png == render_png(out / "labels.tif", legend, 1600, "rural", demo.PROCEDURAL_NOTICE)
+    assert png != render_png(out / "labels.tif", legend, 1600, "rural")  # default: the OSM credit

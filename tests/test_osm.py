@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from pipeline.labels import classify
-from pipeline.osm import OsmError, read_osm
+from pipeline.osm import OsmError, data_source, read_osm
 
 BBOX = (24.9400, 60.1700, 24.9420, 60.1710)
 
@@ -119,3 +119,29 @@ def test_bad_sources_are_named(tmp_path):
     txt.write_text("hi")
     with pytest.raises(OsmError, match="expected an OSM extract"):
         read_osm(txt, None)
+
+
+def test_data_source_credits_osm_unless_the_file_says_otherwise(fixtures, tmp_path):
+    import bz2
+
+    from pipeline.provenance import OSM
+
+    assert data_source("overpass") is OSM
+    assert data_source(fixtures / "osm" / "Helsinki.osm.pbf") is OSM
+    assert data_source(fixtures / "osm" / "West-Oakland.osm.bz2") is OSM  # XML header without a notice
+    api = tmp_path / "api.osm"  # as the OSM API writes it
+    api.write_text('<?xml version="1.0"?>\n<osm version="0.6" copyright="OpenStreetMap and contributors" '
+                   'license="http://opendatacommons.org/licenses/odbl/1-0/">\n</osm>\n')
+    assert data_source(api) is OSM
+    own = tmp_path / "own.osm.bz2"
+    own.write_bytes(bz2.compress(b'<osm version="0.6" copyright="(c) Survey team" license="CC0-1.0">'
+                                 b'<node id="1" lat="0" lon="0"/></osm>'))
+    src = data_source(own)
+    assert (src.attribution, src.licence) == ("(c) Survey team", "CC0-1.0")
+    # the demo's procedural scenes say they are not OSM data, and get no OSM credit
+    from pipeline import demo
+
+    procedural = demo.write_procedural_osm(tmp_path / "rural.osm", (17.585, 59.905, 17.588, 59.907), 10.0, 1)
+    src = data_source(procedural)
+    assert src is not OSM and src.attribution == demo.PROCEDURAL_NOTICE and src.licence == "unknown"
+    assert len(read_osm(procedural, None)) > 0  # the notice does not disturb GDAL's OSM driver
