@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,7 +126,8 @@ def capella_calibration(metadata: dict[str, Any], where: str = "sar_metadata.jso
     if incidence is not None and incidence >= 90:
         raise CalibrationError(f"{where}: collect.image.center_pixel.incidence_angle: {inc!r} must be below 90 degrees")
     factor = 1.0
-    how = f"{where}: collect.image.scale_factor={scale!r}, radiometry={radiometry}"
+    # the file's name, not its path: outputs must not depend on where the project is checked out
+    how = f"{os.path.basename(where)}: collect.image.scale_factor={scale!r}, radiometry={radiometry}"
     if radiometry == "sigma_nought":
         pass
     elif radiometry in ("beta_nought", "gamma_nought"):

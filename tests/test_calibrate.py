@@ -117,3 +117,16 @@ def test_product_mismatch_and_unknown_provider(geo_meta):
 def test_capella_without_metadata_is_uncalibrated():
     cal = calibration_for(None, "capella", "GEO")
     assert not cal.calibrated and cal.scale_factor == 1.0
+
+
+def test_calibration_record_does_not_depend_on_checkout_path(fixtures):
+    """The record goes into GeoTIFF tags and store attributes: it must be the same in every clone."""
+    import json
+
+    from pipeline.calibrate import calibration_for
+
+    path = fixtures / "capella" / "CAPELLA_C14_SP_GEO_HH_20240709040329_20240709040358_extended.json"
+    meta = json.loads(path.read_text())
+    a = calibration_for(meta, "capella", "GEO", "/one/clone/source/sar_metadata.json")
+    b = calibration_for(meta, "capella", "GEO", "/another/clone/source/sar_metadata.json")
+    assert a == b and a.source.startswith("sar_metadata.json: collect.image.scale_factor=")

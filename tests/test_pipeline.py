@@ -65,6 +65,18 @@ def test_every_stage_wrote_its_outputs(built: Path) -> None:
     assert not [p for p in built.rglob("*") if ".tmp" in p.name]
 
 
+def test_outputs_do_not_depend_on_checkout_path(built: Path) -> None:
+    """Same inputs, same bytes in every clone: no output may embed the project's absolute path."""
+    needle = str(built).encode()
+    leaks = [
+        str(p.relative_to(built))
+        for top in ("data", "stac")
+        for p in (built / top).rglob("*")
+        if p.is_file() and p.suffix in (".json", ".tif", ".png", ".parquet", "") and needle in p.read_bytes()
+    ]
+    assert leaks == []
+
+
 def test_registration_recovers_injected_offset(built: Path) -> None:
     truth = json.loads((built / "data" / "demo" / "truth.json").read_text())["regions"]
     for name in BBOXES:
