@@ -187,12 +187,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params or root / "params.yaml")
         args.func(args, layout, params)
-    except (RegionError, ValueError, FileNotFoundError, PermissionError, OSError) as exc:
-        if args.verbose > 1:
+    except Exception as exc:
+        if args.verbose > 1 or not is_user_error(exc):
             raise
         print(f"sareo: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Errors the user can act on (bad input, unreachable source): one line, not a traceback.
+
+    Every error class the pipeline defines names the file, field or href at fault; so do the
+    ValueError/OSError families that rasterio, pyproj and the standard library raise on bad
+    files. Anything else is a bug and keeps its traceback.
+    """
+    return isinstance(exc, (ValueError, OSError)) or type(exc).__module__.split(".")[0] == __package__
 
 
 if __name__ == "__main__":

@@ -119,3 +119,12 @@ def test_repository_regions_valid_and_index_in_sync(root: Path) -> None:
     """The committed regions all validate and regions.index.yaml lists exactly them."""
     names = [r.name for r in load_regions(root / "regions")]
     assert yaml.safe_load((root / "regions.index.yaml").read_text())["regions"] == names
+
+
+def test_cli_separates_user_errors_from_bugs() -> None:
+    from pipeline.cli import is_user_error
+    from pipeline.stacio import FetchError
+
+    assert is_user_error(FetchError("https://x/catalog.json: unreachable after 3 tries"))  # a RuntimeError
+    assert is_user_error(RegionError("regions/x.yaml: gsd_m: ...")) and is_user_error(FileNotFoundError("x"))
+    assert not is_user_error(KeyError("bug")) and not is_user_error(TypeError("bug"))
