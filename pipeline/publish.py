@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     ),
     "version": "0.1.0",
     # STAC 1.0 keyword for mixed licences (1.1 prefers "other"); the links below name them.
-    "license": "various",
+    "license": "other",  # STAC 1.1: several licences, given as license links
     "license_links": [
         licence_link(SOURCES["capella"], "SAR imagery (Capella, Umbra)"),
         licence_link(OSM, "labels from OpenStreetMap"),

@@ -289,7 +289,7 @@ def test_stac_collection_reads_back_and_links_resolve(project) -> None:
     items = {i.id: i for i in col.get_items(recursive=True)}
     assert sorted(items) == sorted(project["arrays"])
     assert col.id == "sareo-test" and col.extra_fields["version"] == "1.2.3"
-    assert col.license == "various"
+    assert col.license == "other"
     hrefs = {l.href for l in col.links if l.rel == "license"}
     assert hrefs == {"https://creativecommons.org/licenses/by/4.0/", "https://opendatacommons.org/licenses/odbl/1-0/"}
     names = [p.name for p in col.providers]
