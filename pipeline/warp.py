@@ -160,13 +160,9 @@ def open_sar(source_dir: str | Path, registration_json: str | Path | None = None
         raise WarpError(f"{path}: has {src.count} bands; expected one band of detected amplitude")
     if src.dtype not in ("uint8", "uint16"):
         raise WarpError(f"{path}: data type {src.dtype}; expected UInt16 (Capella GEO/GEC) or uint8 (Umbra GEC)")
-    prov_path = source_dir / "provenance.json"
-    sar_prov: dict[str, Any] = {}
-    if prov_path.exists():
-        sar_prov = json.loads(prov_path.read_text(encoding="utf-8")).get("sar") or {}
-    region_sar = getattr(region, "sar", None) or {}
-    provider = sar_prov.get("provider") or region_sar.get("provider") or "capella"
-    product = sar_prov.get("product") or region_sar.get("product") or "GEO"
+    sar_prov = _provenance(source_dir).get("sar") or {}
+    provider = _sar_provider(sar_prov, region)
+    product = sar_prov.get("product") or (getattr(region, "sar", None) or {}).get("product") or "GEO"
     meta_path = source_dir / "sar_metadata.json"
     metadata = None
     if meta_path.exists():
@@ -443,6 +439,11 @@ def _provenance(source_dir: Path) -> dict[str, Any]:
     return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
 
 
+def _sar_provider(sar_prov: dict[str, Any], region: Any) -> str:
+    """The SAR provider: as fetched (provenance.json), else as the region file says, else Capella."""
+    return sar_prov.get("provider") or (getattr(region, "sar", None) or {}).get("provider") or "capella"
+
+
 def grid_region(region: Any, source_dir: str | Path, registration_json: str | Path | None, out_dir: str | Path,
                 params: dict[str, Any] | None = None) -> Grid:
     """Stage entry point: grid/grid.json, grid/sar_db.tif, grid/eo.tif, grid/quicklook.png."""
@@ -456,17 +457,17 @@ def grid_region(region: Any, source_dir: str | Path, registration_json: str | Pa
     eo = open_source(source_dir / "eo.tif")
     if eo.dtype != "uint8":
         raise WarpError(f"{eo.path}: data type {eo.dtype}; expected uint8 RGB")
-    provider = (prov.get("sar") or {}).get("provider") or region.sar.get("provider") or "capella"
-    sar_attr = sar_attribution(prov.get("sar") or {}, provider, default="CC BY 4.0")
+    sar_attr = sar_attribution(prov.get("sar") or {}, _sar_provider(prov.get("sar") or {}, region), default="CC BY 4.0")
     eo_attr = (prov.get("eo") or {}).get("attribution") or region.attribution or ""
-    out_dir.mkdir(parents=True, exist_ok=True)
     log.info("grid %s: %dx%d px at %g m", region.name, grid.width, grid.height, grid.gsd_m)
-    write_json(out_dir / "grid.json", grid.to_dict())
-    write_sar_grid(sar, grid, out_dir / "sar_db.tif", params,
-                   {"region": region.name, "attribution": sar_attr, "registration_applied":
-                    "true" if load_correction(registration_json) is not None else "false"})
-    write_eo_grid(eo, grid, out_dir / "eo.tif", params, {"region": region.name, "attribution": eo_attr})
-    credits = "; ".join(a for a in (sar_attr, eo_attr) if a)
-    side_by_side(out_dir / "sar_db.tif", out_dir / "eo.tif", out_dir / "quicklook.png",
-                 max_size=int(cfg["quicklook_max_size"]), title=f"{region.name}  SAR | EO   {credits}")
+    with atomic_path(out_dir) as tmp:  # the whole grid/ appears at once, or not at all
+        tmp.mkdir()
+        write_json(tmp / "grid.json", grid.to_dict())
+        write_sar_grid(sar, grid, tmp / "sar_db.tif", params,
+                       {"region": region.name, "attribution": sar_attr, "registration_applied":
+                        "true" if load_correction(registration_json) is not None else "false"})
+        write_eo_grid(eo, grid, tmp / "eo.tif", params, {"region": region.name, "attribution": eo_attr})
+        credits = "; ".join(a for a in (sar_attr, eo_attr) if a)
+        side_by_side(tmp / "sar_db.tif", tmp / "eo.tif", tmp / "quicklook.png",
+                     max_size=int(cfg["quicklook_max_size"]), title=f"{region.name}  SAR | EO   {credits}")
     return grid

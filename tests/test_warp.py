@@ -319,3 +319,25 @@ def test_umbra_is_relative_db(tmp_path, fixtures):
     # DN 0 is no data (log of 0): 24 % of this display chip is 0, so about that much is NaN
     assert abs((1 - ok.mean()) - (dn == 0).mean()) < 0.1
     assert db[ok].max() <= 20 * np.log10(float(dn.max())) + 1e-3 and db[ok].min() >= 0.0
+
+
+def test_failed_stage_leaves_previous_grid_untouched(gridded, tmp_path, monkeypatch):
+    """A crash after the SAR is written (here: in the quick look) must not leave a half grid/."""
+    import pipeline.quicklook
+
+    _, src, reg = gridded
+    dest = tmp_path / "grid"
+    grid_region(reg, src, None, dest, SMALL)
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full while writing the quick look")
+
+    monkeypatch.setattr(pipeline.quicklook, "side_by_side", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        grid_region(reg, src, None, dest, SMALL)
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid"]  # no temporary left behind
+    with pytest.raises(RuntimeError):
+        grid_region(reg, src, None, tmp_path / "fresh", SMALL)
+    assert not (tmp_path / "fresh").exists()
