@@ -150,7 +150,11 @@ def _cmd_run(args: argparse.Namespace, layout: Layout, params: dict[str, Any]) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sareo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="sareo",
+        description="Build co-registered SAR/EO patch datasets with OpenStreetMap labels. "
+        "`dvc repro` runs the stages below in order; each can also be run alone.",
+    )
     p.add_argument("--version", action="version", version=f"sareo {__version__}")
     p.add_argument("--root", default=".", help="project root holding regions/ and params.yaml (default: .)")
     p.add_argument("--params", default=None, help="parameter file (default: ROOT/params.yaml)")
