@@ -2,7 +2,8 @@
 
 Three small steps, each usable alone:
 ``classify`` (OSM rows -> polygons with class id and burn priority; lines buffered in metres
-in a local UTM CRS, then brought back to lon/lat), ``rasterize_classes`` / ``iter_label_blocks``
+in a local UTM CRS, then brought back to lon/lat; open sea closed from natural=coastline by
+``pipeline.coast``, see ``sea_features``), ``rasterize_classes`` / ``iter_label_blocks``
 (burn in priority order onto ANY grid, block by block, so no whole scene is ever needed in
 memory), and the stage entry point ``label_region`` that writes labels.tif, zones.tif,
 labels.json and labels.png for a region grid.
@@ -31,11 +32,13 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from pipeline.atomic import atomic_path, write_json
+from pipeline.coast import DEFAULTS as COAST_DEFAULTS
+from pipeline.coast import SeaResult, coastline_lines, sea_lonlat
 from pipeline.grid import Grid
 from pipeline.legend import Legend, load_legend
 from pipeline.osm import OsmFeatures, data_source, read_osm
 from pipeline.provenance import OSM
-from pipeline.urban import urban_rural, zone_frames
+from pipeline.urban import equal_area_crs, urban_rural, zone_frames
 
 log = logging.getLogger("sareo.labels")
 
@@ -46,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "workers": 2,  # threads rasterising blocks in parallel
     "read_margin_m": 60.0,  # read OSM this far beyond the grid so wide roads just outside still burn in
     "png_max_px": 1600,  # longest side of labels.png's map panel
+    "sea": True,  # close natural=coastline into sea polygons (needs a `sea` entry in the legend)
+    "coast_snap_m": COAST_DEFAULTS["snap_m"],  # extend coastline ends this close to the clip border (clipped extracts)
 }
 
 OUT_COLUMNS = ["osm_id", "class_id", "priority", "role", "density", "key", "kind", "width_m", "length_m", "geometry"]
@@ -129,20 +134,110 @@ def _ring_index(geoms: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(geoms)), counts)
 
 
-def classify(features: OsmFeatures | gpd.GeoDataFrame, legend: Legend | None = None) -> gpd.GeoDataFrame:
-    """Match OSM rows to legend classes; returns polygons (EPSG:4326) sorted in burn order.
-
-    Columns: geometry, class_id, priority, plus osm_id, role, density, key (tag key of the
-    matching rule), kind ("area" or "line"), width_m and length_m (lines, metres, before
-    buffering). A row matching several classes appears once per class; burning in priority
-    order makes the highest priority win, as intended. Lines are buffered by width/2 (round
-    caps) in the local UTM zone and transformed back, so widths are true metres anywhere.
-    """
-    legend = legend or load_legend()
+def _frame(features: OsmFeatures | gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """The rows in EPSG:4326."""
     gdf = features.gdf if isinstance(features, OsmFeatures) else features
     if gdf.crs is not None and not pyproj.CRS(gdf.crs).equals(pyproj.CRS("EPSG:4326")):
         gdf = gdf.to_crs("EPSG:4326")
-    empty = gpd.GeoDataFrame({c: [] for c in OUT_COLUMNS[:-1]}, geometry=[], crs="EPSG:4326")
+    return gdf
+
+
+def sea_clip_boxes(features: OsmFeatures | gpd.GeoDataFrame) -> list[tuple[float, float, float, float]]:
+    """Rectangles to close the coastline in, in order of preference.
+
+    The read window first: every way crossing it was read, so a real coastline closes there.
+    Then that window cut to the bounds the extract declares, where a clipped extract's
+    coastline stops. Without a window (whole file): the declared bounds, else the data's extent.
+    """
+    bbox = features.bbox if isinstance(features, OsmFeatures) else None
+    extent = features.extent if isinstance(features, OsmFeatures) else None
+    if bbox is None:
+        gdf = _frame(features)
+        box = extent or (tuple(float(v) for v in gdf.total_bounds) if len(gdf) else None)
+        return [box] if box else []
+    boxes = [tuple(float(v) for v in bbox)]
+    if extent is not None:
+        cut = (max(bbox[0], extent[0]), max(bbox[1], extent[1]), min(bbox[2], extent[2]), min(bbox[3], extent[3]))
+        if cut != boxes[0] and cut[2] > cut[0] and cut[3] > cut[1]:
+            boxes.append(cut)
+    return boxes
+
+
+def _empty() -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame({c: [] for c in OUT_COLUMNS[:-1]}, geometry=[], crs="EPSG:4326")
+
+
+def classify(
+    features: OsmFeatures | gpd.GeoDataFrame, legend: Legend | None = None, params: dict[str, Any] | None = None
+) -> gpd.GeoDataFrame:
+    """Match OSM rows to legend classes; returns polygons (EPSG:4326) sorted in burn order.
+
+    Columns: geometry, class_id, priority, plus osm_id, role, density, key (tag key of the
+    matching rule), kind ("area", "line" or "sea"), width_m and length_m (lines, metres, before
+    buffering). A row matching several classes appears once per class; burning in priority
+    order makes the highest priority win, as intended. Lines are buffered by width/2 (round
+    caps) in the local UTM zone and transformed back, so widths are true metres anywhere.
+    Open sea (kind "sea") comes from ``sea_features`` unless ``labels.sea`` is false.
+    """
+    legend = legend or load_legend()
+    land = classify_tags(features, legend)
+    if not _params(params)["sea"]:
+        return land
+    sea, _ = sea_features(features, legend, params)
+    return with_sea(land, sea)
+
+
+def with_sea(land: gpd.GeoDataFrame, sea: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Classified tag features plus sea rows, in burn order."""
+    if len(sea) == 0:
+        return land
+    out = gpd.GeoDataFrame(pd.concat([land, sea], ignore_index=True), geometry="geometry", crs="EPSG:4326")
+    out = out.sort_values(["priority", "class_id", "osm_id"], kind="stable").reset_index(drop=True)
+    out["class_id"] = out["class_id"].astype(np.uint8)
+    out["priority"] = out["priority"].astype(np.int32)
+    return out[OUT_COLUMNS]
+
+
+def sea_features(
+    features: OsmFeatures | gpd.GeoDataFrame, legend: Legend | None = None, params: dict[str, Any] | None = None
+) -> tuple[gpd.GeoDataFrame, SeaResult]:
+    """Open sea polygons (rows like ``classify``'s, kind "sea") from the natural=coastline ways.
+
+    Closed in the rectangles of ``sea_clip_boxes``, first success wins. No sea if the legend
+    has no ``sea`` entry, if there is no coastline, or if it is inconsistent (see the result).
+    """
+    legend = legend or load_legend()
+    p = _params(params)
+    gdf = _frame(features)
+    if legend.sea is None or len(gdf) == 0 or "natural" not in gdf:
+        why = "the legend has no sea entry" if legend.sea is None else "no natural tags"
+        return _empty(), SeaResult(shapely.Polygon(), "no_coastline", why)
+    coast = gdf[_str_col(gdf, "natural").eq("coastline").to_numpy()]
+    lines = coastline_lines(coast.geometry.values)
+    if not lines:
+        return _empty(), SeaResult(shapely.Polygon(), "no_coastline", "no natural=coastline in the OSM data")
+    result = sea_lonlat(lines, sea_clip_boxes(features), float(p["coast_snap_m"]))
+    if result.status == "skipped":
+        log.warning("sea skipped (%d coastline ways): %s at %s", len(coast), result.reason, result.at)
+    else:
+        log.info("sea: %s, %d water face(s) of %d", result.status, result.water_faces, result.faces)
+    parts = [g for g in getattr(result.geometry, "geoms", [result.geometry]) if not g.is_empty]
+    if not parts:
+        return _empty(), result
+    n = len(parts)
+    rows = gpd.GeoDataFrame(
+        {"osm_id": [f"coastline:{i}" for i in range(n)], "class_id": np.full(n, legend.sea.class_id, np.uint8),
+         "priority": np.full(n, legend.sea.priority, np.int32), "role": "neither", "density": None,
+         "key": "natural", "kind": "sea", "width_m": np.nan, "length_m": np.nan},
+        geometry=parts, crs="EPSG:4326")
+    return rows[OUT_COLUMNS], result
+
+
+def classify_tags(features: OsmFeatures | gpd.GeoDataFrame, legend: Legend | None = None) -> gpd.GeoDataFrame:
+    """``classify`` without the sea: the legend's tag rules only."""
+    legend = legend or load_legend()
+    gdf = _frame(features)
+    empty = _empty()
     if len(gdf) == 0:
         return empty
     gdf = gdf.reset_index(drop=True)
@@ -418,9 +513,11 @@ def label_region(region: Any, grid_dir: str | Path, out_dir: str | Path, params:
     dlon = dlat / max(math.cos(math.radians(lat0)), 0.01)
     w, s, e, n = grid.bounds
     feats = read_osm(source, (w - dlon, s - dlat, e + dlon, n + dlat), legend.keys(), params)
-    classified = classify(feats, legend)
-    urban = urban_rural(classified, region.aoi, params)
-    res, nonres = zone_frames(classified)
+    land = classify_tags(feats, legend)
+    sea, sea_result = sea_features(feats, legend, params) if p["sea"] else (_empty(), None)
+    classified = with_sea(land, sea)
+    urban = urban_rural(land, region.aoi, params)
+    res, nonres = zone_frames(land)
     zones = gpd.GeoDataFrame(
         {"class_id": np.r_[np.ones(len(res), np.uint8), np.full(len(nonres), 2, np.uint8)],
          "priority": np.r_[np.ones(len(res), np.int32), np.full(len(nonres), 2, np.int32)]},
@@ -463,7 +560,8 @@ def label_region(region: Any, grid_dir: str | Path, out_dir: str | Path, params:
                 "shares": class_shares(hist, legend),
                 "urban_rural": urban,
                 "osm": {**feats.report(), "source": _public_source(source, region),
-                        "classified_features": int(len(classified))},
+                        "classified_features": int(len(land))},
+                "sea": sea_report(sea_result, sea, grid.bounds),
                 "attribution": credit.attribution,
                 "licence": credit.licence,
             }
@@ -475,6 +573,23 @@ def label_region(region: Any, grid_dir: str | Path, out_dir: str | Path, params:
         eo.close()
     log.info("labels: %s -> %s (%s)", region.name, out_dir, urban["class"])
     return out_dir
+
+
+def sea_report(result: SeaResult | None, sea: gpd.GeoDataFrame, bounds: tuple[float, ...]) -> dict[str, Any]:
+    """labels.json's ``sea``: how the coastline went and the sea polygons' area and share of the grid.
+
+    The share is the vector sea inside the grid rectangle (equal-area CRS), before piers,
+    bridges and other mapped features are burnt on top of it.
+    """
+    if result is None:
+        return {"status": "disabled", "area_km2": 0.0, "grid_share": 0.0}
+    box = shapely.box(*bounds)
+    crs = equal_area_crs(box)
+    box_ea = gpd.GeoSeries([box], crs="EPSG:4326").to_crs(crs).iloc[0]
+    area = 0.0
+    if len(sea):
+        area = float(sea.to_crs(crs).geometry.intersection(box_ea).area.sum())
+    return {**result.report(), "area_km2": round(area / 1e6, 6), "grid_share": round(area / box_ea.area, 6)}
 
 
 def _public_source(source: str, region: Any) -> str:

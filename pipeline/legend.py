@@ -59,6 +59,14 @@ class LegendClass:
 
 
 @dataclass(frozen=True)
+class SeaSpec:
+    """How the open sea (built from natural=coastline ways, not a tag rule) is burnt."""
+
+    class_id: int
+    priority: int
+
+
+@dataclass(frozen=True)
 class Legend:
     classes: tuple[LegendClass, ...]
     exclude: tuple[tuple[str, frozenset[str]], ...]
@@ -68,6 +76,7 @@ class Legend:
     nodata: int = 255
     attribution: str = OSM.attribution
     version: int = 1
+    sea: SeaSpec | None = None
     path: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -87,6 +96,8 @@ class Legend:
     def keys(self) -> list[str]:
         """Every OSM tag key the legend reads (rules, vetoes, exclusions, line widths, layer)."""
         keys = {k for k, _ in self.exclude} | {"layer", "width", "lanes", "area"}
+        if self.sea is not None:
+            keys.add("natural")  # natural=coastline
         for c in self.classes:
             for r in c.rules:
                 keys.add(r.key)
@@ -117,6 +128,8 @@ class Legend:
                 {"id": c.id, "name": c.name, "colour": c.colour, "priority": c.priority, "role": c.role}
                 for c in self.classes
             ],
+            "sea": {"class": self.sea.class_id, "priority": self.sea.priority, "from": "natural=coastline"}
+            if self.sea else None,
         }
 
 
@@ -179,6 +192,13 @@ def parse_legend(data: Any, where: str = "legend") -> Legend:
     ids = [c.id for c in classes]
     if len(set(ids)) != len(ids):
         raise LegendError(f"{where}: class ids must be unique, got {ids}")
+    sea = data.get("sea")
+    if sea is not None:
+        if not (isinstance(sea, dict) and isinstance(sea.get("class"), int) and isinstance(sea.get("priority"), int)):
+            raise LegendError(f"{where}: sea: expected {{class: <class id>, priority: <integer>}}, got {sea!r}")
+        if sea["class"] not in ids:
+            raise LegendError(f"{where}: sea: class {sea['class']} is not a class id of the legend")
+        sea = SeaSpec(int(sea["class"]), int(sea["priority"]))
     lines = data.get("lines") or {}
     return Legend(
         classes=tuple(classes),
@@ -189,6 +209,7 @@ def parse_legend(data: Any, where: str = "legend") -> Legend:
         nodata=int(data.get("nodata", 255)),
         attribution=str(data.get("attribution", OSM.attribution)),
         version=int(data.get("version", 1)),
+        sea=sea,
         path=where,
         raw=data,
     )

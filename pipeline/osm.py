@@ -56,6 +56,11 @@ class OsmFeatures:
     source: str
     repaired: int = 0
     skipped: int = 0
+    # The window asked for (west, south, east, north); None = the whole file. Every way crossing it
+    # was read, so coastlines are complete inside it (pipeline.coast closes them there)...
+    bbox: tuple[float, float, float, float] | None = None
+    # ...unless the file holds less: the bounds an extract declares (PBF header / XML <bounds>).
+    extent: tuple[float, float, float, float] | None = None
 
     def __len__(self) -> int:
         return len(self.gdf)
@@ -112,18 +117,22 @@ def _tag_columns(df: pd.DataFrame, keys: list[str]) -> dict[str, pd.Series]:
     return cols
 
 
-def _finish(parts: list[gpd.GeoDataFrame], keys: list[str], source: str) -> OsmFeatures:
+def _finish(
+    parts: list[gpd.GeoDataFrame], keys: list[str], source: str, bbox: tuple[float, float, float, float] | None = None
+) -> OsmFeatures:
     """Concatenate rows, repair geometries and count what was repaired or skipped."""
     cols = ["osm_id", "kind", *keys, "geometry"]
+    bbox = tuple(float(v) for v in bbox) if bbox is not None else None
     if not parts or all(len(p) == 0 for p in parts):
-        return OsmFeatures(gpd.GeoDataFrame({c: [] for c in cols[:-1]}, geometry=[], crs="EPSG:4326"), source)
+        return OsmFeatures(gpd.GeoDataFrame({c: [] for c in cols[:-1]}, geometry=[], crs="EPSG:4326"), source,
+                           bbox=bbox)
     gdf = pd.concat([p for p in parts if len(p)], ignore_index=True)
     geoms, repaired, skipped = repair_geometries(gdf.geometry, gdf["kind"])
     gdf = gpd.GeoDataFrame(gdf.drop(columns="geometry"), geometry=geoms, crs="EPSG:4326")
     gdf = gdf[~skipped].reset_index(drop=True)[cols]
     # Deterministic order: by id, whatever the reader's internal order was.
     gdf = gdf.sort_values(["kind", "osm_id"], kind="stable").reset_index(drop=True)
-    out = OsmFeatures(gdf, source, repaired=int(repaired.sum()), skipped=int(skipped.sum()))
+    out = OsmFeatures(gdf, source, repaired=int(repaired.sum()), skipped=int(skipped.sum()), bbox=bbox)
     log.info("%s: %d features (%d repaired, %d skipped)", source, len(gdf), out.repaired, out.skipped)
     return out
 
@@ -170,6 +179,83 @@ def data_source(source: str | Path) -> Source:
     return local_source(notice, root.attrib.get("license"))
 
 
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    out = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        out |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return out, i
+
+
+def _proto_fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """(field number, value) of a protobuf message: varints as int, length-delimited as bytes."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        wire = key & 7
+        if wire == 0:
+            v, i = _varint(buf, i)
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            v, i = buf[i : i + n], i + n
+        elif wire in (1, 5):
+            v, i = buf[i : i + (8 if wire == 1 else 4)], i + (8 if wire == 1 else 4)
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+        yield key >> 3, v
+
+
+def _pbf_bounds(path: Path) -> tuple[float, float, float, float] | None:
+    """HeaderBlock.bbox of an OSM PBF file (nanodegrees, zigzag varints), None if absent."""
+    import struct
+    import zlib
+
+    with open(path, "rb") as f:
+        (n,) = struct.unpack(">I", f.read(4))
+        header = dict(_proto_fields(f.read(n)))
+        if header.get(1) != b"OSMHeader":
+            return None
+        blob = dict(_proto_fields(f.read(int(header[3]))))
+    data = zlib.decompress(blob[3]) if 3 in blob else blob.get(1)
+    for num, value in _proto_fields(data or b""):
+        if num == 1:  # HeaderBBox: left, right, top, bottom
+            box = {k: ((v >> 1) ^ -(v & 1)) / 1e9 for k, v in _proto_fields(value)}
+            return box[1], box[4], box[2], box[3]
+    return None
+
+
+def _xml_bounds(path: Path) -> tuple[float, float, float, float] | None:
+    """The <bounds> element OSM XML files (API, osmium, JOSM) carry before their data, None if absent."""
+    import xml.etree.ElementTree as ET
+
+    with (bz2.open(path, "rb") if path.suffix == ".bz2" else open(path, "rb")) as f:
+        for _, el in ET.iterparse(f, events=("start",)):
+            if el.tag == "bounds":
+                a = el.attrib
+                return float(a["minlon"]), float(a["minlat"]), float(a["maxlon"]), float(a["maxlat"])
+            if el.tag in ("node", "way", "relation"):
+                return None
+    return None
+
+
+def declared_bounds(path: str | Path) -> tuple[float, float, float, float] | None:
+    """(west, south, east, north) an extract says it covers, or None (absent or unreadable).
+
+    Clipped extracts cut coastlines at these bounds; the coast module closes them there.
+    """
+    path = Path(path)
+    try:
+        box = _pbf_bounds(path) if path.suffix == ".pbf" else _xml_bounds(path)
+    except Exception:  # noqa: BLE001 - a missing or odd header only means "unknown"
+        return None
+    if box is None or not (box[2] > box[0] and box[3] > box[1]):
+        return None
+    return box
+
+
 def read_osm_file(path: str | Path, bbox: tuple[float, float, float, float] | None, keys: list[str]) -> OsmFeatures:
     """Ways and relations of a local extract through GDAL's OSM driver, filtered to ``bbox``."""
     import pyogrio
@@ -201,7 +287,9 @@ def read_osm_file(path: str | Path, bbox: tuple[float, float, float, float] | No
                     {"osm_id": osm_id, "kind": kind, **tags}, geometry=df.geometry.values, crs="EPSG:4326"
                 )
             )
-    return _finish(parts, keys, str(path))
+    out = _finish(parts, keys, str(path), bbox)
+    out.extent = declared_bounds(path)
+    return out
 
 
 @contextlib.contextmanager
@@ -240,7 +328,7 @@ def read_overpass(
             gdf = ox.features.features_from_bbox(tuple(bbox), tags={k: True for k in main_keys})
         except InsufficientResponseError:
             log.warning("%s: no features in %s", source, bbox)
-            return _finish([], keys, source)
+            return _finish([], keys, source, bbox)
         except Exception as exc:  # noqa: BLE001 - requests/osmnx raise many error types
             raise OsmError(f"{source}: Overpass query for bbox {bbox} failed ({type(exc).__name__}: {exc})") from None
     gdf = gdf.reset_index()
@@ -252,7 +340,7 @@ def read_overpass(
     osm_id = np.where(gdf["element"] == "way", "w", "r") + gdf["id"].astype(str)
     tags = {k: (gdf[k].where(gdf[k].notna(), None).astype(object) if k in gdf else None) for k in keys}
     part = gpd.GeoDataFrame({"osm_id": osm_id, "kind": kind, **tags}, geometry=gdf.geometry.values, crs="EPSG:4326")
-    return _finish([part], keys, source)
+    return _finish([part], keys, source, bbox)
 
 
 def read_osm(

@@ -4,6 +4,9 @@ The fixture check recomputes the label map through a different code path: tags p
 GDAL's hstore text (Helsinki) or read by osmnx (West Oakland), matching written here from the
 legend's raw YAML, polygon membership by shapely.contains_xy on pixel centres and line
 membership by true distance in metres from each pixel centre (no buffering, no rasterio).
+The open sea is recomputed as a raster flood fill: coastline pixels are walls, connected
+regions of the rest are water when the pixels just right of the coastline fall in them
+(no polygonize, no line merging, no snapping).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from shapely.geometry import LineString, Polygon, box
 
 from pipeline.grid import grid_for_bbox
 from pipeline.legend import LegendError, load_legend, parse_legend
-from pipeline.labels import classify, label_region, parse_width, rasterize_classes, utm_crs
+from pipeline.labels import classify, label_region, parse_width, rasterize_classes, sea_features, utm_crs
 from pipeline.osm import read_osm
 
 HELSINKI_BBOX = (24.935, 60.164, 24.953, 60.179)
@@ -153,7 +156,53 @@ def test_rasterise_on_utm_grid_matches_projected_geometry():
 _HSTORE = re.compile(r'"((?:[^"\\]|\\.)*)"=>"((?:[^"\\]|\\.)*)"')
 
 
-def _independent_map(features: list[tuple[dict, object, bool]], grid, raw_legend: dict) -> np.ndarray:
+def _independent_sea(features: list[tuple[dict, object, bool]], grid) -> np.ndarray:
+    """Sea mask by flood fill: coastline pixels are walls; a region is sea when the points 6 m to the
+    right of the coastline (OSM: water on the right) fall in it more than those 6 m to the left."""
+    from scipy import ndimage
+
+    h, w = grid.shape
+    t = grid.transform
+    coasts = []
+    for tags, geom, is_poly in features:
+        if tags.get("natural") == "coastline":
+            parts = getattr(geom, "geoms", [geom])
+            coasts += [np.asarray(p.exterior.coords if is_poly else p.coords) for p in parts]
+    wall = np.zeros((h, w), bool)
+    step = min(abs(t.a), abs(t.e)) / 4
+    for xy in coasts:
+        dense = shapely.get_coordinates(shapely.segmentize(LineString(xy), step))
+        c = np.floor((dense[:, 0] - t.c) / t.a).astype(int)
+        r = np.floor((dense[:, 1] - t.f) / t.e).astype(int)
+        ok = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+        wall[r[ok], c[ok]] = True
+    regions, n = ndimage.label(~wall)
+    crs = utm_crs(t.c + w * t.a / 2, t.f + h * t.e / 2)
+    fwd = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    votes = np.zeros(n + 1)
+    for xy in coasts:
+        ux, uy = fwd.transform(xy[:, 0], xy[:, 1])
+        dx, dy = np.diff(ux), np.diff(uy)
+        length = np.hypot(dx, dy)
+        keep = length > 0
+        mx, my = (ux[:-1] + ux[1:]) / 2, (uy[:-1] + uy[1:]) / 2
+        for sign in (1, -1):  # right of the direction (dy, -dx): water
+            px, py = mx + sign * 6.0 * dy / np.maximum(length, 1e-9), my - sign * 6.0 * dx / np.maximum(length, 1e-9)
+            lon, lat = fwd.transform(px, py, direction="INVERSE")
+            c = np.floor((lon - t.c) / t.a).astype(int)
+            r = np.floor((lat - t.f) / t.e).astype(int)
+            ok = keep & (r >= 0) & (r < h) & (c >= 0) & (c < w)
+            np.add.at(votes, regions[r[ok], c[ok]], sign * length[ok])
+    water = votes > 0
+    water[0] = False  # label 0 = the walls
+    # Wall pixels take the region of the nearest non-wall pixel.
+    _, (ri, ci) = ndimage.distance_transform_edt(wall, return_indices=True)
+    return water[regions[ri, ci]]
+
+
+def _independent_map(
+    features: list[tuple[dict, object, bool]], grid, raw_legend: dict, sea: np.ndarray | None = None
+) -> np.ndarray:
     """Label map from (tags, geometry, is_polygon) without buffering or rasterio: pixel-centre tests."""
     h, w = grid.shape
     t = grid.transform
@@ -199,9 +248,14 @@ def _independent_map(features: list[tuple[dict, object, bool]], grid, raw_legend
                     else:
                         width = widths.get(v, widths.get("*")) if isinstance(widths, dict) else widths
                     items.append((cls["priority"], cls["id"], "line", geom, min(max(width, 0.5), 100.0)))
+    if sea is not None and raw_legend.get("sea"):
+        items.append((raw_legend["sea"]["priority"], raw_legend["sea"]["class"], "mask", sea, 0.0))
     items.sort(key=lambda it: (it[0], it[1]))
     out = np.zeros((h, w), np.uint8)
     for _, cid, kind, geom, width in items:
+        if kind == "mask":
+            out[geom] = cid
+            continue
         if kind == "poly":
             x0, y0, x1, y1 = geom.bounds
         else:
@@ -252,10 +306,12 @@ def test_helsinki_shares_agree_with_independent_gdal_hstore_path(fixtures):
                 tags = {k: str(v) for k, v in rec._asdict().items() if k not in skip and isinstance(v, str)}
                 tags.update(dict(_HSTORE.findall(rec.other_tags if isinstance(rec.other_tags, str) else "")))
                 feats.append((tags, geom, is_poly))
-    theirs = _shares(_independent_map(feats, grid, yaml.safe_load(Path(load_legend().path).read_text())))
+    raw = yaml.safe_load(Path(load_legend().path).read_text())
+    theirs = _shares(_independent_map(feats, grid, raw, _independent_sea(feats, grid)))
     diff = np.abs(ours - theirs)
     assert diff.max() < 0.01, {i: (round(ours[i], 4), round(theirs[i], 4)) for i in np.flatnonzero(diff > 0.005)}
     assert ours[1] > 0.2 and ours[0] < 0.5  # sanity: central Helsinki is a third buildings
+    assert ours[22] > 0.04  # the sea of Kaisaniemenlahti (the bay in the north-east), not background
 
 
 def test_west_oakland_shares_agree_with_independent_osmnx_path(fixtures):
@@ -325,6 +381,7 @@ def test_label_region_outputs(tmp_path, fixtures):
         assert c["pixels"] == int((lab == c["id"]).sum())
     ur = report["urban_rural"]
     assert ur["class"] == "urban" and ur["fallback_used"] and ur["landuse_coverage"] < 0.5
+    assert report["sea"]["status"] == "no_coastline" and report["sea"]["grid_share"] == 0.0  # inland
     assert "OpenStreetMap contributors" in report["attribution"] and report["osm"]["source"] == "West-Oakland.osm.bz2"
     # zones.tif share of residential equals the vector share within a pixel-edge tolerance
     assert np.mean(zones == 1) == pytest.approx(ur["residential_share"], abs=0.01)
@@ -332,6 +389,64 @@ def test_label_region_outputs(tmp_path, fixtures):
     out2 = label_region(region, tmp_path / "grid", tmp_path / "labels2", params)
     for name in ("labels.tif", "zones.tif", "labels.json", "labels.png"):
         assert (out / name).read_bytes() == (out2 / name).read_bytes(), name
+
+
+def test_label_region_helsinki_sea_is_water(tmp_path, fixtures):
+    """The harbour bay north-east of the station: water in labels.tif and reported in labels.json."""
+    bbox = (24.939, 60.169, 24.951, 60.178)
+    grid = make_grid_dir(tmp_path / "grid", bbox, 2.0)
+    region = SimpleNamespace(name="helsinki", bbox=bbox, gsd_m=2.0, aoi=box(*bbox), path=Path("regions/h.yaml"),
+                             osm={"file": "Helsinki.osm.pbf"}, resolve=lambda href: str(fixtures / "osm" / href))
+    out = label_region(region, tmp_path / "grid", tmp_path / "labels", {"labels": {"block_size": 256,
+                                                                                   "tile_size": 256}})
+    with rasterio.open(out / "labels.tif") as src:
+        lab = src.read(1)
+    report = json.loads((out / "labels.json").read_text())
+    sea = report["sea"]
+    assert sea["status"] == "ok" and sea["water_faces"] >= 1 and sea["area_km2"] > 0
+
+    def at(lon: float, lat: float) -> int:
+        r, c = rasterio.transform.rowcol(grid.transform, lon, lat)
+        return int(lab[r, c])
+
+    assert at(24.9480, 60.1765) == 22  # Kaisaniemenlahti
+    assert at(24.9410, 60.1710) not in (0, 22, 255)  # the central station block: land, mapped
+    water = (lab == 22).sum() / (lab != 255).sum()
+    assert 0.05 < sea["grid_share"] < water + 0.01  # the sea is most of class 22 here, bridges on top of it
+    share22 = next(c["share"] for c in report["shares"]["classes"] if c["id"] == 22)
+    assert share22 == pytest.approx(water, abs=1e-6)
+
+
+def test_label_region_broken_coastline_is_reported_not_flooded(tmp_path):
+    """A coastline that stops in the middle of the region: no sea, labels.json says why."""
+    bbox = (24.940, 60.170, 24.944, 60.172)
+    make_grid_dir(tmp_path / "grid", bbox, 2.0)
+    nodes = {1: (24.930, 60.171), 2: (24.942, 60.171), 3: (24.9405, 60.1705), 4: (24.9415, 60.1705),
+             5: (24.9415, 60.1712), 6: (24.9405, 60.1712)}
+    xml = ['<?xml version="1.0"?>', '<osm version="0.6" copyright="OpenStreetMap and contributors">']
+    xml += [f'<node id="{i}" lat="{lat}" lon="{lon}"/>' for i, (lon, lat) in nodes.items()]
+    xml += ['<way id="10"><nd ref="1"/><nd ref="2"/><tag k="natural" v="coastline"/></way>',
+            '<way id="11"><nd ref="3"/><nd ref="4"/><nd ref="5"/><nd ref="6"/><nd ref="3"/>'
+            '<tag k="building" v="yes"/></way>', "</osm>"]
+    (tmp_path / "coast.osm").write_text("\n".join(xml))
+    region = SimpleNamespace(name="broken", bbox=bbox, gsd_m=2.0, aoi=box(*bbox), path=tmp_path / "b.yaml",
+                             osm={"file": "coast.osm"}, resolve=lambda href: str(tmp_path / href))
+    out = label_region(region, tmp_path / "grid", tmp_path / "labels", {"labels": {"block_size": 256,
+                                                                                   "tile_size": 256}})
+    sea = json.loads((out / "labels.json").read_text())["sea"]
+    assert sea["status"] == "skipped" and "ends" in sea["reason"] and sea["grid_share"] == 0.0
+    assert sea["at"] == pytest.approx([24.942, 60.171], abs=1e-6)
+    with rasterio.open(out / "labels.tif") as src:
+        lab = src.read(1)
+    assert not (lab == 22).any() and (lab == 1).any()
+    # The same coastline in an extract that declares it stops 5 m east of the end: cut by the
+    # extract, not broken. It closes along the declared edge (sea south of it, right of east).
+    xml.insert(2, '<bounds minlon="24.930" minlat="60.1700" maxlon="24.94209" maxlat="60.1720"/>')
+    (tmp_path / "cut.osm").write_text("\n".join(xml))
+    sea, result = sea_features(read_osm(tmp_path / "cut.osm", (24.939, 60.169, 24.945, 60.173)))
+    assert result.ok and result.bounds == (24.939, 60.17, 24.94209, 60.172) and result.snapped_ends == 1
+    union = shapely.union_all(sea.geometry.values)
+    assert union.contains(shapely.Point(24.941, 60.1705)) and not union.contains(shapely.Point(24.941, 60.1715))
 
 
 def test_label_region_rejects_grid_mismatch(tmp_path, fixtures):

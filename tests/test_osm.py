@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from pipeline.labels import classify
-from pipeline.osm import OsmError, data_source, read_osm
+from pipeline.osm import OsmError, data_source, declared_bounds, read_osm
 
 BBOX = (24.9400, 60.1700, 24.9420, 60.1710)
 
@@ -145,3 +145,21 @@ def test_data_source_credits_osm_unless_the_file_says_otherwise(fixtures, tmp_pa
     src = data_source(procedural)
     assert src is not OSM and src.attribution == demo.PROCEDURAL_NOTICE and src.licence == "unknown"
     assert len(read_osm(procedural, None)) > 0  # the notice does not disturb GDAL's OSM driver
+
+
+def test_declared_bounds_of_extracts(fixtures, tmp_path):
+    """Where an extract says its data stops (PBF header bbox, XML <bounds>): clipped coastlines stop there."""
+    pbf = fixtures / "osm" / "Helsinki.osm.pbf"
+    hb = declared_bounds(pbf)
+    assert hb == pytest.approx((24.935, 60.164, 24.953, 60.179), abs=5e-4)  # the fixtures README's extent
+    feats = read_osm(pbf, BBOX)
+    assert feats.extent == hb and feats.bbox == BBOX
+    w, s, e, n = feats.gdf.total_bounds  # ways crossing the edge were cut at it
+    assert w >= hb[0] - 1e-6 and e <= hb[2] + 1e-6
+    oak = declared_bounds(fixtures / "osm" / "West-Oakland.osm.bz2")  # <bounds> inside a .bz2
+    assert oak == pytest.approx((-122.30258, 37.80615, -122.29825, 37.80914))
+    bare = tmp_path / "bare.osm"
+    bare.write_text('<osm version="0.6"><node id="1" lat="0" lon="0"/></osm>')
+    junk = tmp_path / "junk.osm.pbf"
+    junk.write_bytes(b"\x00\x00\x00\x05hello")
+    assert declared_bounds(bare) is None and declared_bounds(junk) is None and read_osm(bare, None).extent is None
