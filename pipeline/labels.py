@@ -494,6 +494,25 @@ def _osm_source(region: Any) -> str:
     raise LabelsError(f"{region.path}: osm: give file or overpass: true")
 
 
+ZONE_VALUES = "0 neither, 1 residential, 2 non-residential built-up, 3 sea"
+
+
+def zone_layer(land: gpd.GeoDataFrame, sea: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """The polygons zones.tif burns: residential 1, non-residential 2 (wins over 1), sea 3 (wins over both).
+
+    The same geometry ``urban.urban_rural`` measures (R minus N, N, both on land), so a patch's
+    shares computed from zones.tif agree with the region's.
+    """
+    res, nonres = zone_frames(land)
+    parts = [(res, 1), (nonres, 2), (sea, 3)]
+    return gpd.GeoDataFrame(
+        {"class_id": np.concatenate([np.full(len(f), v, np.uint8) for f, v in parts]),
+         "priority": np.concatenate([np.full(len(f), v, np.int32) for f, v in parts])},
+        geometry=np.concatenate([np.asarray(f.geometry.values, dtype=object) for f, _ in parts]),
+        crs="EPSG:4326",
+    )
+
+
 def label_region(region: Any, grid_dir: str | Path, out_dir: str | Path, params: dict[str, Any]) -> Path:
     """The labels stage: OSM -> labels.tif, zones.tif, labels.json, labels.png in ``out_dir`` (atomic)."""
     p = _params(params)
@@ -516,14 +535,8 @@ def label_region(region: Any, grid_dir: str | Path, out_dir: str | Path, params:
     land = classify_tags(feats, legend)
     sea, sea_result = sea_features(feats, legend, params) if p["sea"] else (_empty(), None)
     classified = with_sea(land, sea)
-    urban = urban_rural(land, region.aoi, params)
-    res, nonres = zone_frames(land)
-    zones = gpd.GeoDataFrame(
-        {"class_id": np.r_[np.ones(len(res), np.uint8), np.full(len(nonres), 2, np.uint8)],
-         "priority": np.r_[np.ones(len(res), np.int32), np.full(len(nonres), 2, np.int32)]},
-        geometry=np.r_[np.asarray(res.geometry.values, dtype=object), np.asarray(nonres.geometry.values, dtype=object)],
-        crs="EPSG:4326",
-    )
+    urban = urban_rural(land, region.aoi, params, sea=sea)
+    zones = zone_layer(land, sea)
     block = int(p["block_size"])
     tile = int(p["tile_size"])
     profile = {"driver": "GTiff", "dtype": "uint8", "count": 1, "width": grid.width, "height": grid.height,
@@ -548,7 +561,7 @@ def label_region(region: Any, grid_dir: str | Path, out_dir: str | Path, params:
                     dst.write(arr, 1, window=win)
                     log.info("labels: block %d/%d", i + 1, n_blocks)
             with rasterio.open(tmp / "zones.tif", "w", **profile) as dst:
-                dst.update_tags(values="0 neither, 1 residential, 2 non-residential built-up",
+                dst.update_tags(values=ZONE_VALUES,
                                 attribution=credit.attribution)
                 for win, arr in iter_label_blocks(zones, grid.crs, grid.transform, grid.shape, None, block,
                                                   int(p["workers"])):

@@ -276,9 +276,10 @@ def cut_patches(
             lp = lab[:, x : x + size]
             writer.put(int(codes[p]), i, sar[:, x : x + size], eo[:, :, x : x + size], lp)
             hist[i] = np.bincount(lp.ravel(), minlength=256)[:N_CLASSES]
-            if zones is not None:
-                z = np.bincount(zones[:, x : x + size].ravel(), minlength=3)
-                res[i], nonres[i] = z[1] / npx, z[2] / npx
+            if zones is not None:  # shares of the patch's land, as the region's are (labels.zone_layer)
+                z = np.bincount(zones[:, x : x + size].ravel(), minlength=4)
+                land = npx - z[3]
+                res[i], nonres[i] = (z[1] / land, z[2] / land) if land > 0 else (0.0, 0.0)
         if step % 20 == 0 or step == len(urows) - 1:
             log.info("cut: patch row %d/%d", step + 1, len(urows))
     return {"class_hist": hist, "residential_share": res, "nonres_share": nonres}

@@ -6,6 +6,9 @@ It is measured on the dissolved landuse polygons clipped to the AOI, not on the 
 map, where buildings and roads overwrite zones and bias the shares low. Where R and N overlap
 (a school inside a residential area) the overlap counts as N, exactly as zones.tif burns it.
 
+Shares are of the region's LAND: the AOI minus the sea made from OSM coastlines. A harbour city
+whose AOI is half sea is judged on its land, as a person would; the sea share is reported.
+
 Where landuse mapping is sparse (common in the US) the rule calls obvious cities rural, so we
 also measure how much of the AOI any landuse/natural/leisure polygon covers. When that
 coverage is below ``coverage_threshold`` and the landuse rule says rural, a fallback decides
@@ -59,12 +62,15 @@ def zone_frames(classified: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, gpd.Geo
 
 
 def urban_rural(
-    classified: gpd.GeoDataFrame, aoi: BaseGeometry, params: dict[str, Any] | None = None
+    classified: gpd.GeoDataFrame, aoi: BaseGeometry, params: dict[str, Any] | None = None,
+    sea: gpd.GeoDataFrame | None = None,
 ) -> dict[str, Any]:
     """Decide urban/rural for ``aoi`` (lon/lat polygon) from classified OSM features (EPSG:4326).
 
     ``classified`` needs columns geometry, kind, role, key, density, length_m (as
-    ``pipeline.labels.classify`` returns). Returns the decision with every share behind it.
+    ``pipeline.labels.classify`` returns); ``sea`` holds sea polygons (``labels.sea_features``),
+    which are taken out of the area every share is measured against. Returns the decision with
+    every share behind it.
     """
     p = _params(params)
     for col in ("kind", "role", "key", "density", "length_m"):
@@ -72,9 +78,20 @@ def urban_rural(
             raise ValueError(f"urban_rural: classified features lack column {col!r} (use pipeline.labels.classify)")
     crs = equal_area_crs(aoi)
     aoi_ea = gpd.GeoSeries([aoi], crs="EPSG:4326").to_crs(crs).iloc[0]
-    aoi_area = aoi_ea.area
-    if aoi_area <= 0:
+    if aoi_ea.area <= 0:
         raise ValueError(f"urban_rural: AOI {aoi.wkt[:80]} has no area")
+    total_area = aoi_ea.area
+    if sea is not None and len(sea):
+        sea_ea = _union(sea.to_crs(crs).geometry.values).intersection(aoi_ea)
+        aoi_ea = aoi_ea.difference(sea_ea)  # shares are of the land
+    aoi_area = aoi_ea.area
+    sea_share = 1.0 - aoi_area / total_area
+    if aoi_area <= 1e-6 * total_area:
+        return {"class": "rural", "basis": "no land in the AOI (all sea)", "sea_share": round(float(sea_share), 6),
+                "land_area_km2": 0.0, "aoi_area_km2": round(float(total_area / 1e6), 6),
+                "residential_share": 0.0, "nonres_share": 0.0, "landuse_coverage": 0.0, "fallback_used": False,
+                "building_share": 0.0, "road_density_km_per_km2": 0.0,
+                "thresholds": {k: p[k] for k in sorted(DEFAULTS)}, "crs": crs.srs}
     gdf = classified.to_crs(crs) if classified.crs is not None else classified.set_crs("EPSG:4326").to_crs(crs)
     gdf = gdf[gdf.geometry.intersects(aoi_ea)]
     areas = gdf[gdf["kind"] == "area"]
@@ -117,7 +134,10 @@ def urban_rural(
         "fallback_used": bool(fallback_used),
         "building_share": round(float(building_share), 6),
         "road_density_km_per_km2": round(float(road_density), 4),
-        "aoi_area_km2": round(float(aoi_area / 1e6), 6),
+        "aoi_area_km2": round(float(total_area / 1e6), 6),
+        "land_area_km2": round(float(aoi_area / 1e6), 6),
+        "sea_share": round(float(sea_share), 6),
+        "shares_of": "land (AOI minus sea)",
         "thresholds": {k: p[k] for k in sorted(DEFAULTS)},
         "crs": crs.srs,
     }

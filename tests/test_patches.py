@@ -52,7 +52,7 @@ def make_region_dir(root: Path, bbox=(24.930, 60.160, 24.9395, 60.1650), gsd_m: 
     eo[:, mask == 0] = 0
     labels = ((xx // 37 + yy // 29 * 3) % 25).astype("uint8")
     labels[~np.isfinite(sar) | (mask == 0)] = 255
-    zones = ((xx // 50 + yy // 70) % 3).astype("uint8")
+    zones = ((xx // 50 + yy // 70) % 4).astype("uint8")  # 3 = sea: not land
     _write(root / "grid" / "sar_db.tif", sar, grid, "float32", nodata=float("nan"), tags={"calibrated": "true"})
     _write(root / "grid" / "eo.tif", np.concatenate([eo, mask[None]]), grid, "uint8")
     _write(root / "labels" / "labels.tif", labels, grid, "uint8", nodata=255)
@@ -136,8 +136,9 @@ def test_filter_order_and_metadata(built):
         lab = full["label"][r : r + 64, c : c + 64]
         np.testing.assert_array_equal(hist[i], np.bincount(lab[lab < 25], minlength=25))
         z = full["zones"][r : r + 64, c : c + 64]
-        assert meta["residential_share"][i] == pytest.approx((z == 1).mean())
-        assert meta["nonres_share"][i] == pytest.approx((z == 2).mean())
+        land = max((z != 3).sum(), 1)  # shares are of the patch's land, as the region's are
+        assert meta["residential_share"][i] == pytest.approx((z == 1).sum() / land)
+        assert meta["nonres_share"][i] == pytest.approx((z == 2).sum() / land)
         ok = np.isfinite(full["sar"][r : r + 64, c : c + 64]) & (full["eo"][3, r : r + 64, c : c + 64] > 0)
         assert meta["valid_share"][i] == pytest.approx(ok.mean())
 

@@ -86,3 +86,17 @@ def test_fixtures_urban_rural(fixtures):
     assert oak["residential_share"] < 0.25 and oak["nonres_share"] < 0.05
     assert oak["fallback_used"] and oak["class"] == "urban"
     assert np.isfinite(oak["road_density_km_per_km2"])
+
+
+def test_shares_are_of_land_not_sea():
+    """Half the AOI is sea: 15 % of the AOI residential is 30 % of its land, so the city is urban."""
+    land = features([({"landuse": "residential"}, strip(0, 0.15)), ({"natural": "wood"}, strip(0.15, 0.5))])
+    sea = gpd.GeoDataFrame({"class_id": [22]}, geometry=[strip(0.5, 1.2)], crs="EPSG:4326")
+    whole = urban_rural(land, AOI)
+    assert whole["class"] == "rural" and whole["residential_share"] == pytest.approx(0.15, abs=0.002)
+    r = urban_rural(land, AOI, sea=sea)
+    assert r["class"] == "urban" and r["residential_share"] == pytest.approx(0.30, abs=0.004)
+    assert r["sea_share"] == pytest.approx(0.5, abs=0.002) and r["land_area_km2"] == pytest.approx(
+        r["aoi_area_km2"] / 2, rel=0.01)
+    all_sea = urban_rural(land, AOI, sea=gpd.GeoDataFrame(geometry=[AOI.buffer(0.01)], crs="EPSG:4326"))
+    assert all_sea["class"] == "rural" and all_sea["basis"].startswith("no land")
