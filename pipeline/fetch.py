@@ -20,6 +20,9 @@ import logging
 import os
 import re
 import shutil
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,21 +31,25 @@ import numpy as np
 import pystac
 
 from pipeline import tiles as xyz
-from pipeline.atomic import atomic_path, write_json
+from pipeline.atomic import atomic_path, write_bytes, write_json
 from pipeline.provenance import local_source, parse_datetime, sar_source, sha256_file
 from pipeline.regions import NOT_GEOCODED, Region
 from pipeline.stacio import (
+    CatalogReader,
+    Expansion,
     FetchError,
     NotFound,
-    SareoStacIO,
     Transport,
     Unsafe,
+    WalkStats,
     href_dir,
     is_remote,
     is_within,
     join_href,
+    load_json,
     local_path,
     scheme,
+    walk_tree,
 )
 
 log = logging.getLogger("sareo.fetch")
@@ -60,6 +67,9 @@ DEFAULTS: dict[str, Any] = {
     "workers": 4,  # concurrent tile downloads
     "max_candidates": 10,  # ranked SAR candidates recorded in provenance.json
     "max_api_items": 500,  # items asked from a STAC API search (static catalogs are walked fully)
+    "walk_workers": 16,  # concurrent catalog/item JSON reads while walking a static catalog
+    "catalog_cache_ttl_h": 24.0,  # walk cache of remote static catalogs, reused across regions; 0 = off
+    "walk_hierarchy": "auto",  # auto | all | datetime | product-type | ...: which parallel hierarchy to walk
 }
 
 CAPELLA_ID = re.compile(
@@ -68,6 +78,7 @@ CAPELLA_ID = re.compile(
 )
 MODES = {"spotlight": "SP", "stripmap": "SM", "sliding_spotlight": "SS", "sliding spotlight": "SS"}
 SELECTION_RULE = "best AOI coverage, then newest datetime, then item id"
+WALK_FORMAT = "sareo-walk/1"
 
 
 # --------------------------------------------------------------------------- item facts (pure)
@@ -93,10 +104,14 @@ class ItemFacts:
     datetime: str
 
 
-def item_facts(item: pystac.Item) -> ItemFacts:
-    """Provider, product, polarisations, mode and time of an item (Capella: from its id first)."""
-    props = item.properties
-    cap = parse_capella_id(item.id)
+def item_facts(item: pystac.Item | dict[str, Any]) -> ItemFacts:
+    """Provider, product, polarisations, mode and time of an item (Capella: from its id first).
+
+    Takes a pystac Item or its dict: the walk keeps dicts and builds an Item only for the winner.
+    """
+    item_id, props = (item.id, item.properties) if isinstance(item, pystac.Item) else (
+        str(item.get("id")), item.get("properties") or {})
+    cap = parse_capella_id(item_id)
     if cap:
         provider = "capella"
     elif props.get("constellation", "").lower() == "umbra" or any(k.startswith("umbra:") for k in props):
@@ -109,7 +124,18 @@ def item_facts(item: pystac.Item) -> ItemFacts:
     when = props.get("datetime") or props.get("start_datetime")
     start = parse_datetime(props.get("start_datetime") or when)
     end = parse_datetime(props.get("end_datetime") or when)
-    return ItemFacts(item.id, provider, product, pols, mode, start, end, str(when or ""))
+    return ItemFacts(item_id, provider, product, pols, mode, start, end, str(when or ""))
+
+
+def capella_id_facts(item_id: str) -> ItemFacts | None:
+    """Facts from a Capella id alone (times to the second, as the id has them): used to prune
+    item links before reading the item. None if ``item_id`` is not a Capella id."""
+    cap = parse_capella_id(item_id)
+    if not cap:
+        return None
+    start, end = (dt.datetime.strptime(cap[k], "%Y%m%d%H%M%S").replace(tzinfo=dt.timezone.utc)
+                  for k in ("start", "end"))
+    return ItemFacts(item_id, "capella", cap["product"], (cap["pol"],), cap["mode"], start, end, start.isoformat())
 
 
 def date_range(value: str | None) -> tuple[dt.datetime | None, dt.datetime | None]:
@@ -122,18 +148,20 @@ def date_range(value: str | None) -> tuple[dt.datetime | None, dt.datetime | Non
     return lo, hi
 
 
-def footprint(item: pystac.Item):  # -> shapely geometry
+def footprint(item: pystac.Item | dict[str, Any]):  # -> shapely geometry
     from shapely.geometry import box, shape
     from shapely.ops import transform
 
-    if item.geometry:
-        return transform(lambda x, y, z=None: (x, y), shape(item.geometry))  # drop Umbra's heights
-    if item.bbox:
-        return box(*item.bbox[:2], *item.bbox[-2:]) if len(item.bbox) == 4 else box(*item.bbox[:2], *item.bbox[3:5])
-    raise FetchError(f"{item.id}: item has neither geometry nor bbox")
+    geometry, bbox, item_id = ((item.geometry, item.bbox, item.id) if isinstance(item, pystac.Item)
+                               else (item.get("geometry"), item.get("bbox"), item.get("id")))
+    if geometry:
+        return transform(lambda x, y, z=None: (x, y), shape(geometry))  # drop Umbra's heights
+    if bbox:
+        return box(*bbox[:2], *bbox[-2:]) if len(bbox) == 4 else box(*bbox[:2], *bbox[3:5])
+    raise FetchError(f"{item_id}: item has neither geometry nor bbox")
 
 
-def coverage(aoi, item: pystac.Item) -> float:
+def coverage(aoi, item: pystac.Item | dict[str, Any]) -> float:
     """Share of the AOI area inside the item footprint (lon/lat areas: only used for ranking)."""
     return float(aoi.intersection(footprint(item)).area / aoi.area) if aoi.area > 0 else 0.0
 
@@ -142,12 +170,15 @@ def reject_reason(facts: ItemFacts, cov: float, sar: dict[str, Any], explicit_pr
     """Why an item does not match the region's sar section, or None if it does."""
     if cov <= 0:
         return "outside AOI"
+    return facts_reason(facts, sar, explicit_product)
+
+
+def facts_reason(facts: ItemFacts, sar: dict[str, Any], explicit_product: bool) -> str | None:
+    """:func:`reject_reason` without the AOI test: all an item link's Capella id can tell."""
     lo, hi = date_range(sar.get("datetime"))
     if lo and facts.end and facts.end < lo or hi and facts.start and facts.start >= hi:
         return "datetime"
-    want = str(sar.get("product", "GEO")).upper()
-    ok_products = {want} if explicit_product or facts.provider != "umbra" else {"GEO", "GEC"}
-    if facts.product not in ok_products:
+    if facts.product not in accepted_products(sar, explicit_product, facts.provider):
         return "not geocoded" if facts.product in NOT_GEOCODED else "product"
     if sar.get("polarization") and sar["polarization"] not in facts.polarizations:
         return "polarization"
@@ -156,6 +187,13 @@ def reject_reason(facts: ItemFacts, cov: float, sar: dict[str, Any], explicit_pr
     if sar.get("provider") and sar["provider"] != facts.provider:
         return "provider"
     return None
+
+
+def accepted_products(sar: dict[str, Any], explicit_product: bool, provider: str | None) -> set[str]:
+    """``sar.product`` (default GEO); an Umbra item (or an unknown provider's sub-catalog) with the
+    product left unset also passes as GEC, Umbra's only geocoded product."""
+    want = str(sar.get("product", "GEO")).upper()
+    return {want} if explicit_product or provider not in ("umbra", None) else {want, "GEC"}
 
 
 def rank_key(facts: ItemFacts, cov: float) -> tuple[float, float, str]:
@@ -259,10 +297,16 @@ def check_href(raw: str, base: str, root_dir: str) -> str:
 
 @dataclass
 class Candidate:
-    item: pystac.Item
+    doc: dict[str, Any]  # the item's JSON without its links (what the walk and its cache keep)
     href: str
     facts: ItemFacts
     coverage: float
+
+    @property
+    def item(self) -> pystac.Item:
+        """The pystac Item, built on demand: only the winner needs one."""
+        return pystac.Item.from_dict(json.loads(json.dumps(self.doc)), href=self.href, migrate=True,
+                                     preserve_dict=False)
 
 
 @dataclass
@@ -270,17 +314,8 @@ class WalkResult:
     candidates: list[Candidate] = field(default_factory=list)
     rejected: dict[str, list[str]] = field(default_factory=dict)
     read: int = 0
-
-
-def _load_json(href: str, transport: Transport) -> dict[str, Any]:
-    text = SareoStacIO(transport).read_text(href)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FetchError(f"{href}: not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise FetchError(f"{href}: expected a STAC object, got {type(data).__name__}")
-    return data
+    catalogs: int = 0
+    pruned: dict[str, int] = field(default_factory=dict)
 
 
 def _is_api(doc: dict[str, Any]) -> bool:
@@ -289,33 +324,180 @@ def _is_api(doc: dict[str, Any]) -> bool:
     )
 
 
+# -- pruning: what the catalog tells without reading items (pure) ---------------------------
+
+HIERARCHY = re.compile(r"-by-(?P<kind>[a-z0-9-]+)$", re.IGNORECASE)
+# a sub-catalog named for a date: 'capella-open-data-2024-7-9', '2023-01', 'Capella Open Data 2025-05-14'
+DATE_NAME = re.compile(r"(?:^|[^0-9])(?P<y>(?:19|20)\d\d)(?:[-_](?P<m>\d{1,2}))?(?:[-_](?P<d>\d{1,2}))?$")
+PRODUCT_NAME = re.compile(r"(?:^|[-_ ])(?P<p>slc|geo|gec|sicd|sidd|cphd)$", re.IGNORECASE)
+HIERARCHY_PREFERENCE = {True: ("datetime", "product-type", "instrument-mode"),
+                        False: ("product-type", "datetime", "instrument-mode")}
+DATE_MARGIN = dt.timedelta(days=1)  # sub-catalog dates may be local or start-of-collect: stay conservative
+
+
+def link_name(href: str) -> str:
+    """The name a link gives its target: the folder of '.../NAME/catalog.json', else the file stem."""
+    parts = href.split("?", 1)[0].rstrip("/").split("/")
+    stem = parts[-1].rsplit(".", 1)[0] if "." in parts[-1] else parts[-1]
+    if stem in ("catalog", "collection") and len(parts) > 1:
+        return parts[-2]
+    return stem
+
+
+def name_date_span(name: str) -> tuple[dt.datetime, dt.datetime] | None:
+    """[start, end) of the year, month or day a sub-catalog name ends with; None if it names none."""
+    m = DATE_NAME.search(name.strip())
+    if not m:
+        return None
+    y, mo, d = int(m["y"]), int(m["m"] or 0), int(m["d"] or 0)
+    try:
+        if not mo:
+            return dt.datetime(y, 1, 1, tzinfo=dt.timezone.utc), dt.datetime(y + 1, 1, 1, tzinfo=dt.timezone.utc)
+        if not d:
+            start = dt.datetime(y, mo, 1, tzinfo=dt.timezone.utc)
+            return start, (start + dt.timedelta(days=32)).replace(day=1)
+        start = dt.datetime(y, mo, d, tzinfo=dt.timezone.utc)
+        return start, start + dt.timedelta(days=1)
+    except ValueError:  # month 13, 31 February: not a date after all
+        return None
+
+
+def extent_outside(extent: Any, lo: dt.datetime | None, hi: dt.datetime | None, bbox: tuple | None) -> str | None:
+    """'datetime' / 'extent' when a collection's declared extent misses the region, else None."""
+    if not isinstance(extent, dict):
+        return None
+    try:
+        (a, b), *_ = extent.get("temporal", {}).get("interval") or [[None, None]]
+        start, end = parse_datetime(a, strict=False), parse_datetime(b, strict=False)
+        if lo and end and end + DATE_MARGIN <= lo or hi and start and start - DATE_MARGIN >= hi:
+            return "datetime"
+        box_, *_ = extent.get("spatial", {}).get("bbox") or [None]
+        if bbox and box_ and len(box_) in (4, 6):
+            w, s, e, n = (box_[0], box_[1], box_[-2], box_[-1]) if len(box_) == 4 else (*box_[:2], *box_[3:5])
+            if w <= e and (e < bbox[0] or w > bbox[2] or n < bbox[1] or s > bbox[3]):
+                return "extent"
+    except (TypeError, ValueError):
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class WalkFilter:
+    """What a region wants, as far as links and sub-catalog extents can tell (pure pruning policy)."""
+
+    sar: dict[str, Any] = field(default_factory=dict)
+    explicit_product: bool = False
+    want_ids: frozenset[str] | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    hierarchy: str = "auto"  # auto | all | a hierarchy name such as 'datetime' or 'product-type'
+    by_facts: bool = True  # prune item links by their Capella id (False for EO catalogs)
+
+    @classmethod
+    def for_region(cls, region: Region, cfg: dict[str, Any]) -> WalkFilter:
+        sar = region.sar
+        return cls(dict(sar), "product" in region.raw.get("sar", {}),
+                   frozenset(sar["ids"]) if sar.get("ids") else None, tuple(region.bbox),
+                   str(cfg.get("walk_hierarchy", "auto")))
+
+    @property
+    def dates(self) -> tuple[dt.datetime | None, dt.datetime | None]:
+        return date_range(self.sar.get("datetime"))
+
+    def link_reason(self, link: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(why not to follow ``link``, or None; the item id it names, if any)."""
+        names = [link_name(link["href"])] + ([link["title"]] if link.get("title") else [])
+        if link["rel"] == "item":
+            hint = next((n for n in names if parse_capella_id(n)), None)
+            if hint is None:
+                return None, None
+            if self.want_ids:
+                return (None if hint in self.want_ids else "ids"), hint
+            if not self.by_facts:
+                return None, hint
+            facts = capella_id_facts(hint)
+            return (facts_reason(facts, self.sar, self.explicit_product) if facts else None), hint
+        lo, hi = self.dates
+        if not self.by_facts:
+            return None, None
+        if self.want_ids is None and (lo or hi):
+            span = next((sp for n in names if (sp := name_date_span(n))), None)
+            if span and (lo and span[1] + DATE_MARGIN <= lo or hi and span[0] - DATE_MARGIN >= hi):
+                return "datetime", None
+        product = next((m["p"].upper() for n in names if (m := PRODUCT_NAME.search(n.strip()))), None)
+        if self.want_ids is None and product and product not in accepted_products(self.sar, self.explicit_product,
+                                                                                  None):
+            return "product", None
+        return None, None
+
+    def choose_hierarchy(self, links: list[dict[str, Any]]) -> set[str]:
+        """Hrefs of the parallel hierarchies not to walk, when a catalog offers several.
+
+        Capella's root has the same items under by-datetime, by-product-type, by-instrument-mode,
+        by-use-case and by-capital; the first three are complete. Walk one: by-datetime when the
+        region has a date range (its day catalogs prune), else by-product-type (its product
+        catalogs prune), else by-datetime, else by-instrument-mode; if none of these is offered,
+        walk them all. ``walk_hierarchy: all`` walks every one (dedupe still reads each item once).
+        """
+        kinds = {ln["href"]: m["kind"].lower() for ln in links if ln["rel"] == "child"
+                 and (m := HIERARCHY.search(link_name(ln["href"])))}
+        if len(kinds) < 2 or self.hierarchy == "all":
+            return set()
+        lo, hi = self.dates
+        order = ((self.hierarchy.removeprefix("by-"),) if self.hierarchy != "auto" else ()) + \
+            HIERARCHY_PREFERENCE[bool(lo or hi)]
+        chosen = next((k for k in order if k in kinds.values()), None)
+        return set() if chosen is None else {h for h, k in kinds.items() if k != chosen}
+
+    def expand(self, href: str, node: dict[str, Any]) -> Expansion:
+        """Links of catalog ``node`` to follow (walk order) and counts of those pruned, by reason."""
+        links = node.get("links", [])
+        pruned: Counter = Counter()
+        lo, hi = self.dates
+        if self.want_ids is None and (why := extent_outside(node.get("extent"), lo, hi, self.bbox)):
+            return Expansion((), ((why, len(links)),))
+        skip = self.choose_hierarchy(links)
+        kept: list[tuple[str, str | None]] = []
+        for ln in links:
+            why, hint = ("hierarchy", None) if ln["href"] in skip else self.link_reason(ln)
+            if why:
+                pruned[why] += 1
+            else:
+                kept.append((ln["href"], hint))
+        if self.want_ids:  # look at links naming a wanted id first: the walk stops once all are found
+            kept.sort(key=lambda k: not any(i in k[0] for i in self.want_ids))
+        return Expansion(tuple(kept), tuple(sorted(pruned.items())))
+
+
 def walk_catalog(
-    href: str, transport: Transport, root_dir: str, want_ids: set[str] | None = None, first: dict | None = None
-):
-    """Yield (item, item_href) depth-first in link order; stops early once all ``want_ids`` are found."""
-    stack, seen, found = [href], set(), set()
-    while stack:
-        h = stack.pop()
-        if h in seen:
-            continue
-        seen.add(h)
-        doc = first if first is not None and h == href else _load_json(h, transport)
-        if doc.get("type") == "Feature":
-            item = pystac.Item.from_dict(doc, href=h, migrate=True, preserve_dict=False)
-            yield item, h
-            found.add(item.id)
-            if want_ids and want_ids <= found:
-                return
-            continue
-        links = [ln for ln in doc.get("links", []) if ln.get("rel") in ("child", "item") and ln.get("href")]
-        if want_ids:  # look at items whose file name is a wanted id first
-            links.sort(key=lambda ln: not any(i in ln["href"] for i in want_ids))
-        stack.extend(check_href(ln["href"], h, root_dir) for ln in reversed(links))
+    href: str, cache: Cache, cfg: dict[str, Any], filt: WalkFilter | None = None,
+    first: dict[str, Any] | None = None, stats: WalkStats | None = None,
+    memo: tuple[dict[str, dict[str, Any]], float] | None = None,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (item href, item dict) of a static catalog in depth-first link order, pruned by ``filt``.
+
+    Documents are read by ``walk_workers`` threads; remote catalogs are memoised in the walk
+    cache (``catalog_cache_ttl_h``), so a second region on the same catalog reads no JSON.
+    ``memo``: the walk cache as :meth:`Cache.walk_memo` returned it, if the caller has it already.
+    """
+    filt = filt or WalkFilter()
+    root_dir = href_dir(href)
+    known_docs, created = memo if memo is not None else cache.walk_memo(href, cfg)
+    reader = CatalogReader(cache.transport, lambda raw, base: check_href(raw, base, root_dir), known_docs)
+    known = len(reader.memo)
+    if first is not None and reader.cached(href) is None:
+        reader.seed(href, first)
+    try:
+        yield from walk_tree(href, reader, filt.expand, int(cfg["walk_workers"]), set(filt.want_ids or ()) or None,
+                             stats)
+    finally:
+        log.info("walk %s: %d document(s) read, %d from the walk cache", href, reader.fetched, known)
+        if len(reader.memo) > known:
+            cache.save_walk_memo(href, cfg, reader.memo, created)
 
 
 def search_api(
     href: str, landing: dict[str, Any], region: Region, cfg: dict[str, Any]
-) -> list[tuple[pystac.Item, str]]:
+) -> list[tuple[dict[str, Any], str]]:
     """Items from a STAC API (pystac-client) for the region's bbox, datetime and ids."""
     from pystac_client import Client
     from pystac_client.stac_api_io import StacApiIO
@@ -330,43 +512,52 @@ def search_api(
         max_items=int(cfg["max_api_items"]),
         method=next((ln.get("method", "POST") for ln in landing["links"] if ln.get("rel") == "search"), "POST"),
     )
-    return [(it, it.get_self_href() or href) for it in search.items()]
+    return [(it.to_dict(include_self_link=False, transform_hrefs=False), it.get_self_href() or href)
+            for it in search.items()]
 
 
-def find_sar_items(region: Region, transport: Transport, cfg: dict[str, Any]) -> tuple[WalkResult, str]:
+def find_sar_items(region: Region, cache: Cache, cfg: dict[str, Any]) -> tuple[WalkResult, str]:
     """All matching items of the region's catalog, ranked; raises naming the reasons if none match."""
     sar = region.sar
     href = region.resolve(sar["stac"])
-    root_dir = href_dir(href)
-    want = set(sar.get("ids") or []) or None
-    explicit_product = "product" in region.raw.get("sar", {})
+    filt = WalkFilter.for_region(region, cfg)
+    want = set(filt.want_ids or ()) or None
+    explicit_product = filt.explicit_product
     aoi = region.aoi
-    first = _load_json(href, transport)
-    if _is_api(first):
-        pairs = search_api(href, first, region, cfg)
+    stats = WalkStats()
+    memo = cache.walk_memo(href, cfg)
+    first = None if href in memo[0] else load_json(href, cache.transport)  # a cached root is no API
+    if first is not None and _is_api(first):
+        pairs: Iterable[tuple[str, dict[str, Any]]] = [(h, d) for d, h in search_api(href, first, region, cfg)]
     else:
-        pairs = walk_catalog(href, transport, root_dir, want, first)
+        pairs = walk_catalog(href, cache, cfg, filt, first, stats, memo)
     res = WalkResult()
-    for item, ih in pairs:
-        res.read += 1
-        if want and item.id not in want:
-            continue
-        facts = item_facts(item)
-        if facts.product in NOT_GEOCODED and (want or first.get("type") == "Feature"):
-            raise FetchError(
-                f"{item.id}: product {facts.product} is not geocoded (complex / slant range); "
-                "the pipeline needs a GEO or GEC GeoTIFF"
-            )
-        cov = coverage(aoi, item)
-        why = reject_reason(facts, cov, sar, explicit_product)
-        if why:
-            res.rejected.setdefault(why, []).append(item.id)
-        else:
-            res.candidates.append(Candidate(item, ih, facts, cov))
-    if want and (missing := want - {c.item.id for c in res.candidates} - {i for v in res.rejected.values() for i in v}):
+    try:
+        for ih, doc in pairs:
+            res.read += 1
+            facts = item_facts(doc)
+            if want and facts.id not in want:
+                continue
+            if facts.product in NOT_GEOCODED and (want or ih == href):
+                raise FetchError(
+                    f"{facts.id}: product {facts.product} is not geocoded (complex / slant range); "
+                    "the pipeline needs a GEO or GEC GeoTIFF"
+                )
+            cov = coverage(aoi, doc)
+            why = reject_reason(facts, cov, sar, explicit_product)
+            if why:
+                res.rejected.setdefault(why, []).append(facts.id)
+            else:
+                res.candidates.append(Candidate(doc, ih, facts, cov))
+    finally:  # stop the walk's readers now, not when the generator is collected
+        getattr(pairs, "close", lambda: None)()
+    res.catalogs, res.pruned = stats.catalogs, dict(sorted(stats.pruned.items()))
+    if want and (missing := want - {c.facts.id for c in res.candidates}
+                 - {i for v in res.rejected.values() for i in v}):
         raise FetchError(f"{href}: sar.ids not found in the catalog: {sorted(missing)}")
     if not res.candidates:
         counts = ", ".join(f"{k}: {len(v)}" for k, v in sorted(res.rejected.items())) or "none"
+        pruned = ", ".join(f"{k}: {v}" for k, v in res.pruned.items())
         if res.rejected and set(res.rejected) == {"outside AOI"}:
             raise FetchError(
                 f"{href}: no item intersects the AOI {region.bbox} of region {region.name} ({res.read} items read)"
@@ -374,7 +565,7 @@ def find_sar_items(region: Region, transport: Transport, cfg: dict[str, Any]) ->
         raise FetchError(
             f"{href}: no item matches region {region.name} (AOI {region.bbox}, product {sar.get('product')}, "
             f"polarization {sar.get('polarization', 'any')}, datetime {sar.get('datetime', 'any')}); "
-            f"{res.read} items read, rejected by {counts}"
+            f"{res.read} items read, rejected by {counts}" + (f"; links pruned unread: {pruned}" if pruned else "")
         )
     res.candidates.sort(key=lambda c: rank_key(c.facts, c.coverage))
     return res, href
@@ -424,10 +615,10 @@ class Cache:
         if dest.is_file() and side.is_file():
             meta = json.loads(side.read_text())
             n = dest.stat().st_size
-            if meta.get("href") == href and meta.get("bytes") == n and sha256 in (None, meta.get("sha256")):
-                if size in (None, n):
-                    log.info("cache hit: %s", href)
-                    return dest, meta["sha256"], n
+            if (meta.get("href") == href and meta.get("bytes") == n and sha256 in (None, meta.get("sha256"))
+                    and size in (None, n)):
+                log.info("cache hit: %s", href)
+                return dest, meta["sha256"], n
         dest.parent.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s", href)
         with atomic_path(dest, suffix="") as tmp:
@@ -435,6 +626,48 @@ class Cache:
             _verify(href, digest, n, sha256, size)
         write_json(side, {"href": href, "sha256": digest, "bytes": n})
         return dest, digest, n
+
+    # -- walk cache: the parsed documents of a remote static catalog, reused across regions -------
+
+    def walk_path(self, root: str) -> Path:
+        """``root/walks/<hash>_<name>.json``, keyed by the catalog root href (and S3 endpoint)."""
+        key = f"{root}|{self.transport.s3_endpoint or ''}" if scheme(root) == "s3" else root
+        walks = (self.root / "walks").resolve()
+        p = (walks / f"{safe_name(key)}.json").resolve()
+        if p.parent != walks:
+            raise Unsafe(f"{root}: walk cache name {p} escapes {walks}")
+        return p
+
+    def walk_memo(self, root: str, cfg: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], float]:
+        """(documents by href, creation time) of ``root``'s walk cache; empty when absent, older than
+        ``catalog_cache_ttl_h``, unreadable, or not applicable (ttl 0; local catalogs are cheap to
+        read and may be regenerated, e.g. by the demo stage, so they are never cached)."""
+        now = time.time()
+        ttl_h = float(cfg.get("catalog_cache_ttl_h", 0) or 0)
+        if ttl_h <= 0 or not is_remote(root):
+            return {}, now
+        path = self.walk_path(root)
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}, now
+        except (OSError, ValueError) as exc:
+            log.warning("%s: walk cache %s unreadable (%s); walking again", root, path, exc)
+            return {}, now
+        created = float(data.get("created", 0))
+        if data.get("format") != WALK_FORMAT or data.get("root") != root or not 0 <= now - created < ttl_h * 3600:
+            return {}, now
+        log.info("walk cache hit: %s (%d documents, %.1f h old)", root, len(data["nodes"]), (now - created) / 3600)
+        return dict(data["nodes"]), created
+
+    def save_walk_memo(self, root: str, cfg: dict[str, Any], nodes: dict[str, dict[str, Any]], created: float) -> None:
+        """Write the walk cache atomically; it keeps the time of its oldest documents (``created``)."""
+        if float(cfg.get("catalog_cache_ttl_h", 0) or 0) <= 0 or not is_remote(root):
+            return
+        path = self.walk_path(root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"format": WALK_FORMAT, "root": root, "created": created, "nodes": nodes}
+        write_bytes(path, json.dumps(doc, separators=(",", ":")).encode("utf-8"))
 
 
 def _verify(href: str, digest: str, n: int, sha256: str | None, size: int | None) -> None:
@@ -544,7 +777,7 @@ def fetch_sar(region: Region, cache: Cache, cfg: dict[str, Any], out: Path) -> d
             rec["metadata"] = {"href": mhref, "sha256": mdigest}
         return rec
 
-    found, catalog = find_sar_items(region, cache.transport, cfg)
+    found, catalog = find_sar_items(region, cache, cfg)
     best = found.candidates[0]
     item, facts = best.item, best.facts
     root_dir = href_dir(catalog)
@@ -564,6 +797,7 @@ def fetch_sar(region: Region, cache: Cache, cfg: dict[str, Any], out: Path) -> d
         "polarization": sar.get("polarization") or (facts.polarizations[0] if facts.polarizations else None),
         "mode": facts.mode, "coverage": round(best.coverage, 6), "selection": SELECTION_RULE,
         "candidates": ranked, "candidates_total": len(found.candidates), "items_read": found.read,
+        "catalogs_read": found.catalogs, "pruned": found.pruned,
         "rejected": {k: len(v) for k, v in sorted(found.rejected.items())},
         "calibrated": facts.provider == "capella",
         **_licence(facts.provider, region),
@@ -633,7 +867,7 @@ def fetch_eo(region: Region, cache: Cache, cfg: dict[str, Any], dest: Path) -> d
         rec.update({"source": template, "kind": "tiles", "zoom": int(zoom), "tiles": summary})
     else:
         if eo.get("stac"):
-            href, item_rec = _eo_from_stac(region, cache)
+            href, item_rec = _eo_from_stac(region, cache, cfg)
             rec.update(item_rec)
             rec["datetime"] = eo.get("datetime") or item_rec["item_datetime"]
         else:
@@ -664,18 +898,19 @@ def _read_tile(cache: Cache, href: str) -> bytes | None:
         return None
 
 
-def _eo_from_stac(region: Region, cache: Cache) -> tuple[str, dict[str, Any]]:
+def _eo_from_stac(region: Region, cache: Cache, cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The EO asset of a STAC item (``eo.asset`` or the visual/data GeoTIFF)."""
     eo = region.eo
     href = region.resolve(eo["stac"])
-    doc = _load_json(href, cache.transport)
+    doc = load_json(href, cache.transport)
     if doc.get("type") != "Feature":
-        root = href_dir(href)
-        items = [(it, h) for it, h in walk_catalog(href, cache.transport, root) if coverage(region.aoi, it) > 0]
+        items = [Candidate(d, h, item_facts(d), coverage(region.aoi, d))
+                 for h, d in walk_catalog(href, cache, cfg, WalkFilter(bbox=tuple(region.bbox), by_facts=False), doc)]
+        items = [c for c in items if c.coverage > 0]
         if not items:
             raise FetchError(f"{href}: no EO item intersects the AOI {region.bbox} of region {region.name}")
-        items.sort(key=lambda p: rank_key(item_facts(p[0]), coverage(region.aoi, p[0])))
-        item, ihref = items[0]
+        items.sort(key=lambda c: rank_key(c.facts, c.coverage))
+        item, ihref = items[0].item, items[0].href
     else:
         item, ihref = pystac.Item.from_dict(doc, href=href, preserve_dict=False), href
     if eo.get("asset"):

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -216,7 +220,7 @@ class Transport:
         elif s in ("http", "https"):
             req = urllib.request.Request(quote_url(href), headers={"User-Agent": "sareo"})
             try:
-                resp = urllib.request.urlopen(req, timeout=self.timeout_s)  # noqa: S310 - scheme checked
+                resp = urllib.request.urlopen(req, timeout=self.timeout_s)
             except urllib.error.HTTPError as exc:
                 if exc.code in (403, 404, 410):
                     raise NotFound(f"{href}: HTTP {exc.code}") from None
@@ -275,25 +279,32 @@ def quote_url(href: str) -> str:
 
 
 _S3_CLIENTS: dict[tuple[str | None, str, float], Any] = {}
+_S3_LOCK = threading.Lock()
 
 
 def _s3_client(endpoint: str | None, region: str, timeout: float):
     """An anonymous boto3 S3 client (cached: creating one costs ~50 ms)."""
     key = (endpoint, region, timeout)
-    if key not in _S3_CLIENTS:
-        import boto3
-        from botocore import UNSIGNED
-        from botocore.config import Config
-
-        cfg = Config(
-            signature_version=UNSIGNED,
-            connect_timeout=timeout,
-            read_timeout=timeout,
-            retries={"max_attempts": 1},  # our own retry loop counts attempts
-            s3={"addressing_style": "path"} if endpoint else {},
-        )
-        _S3_CLIENTS[key] = boto3.session.Session().client("s3", region_name=region, endpoint_url=endpoint, config=cfg)
+    with _S3_LOCK:  # the walk's threads may ask at once; boto3 session creation is not thread-safe
+        if key not in _S3_CLIENTS:
+            _S3_CLIENTS[key] = _new_s3_client(endpoint, region, timeout)
     return _S3_CLIENTS[key]
+
+
+def _new_s3_client(endpoint: str | None, region: str, timeout: float):
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    cfg = Config(
+        signature_version=UNSIGNED,
+        connect_timeout=timeout,
+        read_timeout=timeout,
+        retries={"max_attempts": 1},  # our own retry loop counts attempts
+        s3={"addressing_style": "path"} if endpoint else {},
+        max_pool_connections=64,  # the catalog walk's threads share one client (default pool: 10)
+    )
+    return boto3.session.Session().client("s3", region_name=region, endpoint_url=endpoint, config=cfg)
 
 
 class SareoStacIO(DefaultStacIO):
@@ -309,3 +320,225 @@ class SareoStacIO(DefaultStacIO):
 
     def write_text(self, dest: Any, txt: str, *args: Any, **kwargs: Any) -> None:
         raise FetchError(f"{dest}: the fetch stage never writes catalogs")
+
+
+# --------------------------------------------------------------------------- static catalog walk
+#
+# A static catalog is a tree of small JSON documents; over S3/HTTPS each costs a round trip, so a
+# sequential walk of Capella's thousands of items takes minutes. The walk below reads documents
+# with a bounded thread pool but *yields* them in the order of a sequential depth-first walk, so
+# results, counts and errors do not depend on which request finished first. What to follow is a
+# pure policy (``expand``) supplied by the caller; parsed documents are kept in a memo that the
+# caller may persist (a walk cache).
+
+
+def parse_node(doc: dict[str, Any], href: str, resolve: Callable[[str, str], str]) -> dict[str, Any]:
+    """What the walk keeps of a STAC document: items without their links, catalogs as their
+    child/item links (hrefs resolved and checked by ``resolve(raw, base)``) plus id/title/extent."""
+    if doc.get("type") == "Feature":
+        return {k: v for k, v in doc.items() if k != "links"}
+    links = []
+    for ln in doc.get("links", []):
+        if isinstance(ln, dict) and ln.get("rel") in ("child", "item") and ln.get("href"):
+            link = {"rel": ln["rel"], "href": resolve(str(ln["href"]), href)}
+            if ln.get("title"):
+                link["title"] = str(ln["title"])
+            links.append(link)
+    node: dict[str, Any] = {"type": doc.get("type", "Catalog"), "id": doc.get("id"), "links": links}
+    for key in ("title", "extent"):
+        if doc.get(key) is not None:
+            node[key] = doc[key]
+    return node
+
+
+class CatalogReader:
+    """Parsed catalog documents by href: from ``memo`` if there, else read through the transport.
+
+    Thread-safe; ``fetched`` counts documents actually read (for logs and benchmarks, never for
+    outputs: a cached walk reads nothing but must write the same provenance).
+    """
+
+    def __init__(self, transport: Transport, resolve: Callable[[str, str], str],
+                 memo: dict[str, dict[str, Any]] | None = None) -> None:
+        self.transport = transport
+        self.resolve = resolve
+        self.memo: dict[str, dict[str, Any]] = dict(memo or {})
+        self.fetched = 0
+        self._lock = threading.Lock()
+
+    def cached(self, href: str) -> dict[str, Any] | None:
+        return self.memo.get(href)
+
+    def seed(self, href: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """Add an already read document (the root, read to tell a STAC API from a static catalog)."""
+        node = parse_node(doc, href, self.resolve)
+        with self._lock:
+            self.memo[href] = node
+        return node
+
+    def get(self, href: str) -> dict[str, Any]:
+        node = self.memo.get(href)
+        if node is not None:
+            return node
+        doc = load_json(href, self.transport)
+        with self._lock:
+            self.fetched += 1
+        return self.seed(href, doc)
+
+
+def load_json(href: str, transport: Transport) -> dict[str, Any]:
+    """A STAC JSON object; errors name the href."""
+    text = transport.read_bytes(href).decode("utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FetchError(f"{href}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise FetchError(f"{href}: expected a STAC object, got {type(data).__name__}")
+    return data
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """Which links of a catalog to follow, in walk order, as (href, id hint); and why others were not."""
+
+    kept: tuple[tuple[str, str | None], ...] = ()
+    pruned: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass
+class WalkStats:
+    """Documents the walk used (from the network or the memo) and links it did not follow, by reason."""
+
+    catalogs: int = 0
+    items: int = 0
+    pruned: Counter = field(default_factory=Counter)
+
+
+class _Prefetch:
+    """Reads documents ahead of the depth-first replay with a bounded thread pool.
+
+    A finished read schedules its kept children at once (breadth-first fan-out), so the pool
+    stays busy; the replay only waits for the next document in depth-first order. With one
+    worker nothing is read ahead: the replay reads each document itself.
+    """
+
+    def __init__(self, reader: CatalogReader, expand: Callable[[str, dict[str, Any]], Expansion], workers: int):
+        self.reader, self.expand = reader, expand
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="walk") if workers > 1 else None
+        self.futures: dict[str, Future] = {}
+        self.expanded: dict[str, Expansion] = {}
+        self.hints: set[str] = set()
+        self.lock = threading.Lock()
+        self.stopped = False
+
+    def _expansion(self, href: str, node: dict[str, Any]) -> Expansion:
+        exp = self.expanded.get(href)
+        if exp is None:
+            exp = Expansion() if node.get("type") == "Feature" else self.expand(href, node)
+            self.expanded[href] = exp
+        return exp
+
+    def want(self, href: str, hint: str | None = None, force: bool = False) -> None:
+        """Schedule ``href``; documents already in the memo are expanded here, their children scheduled.
+
+        An item whose id hint was scheduled under another href is not read ahead (the replay will
+        most likely skip it as a duplicate); ``force`` (the replay needs it now) reads it anyway.
+        """
+        if self.pool is None:
+            return
+        todo = [(href, hint)]
+        while todo:
+            h, hn = todo.pop()
+            node = self.reader.cached(h)
+            with self.lock:
+                if h in self.futures or self.stopped or (hn in self.hints and not force):
+                    continue
+                if hn is not None:
+                    self.hints.add(hn)
+                fut: Future = Future()
+                if node is None:
+                    fut = self.pool.submit(self._read, h)
+                self.futures[h] = fut
+            if node is not None:
+                try:
+                    exp = self._expansion(h, node)
+                except Exception as exc:  # noqa: BLE001 - raised again when the replay gets here
+                    fut.set_exception(exc)
+                    continue
+                fut.set_result(node)
+                todo.extend(reversed(exp.kept))
+            force = False
+
+    def _read(self, href: str) -> dict[str, Any]:
+        node = self.reader.get(href)
+        exp = self._expansion(href, node)
+        for child, hint in exp.kept:
+            self.want(child, hint)
+        return node
+
+    def get(self, href: str) -> tuple[dict[str, Any], Expansion]:
+        if self.pool is None:
+            node = self.reader.get(href)
+        else:
+            self.want(href, force=True)
+            node = self.futures[href].result()
+        return node, self._expansion(href, node)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            with self.lock:
+                self.stopped = True
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def walk_tree(
+    root: str,
+    reader: CatalogReader,
+    expand: Callable[[str, dict[str, Any]], Expansion],
+    workers: int = 16,
+    want_ids: set[str] | None = None,
+    stats: WalkStats | None = None,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (item href, item node) in sequential depth-first link order, reading ahead in parallel.
+
+    Each href is visited once (dedupe by resolved href), each item id yielded once (first in
+    walk order wins; a link whose id hint was already yielded is not even read). With
+    ``want_ids`` the walk stops once all were yielded. Counts and errors come from this
+    deterministic replay, so they are the same for any ``workers`` and any completion order;
+    an unreadable document fails the walk only if the replay reaches it.
+    """
+    stats = stats if stats is not None else WalkStats()
+    pre = _Prefetch(reader, expand, int(workers))
+    stack: list[tuple[str, str | None]] = [(root, None)]
+    seen: set[str] = set()
+    yielded: set[str] = set()
+    try:
+        while stack:
+            href, hint = stack.pop()
+            if href in seen or (hint is not None and hint in yielded):
+                stats.pruned["duplicate"] += 1
+                continue
+            seen.add(href)
+            node, exp = pre.get(href)
+            if node.get("type") == "Feature":
+                stats.items += 1
+                if stats.items % 500 == 0:
+                    log.info("walk %s: %d catalogs, %d items so far", root, stats.catalogs, stats.items)
+                item_id = str(node.get("id"))
+                if item_id in yielded:
+                    stats.pruned["duplicate"] += 1
+                    continue
+                yielded.add(item_id)
+                yield href, node
+                if want_ids and want_ids <= yielded:
+                    return
+                continue
+            stats.catalogs += 1
+            for reason, n in exp.pruned:
+                stats.pruned[reason] += n
+            for child, hint in exp.kept:
+                pre.want(child, hint)
+            stack.extend(reversed(exp.kept))
+    finally:
+        pre.close()

@@ -17,6 +17,7 @@ import http.server
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +32,24 @@ def free_port() -> int:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a directory; paths in ``truncate`` get an honest Content-Length but half the body."""
+    """Serves a directory; paths in ``truncate`` get an honest Content-Length but half the body.
+
+    ``latency_s`` is slept before each answer (a remote bucket's round trip); ``requests``, if a
+    list, gets every requested path (to count what a client really read).
+    """
 
     truncate: frozenset[str] = frozenset()
+    latency_s: float = 0.0
+    requests: list[str] | None = None
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - keep tests quiet
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:
+        if self.requests is not None:
+            self.requests.append(self.path)  # list.append is atomic: safe across handler threads
+        if self.latency_s:
+            time.sleep(self.latency_s)
         if self.path.split("?", 1)[0].lstrip("/") in self.truncate:
             body = Path(self.translate_path(self.path)).read_bytes()
             self.send_response(200)
@@ -51,11 +62,17 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 128  # the default 5 drops concurrent connects (1 s SYN retry) under a parallel client
+
+
 @contextlib.contextmanager
-def serve_directory(directory: str | Path, truncate: tuple[str, ...] = ()) -> Iterator[str]:
+def serve_directory(directory: str | Path, truncate: tuple[str, ...] = (), latency_s: float = 0.0,
+                    requests: list[str] | None = None) -> Iterator[str]:
     """Serve ``directory`` over HTTP on 127.0.0.1; yields the base URL (no trailing slash)."""
-    handler = type("H", (_Handler,), {"truncate": frozenset(truncate)})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
+    handler = type("H", (_Handler,), {"truncate": frozenset(truncate), "latency_s": float(latency_s),
+                                      "requests": requests})
+    server = _Server(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -118,6 +135,7 @@ def s3_server() -> Iterator[S3Server]:
 
 @pytest.fixture
 def http_dir() -> Iterator[Callable[..., str]]:
-    """A factory: ``http_dir(path, truncate=())`` serves ``path`` and returns its base URL."""
+    """A factory: ``http_dir(path, truncate=(), latency_s=0, requests=None)`` serves ``path``; returns its URL."""
     with contextlib.ExitStack() as stack:
-        yield lambda directory, truncate=(): stack.enter_context(serve_directory(directory, tuple(truncate)))
+        yield lambda directory, truncate=(), latency_s=0.0, requests=None: stack.enter_context(
+            serve_directory(directory, tuple(truncate), latency_s, requests))

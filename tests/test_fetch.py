@@ -263,8 +263,9 @@ def test_fetch_local_catalog(tmp_path: Path, demo: Path) -> None:
     assert s["provider"] == "capella" and s["product"] == "GEO" and s["polarization"] == "HH"
     assert s["licence"] == "CC-BY-4.0" and "Capella" in s["attribution"]
     assert [c["item_id"] for c in s["candidates"]] == [WINNER, "CAPELLA_C13_SP_GEO_HH_20230101120000_20230101120010"]
-    assert s["rejected"] == {"not geocoded": 1, "outside AOI": 1, "polarization": 1}
-    assert s["items_read"] == 5 and s["coverage"] == 1.0
+    # the SLC and the VV item are pruned from their link's Capella id, unread; the far one is read
+    assert s["rejected"] == {"outside AOI": 1} and s["pruned"] == {"not geocoded": 1, "polarization": 1}
+    assert s["items_read"] == 3 and s["catalogs_read"] == 4 and s["coverage"] == 1.0
     # local paths are recorded relative to the project root, so every clone writes the same bytes
     assert s["catalog"] == "capella/catalog.json" and s["href"] == f"{wdir.relative_to(demo)}/{WINNER}.tif"
     e = prov["eo"]
@@ -295,8 +296,10 @@ def test_filters_datetime_ids_and_slc(tmp_path: Path, demo: Path) -> None:
     region = _local_region(tmp_path, demo, ids=["CAPELLA_C99_SP_GEO_HH_20240801000000_20240801000010"])
     with pytest.raises(FetchError, match="sar.ids not found"):
         fetch.fetch_region(region, tmp_path / "d", tmp_path / "cache", FAST)
-    region = _local_region(tmp_path, demo, datetime="2025-01-01/..")
-    with pytest.raises(FetchError, match=r"no item matches region testregion.*rejected by datetime: 4, outside AOI: 1"):
+    region = _local_region(tmp_path, demo, datetime="2025-01-02/..")
+    # both year catalogs end (with the one-day margin) before the range: pruned by their names, no item read
+    with pytest.raises(FetchError, match=r"no item matches region testregion.*0 items read, rejected by none; "
+                                         r"links pruned unread: datetime: 2"):
         fetch.fetch_region(region, tmp_path / "e", tmp_path / "cache", FAST)
 
 
@@ -342,7 +345,8 @@ def test_checksum_mismatch(tmp_path: Path, demo: Path, s3_server) -> None:  # no
     item["assets"]["HH"]["file:checksum"] = "1220" + "0" * 64
     item_path.write_text(json.dumps(item))
     url = s3_server.publish(tmp_path / "capella", "badsum")
-    params = {"fetch": {**FAST["fetch"], "s3_endpoint": s3_server.endpoint}}
+    # the catalog is republished between the two runs: no walk cache, or the second run sees the old item
+    params = {"fetch": {**FAST["fetch"], "s3_endpoint": s3_server.endpoint, "catalog_cache_ttl_h": 0}}
     region = make_region(tmp_path, {"stac": f"{url}/catalog.json", "polarization": "HH"})
     with pytest.raises(FetchError, match=rf"{WINNER}.tif: checksum mismatch: sha256 {good}"):
         fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", params)
@@ -582,3 +586,229 @@ def test_stac_api_uses_pystac_client(tmp_path: Path, demo: Path) -> None:
     assert any(p.startswith("/search") and "bbox=" in p for p in seen), seen
     s = json.loads((out / "provenance.json").read_text())["sar"]
     assert s["item_id"] == WINNER and s["sha256"] == sha(wdir / f"{WINNER}.tif")
+
+
+# --------------------------------------------------------------------------- fast static-catalog walk
+
+
+def _bench():
+    """benchmarks/bench_catalog.py: the synthetic Capella-layout catalog builder (shared with the benchmark)."""
+    import importlib.util
+    import sys
+
+    if "bench_catalog" not in sys.modules:
+        path = Path(__file__).parents[1] / "benchmarks/bench_catalog.py"
+        spec = importlib.util.spec_from_file_location("bench_catalog", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["bench_catalog"] = mod  # dataclasses look their module up
+        spec.loader.exec_module(mod)
+    return sys.modules["bench_catalog"]
+
+
+def _t(s: str):
+    return parse_datetime(s)
+
+
+def _handmade(root: Path):
+    """Six collects whose pruning can be worked out by hand (see the tests)."""
+    b = _bench()
+    far = (LON + 1.0, LAT)
+    items = {
+        "A": b.SynthItem("C13", "SP", "GEO", "HH", _t("2023-03-10T10:00:00Z"), LON, LAT),
+        "B": b.SynthItem("C14", "SP", "GEO", "HH", _t("2024-05-02T10:00:00Z"), LON, LAT),
+        "C": b.SynthItem("C14", "SP", "GEO", "VV", _t("2024-05-02T11:00:00Z"), LON, LAT),
+        "D": b.SynthItem("C13", "SP", "SLC", "HH", _t("2024-05-20T10:00:00Z"), LON, LAT),
+        "E": b.SynthItem("C13", "SP", "GEC", "HH", _t("2024-06-20T10:00:00Z"), LON, LAT),
+        "F": b.SynthItem("C15", "SM", "GEO", "HH", _t("2024-05-15T10:00:00Z"), *far),
+    }
+    b.build_catalog(root / "capella", list(items.values()), use_case=[items["A"].id],
+                    use_case_copies=[items["B"].id])
+    return {k: v.id for k, v in items.items()}, items
+
+
+def _find(tmp: Path, stac: str, workers: int, ttl: float = 0, hierarchy: str = "auto", bbox=None, **sar: Any):
+    region = make_region(tmp, {"stac": stac, "product": "GEO", "polarization": "HH", **sar}, bbox=bbox)
+    cfg = fetch.settings({"fetch": {**FAST["fetch"], "walk_workers": workers, "catalog_cache_ttl_h": ttl,
+                                    "walk_hierarchy": hierarchy}})
+    cache = fetch.Cache(tmp / "cache", Transport.from_params(cfg))
+    res, _ = fetch.find_sar_items(region, cache, cfg)
+    return res
+
+
+def _summary(res) -> tuple:
+    return ([(c.facts.id, c.href, round(c.coverage, 9)) for c in res.candidates],
+            {k: sorted(v) for k, v in res.rejected.items()}, res.read, res.catalogs, res.pruned)
+
+
+def test_link_names_dates_and_products() -> None:
+    span = fetch.name_date_span
+    assert span("capella-open-data-2024-7-9") == (_t("2024-07-09"), _t("2024-07-10"))
+    assert span("capella-open-data-2024-07") == (_t("2024-07-01"), _t("2024-08-01"))
+    assert span("capella-open-data-2024-12") == (_t("2024-12-01"), _t("2025-01-01"))
+    assert span("Capella Open Data 2025-05-14") == (_t("2025-05-14"), _t("2025-05-15"))
+    assert span("2023") == (_t("2023-01-01"), _t("2024-01-01"))
+    for name in ("capella-open-data-by-datetime", "capella-open-data-2024-13", "capella-open-data-2023-2-30",
+                 "urban-12345", "CAPELLA_C14_SP_GEO_HH_20240709040329_20240709040358"):
+        assert span(name) is None, name
+    assert fetch.link_name("s3://b/stac/x/capella-open-data-2024/catalog.json") == "capella-open-data-2024"
+    assert fetch.link_name(f"https://h/a/{WINNER}/{WINNER}.json") == WINNER
+    filt = fetch.WalkFilter({"product": "GEO", "polarization": "HH", "datetime": "2024-07-01/2024-07-31"}, True)
+    link = {"rel": "child", "href": "s3://b/c/capella-open-data-2024-6-30/catalog.json"}
+    assert filt.link_reason(link) == (None, None)  # one day of margin: a collect may straddle midnight
+    assert filt.link_reason({**link, "href": "s3://b/c/capella-open-data-2024-6-29/catalog.json"})[0] == "datetime"
+    assert filt.link_reason({"rel": "child", "href": "s3://b/c/x/catalog.json", "title": "2024-8-2"})[0] == "datetime"
+    assert filt.link_reason({"rel": "child", "href": "s3://b/capella-open-data-slc/catalog.json"})[0] == "product"
+    item = {"rel": "item", "href": f"s3://b/{WINNER}/{WINNER}.json"}
+    assert filt.link_reason(item) == (None, WINNER)
+    vv = WINNER.replace("_HH_", "_VV_")
+    assert filt.link_reason({"rel": "item", "href": "s3://b/x.json", "title": vv}) == ("polarization", vv)
+    assert filt.link_reason({"rel": "item", "href": "s3://b/x.json"}) == (None, None)  # nothing to tell: read it
+    wanted = fetch.WalkFilter({"product": "GEO"}, True, frozenset([vv]))
+    assert wanted.link_reason({"rel": "item", "href": "s3://b/x.json", "title": vv}) == (None, vv)  # never pruned
+    assert wanted.link_reason(item) == ("ids", WINNER)
+    ext = {"temporal": {"interval": [["2020-01-01T00:00:00Z", "2020-12-31T00:00:00Z"]]},
+           "spatial": {"bbox": [[0.0, 0.0, 1.0, 1.0]]}}
+    lo, hi = fetch.date_range("2024-01-01/..")
+    assert fetch.extent_outside(ext, lo, hi, None) == "datetime"
+    assert fetch.extent_outside(ext, None, None, (5.0, 5.0, 6.0, 6.0)) == "extent"
+    assert fetch.extent_outside(ext, None, None, (0.5, 0.5, 6.0, 6.0)) is None
+
+
+def test_pruning_counts_with_dates(tmp_path: Path, http_dir) -> None:  # noqa: F811
+    """Worked out by hand: root offers by-datetime, by-product-type and by-use-case; May 2024."""
+    ids, _ = _handmade(tmp_path)
+    requests: list[str] = []
+    base = http_dir(tmp_path, requests=requests)
+    for workers in (1, 8):
+        requests.clear()
+        res = _find(tmp_path, f"{base}/capella/catalog.json", workers, datetime="2024-05-01/2024-05-31")
+        assert [c.facts.id for c in res.candidates] == [ids["B"]]
+        assert res.rejected == {"outside AOI": [ids["F"]]}  # read: its id says nothing about its place
+        # root, by-datetime, 2024, 2024-5, its days 2, 15, 20, and 2024-6 (kept by the one-day margin)
+        assert res.catalogs == 8 and res.read == 2
+        # the two other hierarchies; year 2023 and day 2024-6-20; C (VV) and D (SLC) from their file names
+        assert res.pruned == {"datetime": 2, "hierarchy": 2, "not geocoded": 1, "polarization": 1}
+        assert sorted(requests) == sorted(set(requests)) and len(requests) == 10, requests  # nothing else read
+        assert not any("2023" in r or "6-20" in r or "by-product-type" in r for r in requests)
+
+
+def test_pruning_by_product_type_without_dates(tmp_path: Path, http_dir) -> None:  # noqa: F811
+    ids, _ = _handmade(tmp_path)
+    base = http_dir(tmp_path)
+    res = _find(tmp_path, f"{base}/capella/catalog.json", 4)
+    assert [c.facts.id for c in res.candidates] == [ids["B"], ids["A"]]  # newest first
+    # by-product-type is walked: its gec and slc catalogs are pruned, then C by its title
+    assert res.catalogs == 3 and res.read == 3
+    assert res.pruned == {"hierarchy": 2, "polarization": 1, "product": 2}
+    # the item hrefs are the by-datetime files the product catalogs link to
+    assert all("capella-open-data-by-datetime" in c.href for c in res.candidates)
+
+
+def test_dedupe_across_hierarchies(tmp_path: Path, http_dir) -> None:  # noqa: F811
+    """walk_hierarchy: all walks every tree; each item file is read once, each id yielded once."""
+    ids, _ = _handmade(tmp_path)
+    requests: list[str] = []
+    base = http_dir(tmp_path, requests=requests)
+    res = _find(tmp_path, f"{base}/capella/catalog.json", 1, hierarchy="all")
+    assert sorted(requests) == sorted(set(requests))  # no document read twice
+    got = [c.facts.id for c in res.candidates]
+    assert got == [ids["B"], ids["A"]] and len(set(got)) == len(got)
+    # B's first occurrence in depth-first link order is its by-datetime file, not the use-case copy
+    assert "by-datetime" in res.candidates[0].href
+    assert not any("by-use-case/capella-open-data-urban/CAPELLA" in r for r in requests)  # copy pruned by its title
+    # duplicates: A, B, F again under by-product-type; A and the copy of B under by-use-case
+    assert res.pruned["duplicate"] == 5 and res.read == 3
+    # read ahead in parallel, the copy may be fetched, but the replay still skips it: same result
+    requests.clear()
+    assert _summary(_find(tmp_path, f"{base}/capella/catalog.json", 8, hierarchy="all")) == _summary(res)
+    assert sorted(requests) == sorted(set(requests))
+    assert res.candidates[0].item.id == ids["B"]  # the winner's pystac Item is built from the walk's dict
+
+
+def test_parallel_walk_equals_sequential(tmp_path: Path, http_dir) -> None:  # noqa: F811
+    """Random completion order (latency jitter from 16 threads) changes nothing: same result, same counts."""
+    b = _bench()
+    b.build_catalog(tmp_path / "capella", b.synthetic_items(150, seed=3, years=(2023, 2024), hot_share=0.1),
+                    use_case=[])
+    base = http_dir(tmp_path, latency_s=0.002)
+    stac = f"{base}/capella/catalog.json"
+    for sar in ({}, {"datetime": "2024-02-01/2024-09-30"}, {"mode": "SP"}):
+        runs = [_summary(_find(tmp_path, stac, w, hierarchy=h, **sar)) for w in (1, 16) for h in ("auto", "all")]
+        assert runs[0] == runs[2] and runs[1] == runs[3], sar
+        assert [c[0] for c in runs[0][0]] == [c[0] for c in runs[1][0]], sar  # hierarchy choice loses nothing
+
+
+def test_parallel_walk_with_ids_stops_deterministically(tmp_path: Path, http_dir) -> None:  # noqa: F811
+    ids, _ = _handmade(tmp_path)
+    base = http_dir(tmp_path, latency_s=0.002)
+    runs = [_summary(_find(tmp_path, f"{base}/capella/catalog.json", w, ids=[ids["A"]])) for w in (1, 8, 1, 8)]
+    assert runs[0][0][0][0] == ids["A"] and all(r == runs[0] for r in runs)
+
+
+def test_fetch_provenance_same_bytes_parallel_and_sequential(
+    tmp_path: Path, demo: Path, http_dir  # noqa: F811
+) -> None:
+    base = http_dir(demo, latency_s=0.002)
+    region = make_region(tmp_path, {"stac": f"{base}/capella/catalog.json", "polarization": "HH"},
+                         eo={"tiles": base + "/tiles/{z}/{x}/{y}.png", "datetime": "2024-06-01"})
+    outs = []
+    for workers in (1, 16):
+        params = {"fetch": {**FAST["fetch"], "walk_workers": workers, "catalog_cache_ttl_h": 0}}
+        outs.append(fetch.fetch_region(region, tmp_path / f"w{workers}" / "source", tmp_path / f"c{workers}", params))
+    assert (outs[0] / "provenance.json").read_bytes() == (outs[1] / "provenance.json").read_bytes()
+    s = json.loads((outs[0] / "provenance.json").read_text())["sar"]
+    assert s["item_id"] == WINNER and s["catalogs_read"] == 4 and s["pruned"] == {"not geocoded": 1, "polarization": 1}
+
+
+def test_unreachable_subcatalog_named(tmp_path: Path, http_dir) -> None:  # noqa: F811
+    """A sub-catalog that cannot be read after the retries fails the walk, naming it, with any workers."""
+    _handmade(tmp_path)
+    dead = f"http://127.0.0.1:{free_port()}/stac/capella-open-data-2024-5-15/catalog.json"
+    month = (tmp_path / "capella/capella-open-data-by-datetime/capella-open-data-2024/capella-open-data-2024-5"
+             / "catalog.json")
+    doc = json.loads(month.read_text())
+    doc["links"].append({"rel": "child", "href": dead})
+    month.write_text(json.dumps(doc))
+    base = http_dir(tmp_path)
+    for workers in (1, 8):
+        with pytest.raises(FetchError, match=rf"{dead}: failed after 2 attempt\(s\)"):
+            _find(tmp_path, f"{base}/capella/catalog.json", workers, datetime="2024-05-01/2024-05-31")
+    (tmp_path / "capella/capella-open-data-by-datetime/capella-open-data-2024/capella-open-data-2024-5"
+     / "capella-open-data-2024-5-2/catalog.json").unlink()
+    doc["links"].pop()
+    month.write_text(json.dumps(doc))
+    with pytest.raises(FetchError, match=r"capella-open-data-2024-5-2/catalog.json: HTTP 404"):
+        _find(tmp_path, f"{base}/capella/catalog.json", 8, datetime="2024-05-01/2024-05-31")
+
+
+def test_walk_cache_serves_second_region(tmp_path: Path, http_dir, monkeypatch) -> None:  # noqa: F811
+    ids, items = _handmade(tmp_path)
+    requests: list[str] = []
+    base = http_dir(tmp_path, requests=requests)
+    stac = f"{base}/capella/catalog.json"
+    first = _find(tmp_path, stac, 8, ttl=24)
+    assert len(requests) == 6 and [c.facts.id for c in first.candidates] == [ids["B"], ids["A"]]
+    walks = list((tmp_path / "cache" / "walks").iterdir())
+    assert len(walks) == 1 and json.loads(walks[0].read_text())["root"] == stac
+    # another region (F's place) on the same catalog: no catalog JSON read at all, same counts
+    f = items["F"]
+    requests.clear()
+    second = _find(tmp_path, stac, 8, ttl=24, bbox=[f.lon - 0.001, f.lat - 0.0005, f.lon + 0.001, f.lat + 0.0005])
+    assert requests == [] and [c.facts.id for c in second.candidates] == [ids["F"]]
+    assert (second.read, second.catalogs, second.pruned) == (first.read, first.catalogs, first.pruned)
+    # the cached walk gives the same answer as a fresh one
+    fresh = _find(tmp_path, stac, 8, ttl=0, bbox=[f.lon - 0.001, f.lat - 0.0005, f.lon + 0.001, f.lat + 0.0005])
+    assert _summary(fresh) == _summary(second)
+    # a date range walks by-datetime: not cached yet, so it is read (and added to the cache)
+    requests.clear()
+    _find(tmp_path, stac, 8, ttl=24, datetime="2024-05-01/2024-05-31")
+    assert len(requests) == 7  # the by-datetime catalogs; root and items B, F are cached already
+    requests.clear()
+    _find(tmp_path, stac, 8, ttl=24, datetime="2024-05-01/2024-05-31")
+    assert requests == []
+    # older than the ttl: walked again
+    real = fetch.time.time
+    monkeypatch.setattr(fetch.time, "time", lambda: real() + 25 * 3600)
+    requests.clear()
+    _find(tmp_path, stac, 8, ttl=24)
+    assert len(requests) == 6
