@@ -21,7 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.grid import grid_for_bbox  # noqa: E402
+from pipeline.atomic import write_json  # noqa: E402
+from pipeline.fetch import Cache, fetch_osm  # noqa: E402
 from pipeline.labels import classify, label_region, rasterize_classes  # noqa: E402
+from pipeline.stacio import Transport  # noqa: E402
 from pipeline.legend import load_legend  # noqa: E402
 from pipeline.osm import read_osm  # noqa: E402
 
@@ -58,6 +61,10 @@ def main(gsd: float = 0.5) -> None:
             dst.write(np.full((4, *grid.shape), 255, np.uint8))
         region = SimpleNamespace(name="helsinki", aoi=box(*BBOX), path=Path("bench.yaml"),
                                  osm={"file": str(PBF)}, resolve=lambda h: h)
+        # the labels stage reads the OSM the fetch stage gathered into source/ (not timed: a hardlink)
+        src = Path(tmp) / "source"
+        src.mkdir()
+        write_json(src / "provenance.json", {"osm": fetch_osm(region, Cache(Path(tmp) / "cache", Transport()), {}, src)})
         t = time.perf_counter()
         label_region(region, gdir, Path(tmp) / "labels", {})
         print(f"  label_region (whole stage, 2 threads): {time.perf_counter() - t:6.2f} s")

@@ -1,4 +1,4 @@
-"""The fetch stage: one SAR product and one EO image per region, downloaded once, with provenance.
+"""The fetch stage: one SAR product, one EO image and the OSM input per region, gathered once, with provenance.
 
 SAR comes from static STAC catalogs (Capella, Umbra: walked link by link with pystac, since
 pystac-client cannot search them) or from a STAC API (pystac-client), or from a local GeoTIFF.
@@ -9,6 +9,8 @@ by what the asset *is* (suffix, media type, title, roles), because Umbra's asset
 Everything remote goes through :class:`pipeline.stacio.Transport` (retries, timeouts,
 anonymous S3) into a content cache (``cache_dir``, sanitised names, atomic renames, sha256 and
 size checks), and is hardlinked from there into ``out_dir``, which appears atomically.
+The region's OSM (an extract, or an Overpass answer saved as OSM XML) lands there too, so
+every external input of a region sits in ``source/`` with a checksum and later stages are offline.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from typing import Any
 import numpy as np
 import pystac
 
+from pipeline import osm as osmio
 from pipeline import tiles as xyz
 from pipeline.atomic import atomic_path, write_bytes, write_json
+from pipeline.grid import grid_for_bbox
 from pipeline.provenance import local_source, parse_datetime, sar_source, sha256_file
 from pipeline.regions import NOT_GEOCODED, Region
 from pipeline.stacio import (
@@ -929,6 +933,50 @@ def _eo_from_stac(region: Region, cache: Cache, cfg: dict[str, Any]) -> tuple[st
                         "item_datetime": item.properties.get("datetime")}
 
 
+# --------------------------------------------------------------------------- OSM
+
+
+def fetch_osm(region: Region, cache: Cache, params: dict[str, Any] | None, out: Path) -> dict[str, Any]:
+    """Put the region's OSM input into ``out`` (``osm.<suffixes>``); return the provenance 'osm' record.
+
+    ``osm.file``: hardlinked (copied across file systems; cached first when it is a URL).
+    ``osm.overpass``: the legend's keys over the grid plus ``labels.read_margin_m`` (exactly
+    the window the labels stage reads), saved as OSM XML ``osm.osm``. ``source`` is what the
+    region file says (a project-relative path, or "overpass"), never a resolved absolute path.
+    """
+    spec = region.osm or {}
+    if spec.get("file"):
+        href = region.resolve(spec["file"])
+        try:
+            name = osmio.source_name(spec["file"])
+        except osmio.OsmError as exc:
+            raise FetchError(f"{region.path}: osm.file: {exc}") from None
+        try:
+            path, _, _ = cache.get(href)
+        except NotFound:
+            raise FetchError(f"{region.path}: osm.file {spec['file']!r}: no such file ({href})") from None
+        link_or_copy(path, out / name)
+        rec: dict[str, Any] = {"kind": "file", "source": str(spec["file"])}
+    elif spec.get("overpass"):
+        cfg = osmio.settings(params)
+        cfg["cache_dir"] = str(region.root / cfg["cache_dir"])  # relative to the project, like fetch's cache
+        bbox = osmio.read_window(grid_for_bbox(region.bbox, region.gsd_m).bounds, cfg["read_margin_m"])
+        answers = osmio.download_overpass(bbox, {"labels": cfg})
+        name = "osm.osm"
+        write_bytes(out / name, osmio.overpass_xml(answers, bbox))
+        base = sorted({str((a.get("osm3s") or {}).get("timestamp_osm_base") or "") for a in answers} - {""})
+        rec = {"kind": "overpass", "source": "overpass", "url": str(cfg["overpass_url"]),
+               "bbox": list(bbox), "keys": sorted(osmio.overpass_tags()),
+               "requests": len(answers), "osm_base": base[-1] if base else None}
+    else:
+        raise FetchError(f"{region.path}: osm: give file or overpass: true")
+    credit = osmio.data_source(out / name)
+    rec.update({"file": name, "sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size,
+                "licence": credit.licence, "attribution": credit.attribution})
+    log.info("OSM %s: %s -> %s (%d bytes)", region.name, rec["source"], name, rec["bytes"])
+    return rec
+
+
 # --------------------------------------------------------------------------- stage entry point
 
 
@@ -938,7 +986,7 @@ def settings(params: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def fetch_region(region: Region, out_dir: str | Path, cache_dir: str | Path | None, params: dict[str, Any]) -> Path:
-    """Write out_dir/{sar.tif, sar_metadata.json?, eo.tif, provenance.json}; all or nothing."""
+    """Write out_dir/{sar.tif, sar_metadata.json?, eo.tif, osm.*, provenance.json}; all or nothing."""
     cfg = settings(params)
     transport = Transport.from_params(cfg)
     cache_root = Path(cache_dir) if cache_dir else region.root / cfg["cache_dir"]  # default: in the project
@@ -948,7 +996,9 @@ def fetch_region(region: Region, out_dir: str | Path, cache_dir: str | Path | No
         tmp.mkdir()
         sar_rec = fetch_sar(region, cache, cfg, tmp)
         eo_rec = fetch_eo(region, cache, cfg, tmp / "eo.tif")
-        prov = {"region": region.name, "sar": _portable_rec(sar_rec, region), "eo": _portable_rec(eo_rec, region)}
+        osm_rec = fetch_osm(region, cache, params, tmp)
+        prov = {"region": region.name, "sar": _portable_rec(sar_rec, region), "eo": _portable_rec(eo_rec, region),
+                "osm": osm_rec}
         write_json(tmp / "provenance.json", prov)
     log.info("fetch %s: wrote %s", region.name, out_dir)
     return out_dir

@@ -6,7 +6,9 @@ in a local UTM CRS, then brought back to lon/lat; open sea closed from natural=c
 ``pipeline.coast``, see ``sea_features``), ``rasterize_classes`` / ``iter_label_blocks``
 (burn in priority order onto ANY grid, block by block, so no whole scene is ever needed in
 memory), and the stage entry point ``label_region`` that writes labels.tif, zones.tif,
-labels.json and labels.png for a region grid.
+labels.json and labels.png for a region grid. The stage reads its OSM only from the region's
+``source/`` (put there, hashed and recorded by the fetch stage), never from the region file or
+the network, so it is offline, deterministic and fully known to DVC.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from pipeline.coast import DEFAULTS as COAST_DEFAULTS
 from pipeline.coast import SeaResult, coastline_lines, sea_lonlat
 from pipeline.grid import Grid
 from pipeline.legend import Legend, load_legend
-from pipeline.osm import OsmFeatures, data_source, read_osm
-from pipeline.provenance import OSM
+from pipeline.osm import DEFAULTS as OSM_DEFAULTS
+from pipeline.osm import OsmFeatures, data_source, read_osm, read_window
+from pipeline.provenance import OSM, sha256_file
 from pipeline.urban import equal_area_crs, urban_rural, zone_frames
 
 log = logging.getLogger("sareo.labels")
@@ -47,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "block_size": 2048,  # pixels per rasterisation block side (a multiple of tile_size)
     "tile_size": 512,  # GeoTIFF tile side
     "workers": 2,  # threads rasterising blocks in parallel
-    "read_margin_m": 60.0,  # read OSM this far beyond the grid so wide roads just outside still burn in
+    "read_margin_m": OSM_DEFAULTS["read_margin_m"],  # OSM read beyond the grid so wide roads just outside burn in
     "png_max_px": 1600,  # longest side of labels.png's map panel
     "sea": True,  # close natural=coastline into sea polygons (needs a `sea` entry in the legend)
     "coast_snap_m": COAST_DEFAULTS["snap_m"],  # extend coastline ends this close to the clip border (clipped extracts)
@@ -485,13 +488,47 @@ def _open_valid(grid_dir: Path, grid: Grid) -> tuple[Any, Any]:
     return handles[0], handles[1]
 
 
-def _osm_source(region: Any) -> str:
-    osm = region.osm or {}
-    if osm.get("file"):
-        return region.resolve(osm["file"])
-    if osm.get("overpass"):
-        return "overpass"
-    raise LabelsError(f"{region.path}: osm: give file or overpass: true")
+def osm_input(source_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The OSM file the fetch stage put into ``source_dir`` and its provenance record.
+
+    Found through provenance.json's ``osm`` record (never the region file), and checked against
+    the sha256 recorded there: labels are made from exactly the bytes that were fetched.
+    """
+    source_dir = Path(source_dir)
+    prov_path = source_dir / "provenance.json"
+    try:
+        prov = json.loads(prov_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LabelsError(f"{prov_path}: missing; run the fetch stage first (it gathers the OSM input)") from None
+    except ValueError as exc:
+        raise LabelsError(f"{prov_path}: not JSON ({exc})") from None
+    rec = prov.get("osm") if isinstance(prov, dict) else None
+    if not isinstance(rec, dict) or not rec.get("file") or not rec.get("sha256"):
+        raise LabelsError(f"{prov_path}: no 'osm' record with file and sha256; re-run the fetch stage "
+                          "(it now gathers the OSM input into source/)")
+    name = str(rec["file"])
+    if Path(name).name != name or not name.startswith("osm."):
+        raise LabelsError(f"{prov_path}: osm.file {name!r} is not a file name inside source/")
+    path = source_dir / name
+    if not path.is_file():
+        raise LabelsError(f"{path}: missing; provenance.json names it as the OSM input. Re-run the fetch stage")
+    digest = sha256_file(path)
+    if digest != rec["sha256"]:
+        raise LabelsError(f"{path}: sha256 {digest} differs from {rec['sha256']} recorded in {prov_path}; "
+                          "the file changed after fetch. Re-run the fetch stage")
+    return path, rec
+
+
+def _check_window(window: tuple[float, ...], rec: dict[str, Any], path: Path) -> None:
+    """An Overpass answer holds only what was asked for: the read window must lie inside the query bbox."""
+    if rec.get("kind") != "overpass" or not rec.get("bbox"):
+        return
+    w, s, e, n = rec["bbox"]
+    eps = 1e-9
+    if window[0] < w - eps or window[1] < s - eps or window[2] > e + eps or window[3] > n + eps:
+        raise LabelsError(f"{path}: the read window {tuple(round(v, 7) for v in window)} is not inside the Overpass "
+                          f"query bbox {tuple(rec['bbox'])} it was fetched for (labels.read_margin_m or the grid "
+                          "changed?); re-run the fetch stage")
 
 
 ZONE_VALUES = "0 neither, 1 residential, 2 non-residential built-up, 3 sea"
@@ -514,7 +551,11 @@ def zone_layer(land: gpd.GeoDataFrame, sea: gpd.GeoDataFrame) -> gpd.GeoDataFram
 
 
 def label_region(region: Any, grid_dir: str | Path, out_dir: str | Path, params: dict[str, Any]) -> Path:
-    """The labels stage: OSM -> labels.tif, zones.tif, labels.json, labels.png in ``out_dir`` (atomic)."""
+    """The labels stage: OSM -> labels.tif, zones.tif, labels.json, labels.png in ``out_dir`` (atomic).
+
+    The OSM comes from the region's ``source/``, the sibling of ``grid_dir``
+    (``data/regions/NAME/{source,grid}``): see ``osm_input``.
+    """
     p = _params(params)
     grid_dir, out_dir = Path(grid_dir), Path(out_dir)
     grid_json = grid_dir / "grid.json"
@@ -525,13 +566,11 @@ def label_region(region: Any, grid_dir: str | Path, out_dir: str | Path, params:
     except (KeyError, ValueError, TypeError) as exc:
         raise LabelsError(f"{grid_json}: not a grid file ({exc})") from None
     legend = load_legend(p["legend"])
-    source = _osm_source(region)
-    credit = data_source(source)  # OpenStreetMap, unless the file says it is not OSM data
-    lat0 = (grid.bounds[1] + grid.bounds[3]) / 2
-    dlat = p["read_margin_m"] / 111_000.0
-    dlon = dlat / max(math.cos(math.radians(lat0)), 0.01)
-    w, s, e, n = grid.bounds
-    feats = read_osm(source, (w - dlon, s - dlat, e + dlon, n + dlat), legend.keys(), params)
+    osm_path, osm_rec = osm_input(grid_dir.parent / "source")
+    credit = data_source(osm_path)  # OpenStreetMap, unless the file says it is not OSM data
+    window = read_window(grid.bounds, p["read_margin_m"])
+    _check_window(window, osm_rec, osm_path)
+    feats = read_osm(osm_path, window, legend.keys(), params)
     land = classify_tags(feats, legend)
     sea, sea_result = sea_features(feats, legend, params) if p["sea"] else (_empty(), None)
     classified = with_sea(land, sea)
@@ -572,7 +611,8 @@ def label_region(region: Any, grid_dir: str | Path, out_dir: str | Path, params:
                 "legend": legend.to_dict(),
                 "shares": class_shares(hist, legend),
                 "urban_rural": urban,
-                "osm": {**feats.report(), "source": _public_source(source, region),
+                "osm": {**feats.report(), "source": osm_rec.get("source"), "kind": osm_rec.get("kind"),
+                        "file": osm_rec["file"], "sha256": osm_rec["sha256"],
                         "classified_features": int(len(land))},
                 "sea": sea_report(sea_result, sea, grid.bounds),
                 "attribution": credit.attribution,
@@ -603,11 +643,6 @@ def sea_report(result: SeaResult | None, sea: gpd.GeoDataFrame, bounds: tuple[fl
     if len(sea):
         area = float(sea.to_crs(crs).geometry.intersection(box_ea).area.sum())
     return {**result.report(), "area_km2": round(area / 1e6, 6), "grid_share": round(area / box_ea.area, 6)}
-
-
-def _public_source(source: str, region: Any) -> str:
-    """The OSM source as written in the region file (no absolute local paths in outputs)."""
-    return "overpass" if source == "overpass" else str(region.osm.get("file"))
 
 
 def labels_json(out_dir: str | Path) -> dict[str, Any]:

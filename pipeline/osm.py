@@ -6,9 +6,11 @@ legend reads, so classification never cares where the data came from.
 
 Files go through GDAL's OSM driver (pyogrio): it reads PBF and XML alike and assembles
 multipolygons without crashing on clipped extracts; ``.bz2`` is streamed to a temporary file
-first (GDAL's OSM driver needs a seekable file). Overpass goes through osmnx with its own
-response cache. Broken geometries from clipped extracts are repaired (shapely ``make_valid``)
-or, when nothing usable is left, skipped; both are counted, never fatal.
+first (GDAL's OSM driver needs a seekable file). Overpass is queried through osmnx's downloader
+(with its response cache) and its JSON answer is written out as OSM XML (``overpass_xml``), so it
+goes through the same GDAL reader as any extract and can be kept, hashed and re-read offline
+(the fetch stage stores it in ``source/``). Broken geometries from clipped extracts are repaired
+(shapely ``make_valid``) or, when nothing usable is left, skipped; both are counted, never fatal.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from __future__ import annotations
 import bz2
 import contextlib
 import logging
+import math
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from pipeline.provenance import OSM, Source, local_source
 log = logging.getLogger("sareo.osm")
 
 DEFAULTS: dict[str, Any] = {
+    "read_margin_m": 60.0,  # read OSM this far beyond the grid so wide roads just outside still burn in
     "overpass_url": "https://overpass-api.de/api",
     "overpass_timeout": 180,
     "overpass_rate_limit": True,
@@ -69,8 +73,33 @@ class OsmFeatures:
         return {"source": self.source, "features": len(self.gdf), "repaired": self.repaired, "skipped": self.skipped}
 
 
-def _params(params: dict[str, Any] | None) -> dict[str, Any]:
+def settings(params: dict[str, Any] | None) -> dict[str, Any]:
+    """DEFAULTS with the params.yaml ``labels`` section merged over them (OSM reading is the labels' input)."""
     return {**DEFAULTS, **((params or {}).get("labels", {}) or {})}
+
+
+def read_window(bounds: tuple[float, float, float, float], margin_m: float) -> tuple[float, float, float, float]:
+    """(west, south, east, north) of ``bounds`` grown by ``margin_m``: the OSM a grid needs.
+
+    One function for the fetch stage (what Overpass is asked for) and the labels stage (what is
+    read), so both agree to the last bit.
+    """
+    w, s, e, n = (float(v) for v in bounds)
+    dlat = float(margin_m) / 111_000.0
+    dlon = dlat / max(math.cos(math.radians((s + n) / 2)), 0.01)
+    return (w - dlon, s - dlat, e + dlon, n + dlat)
+
+
+def source_name(href: str | Path) -> str:
+    """The name of an OSM file inside ``source/``: ``osm`` plus the file's OSM suffix (``osm.osm.pbf``).
+
+    The suffix is kept because GDAL picks PBF or XML (and ``.bz2`` streaming) from it.
+    """
+    name = str(href).split("?", 1)[0]
+    matches = [s for s in OSM_SUFFIXES if name.endswith(s)]
+    if not matches:
+        raise OsmError(f"{href}: expected an OSM extract ending in {', '.join(OSM_SUFFIXES)}")
+    return "osm" + max(matches, key=len)
 
 
 def _default_keys() -> list[str]:
@@ -312,35 +341,93 @@ def _osmnx_settings(p: dict[str, Any]) -> Iterator[Any]:
             setattr(ox.settings, n, v)
 
 
+def overpass_tags() -> dict[str, bool]:
+    """The Overpass filter: every main key of the legend's rules (any value), sorted."""
+    from pipeline.legend import load_legend
+
+    return {k: True for k in sorted({r.key for c in load_legend().classes for r in c.rules})}
+
+
+def download_overpass(bbox: tuple[float, float, float, float], params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Overpass's JSON answers for every legend key in ``bbox`` (osmnx downloader and response cache).
+
+    osmnx splits a large area into several queries; each answer is returned as received. An
+    answer with a ``remark`` (Overpass reports a timeout as HTTP 200 with partial data and a
+    remark; osmnx does not cache it) is refused: a partial answer must never look complete.
+    """
+    p = settings(params)
+    source = f"overpass:{p['overpass_url']}"
+    w, s, e, n = (float(v) for v in bbox)
+    if not (e > w and n > s):
+        raise OsmError(f"{source}: bbox {bbox} is empty; expected (west, south, east, north)")
+    from osmnx import _overpass, utils_geo  # the downloader behind ox.features_from_bbox, without the GeoDataFrame
+
+    with _osmnx_settings(p):
+        try:
+            polygon = utils_geo.bbox_to_poly((w, s, e, n))
+            answers = list(_overpass._download_overpass_features(polygon, overpass_tags()))
+        except Exception as exc:  # noqa: BLE001 - requests/osmnx raise many error types
+            raise OsmError(f"{source}: Overpass query for bbox {bbox} failed ({type(exc).__name__}: {exc})") from None
+    for a in answers:
+        if a.get("remark"):  # Overpass only remarks on failures (timeouts, memory): the data is incomplete
+            raise OsmError(f"{source}: Overpass answered for bbox {bbox} with a remark (incomplete data): "
+                           f"{a['remark']}")
+    return answers
+
+
+def overpass_xml(answers: Iterable[dict[str, Any]], bbox: tuple[float, float, float, float]) -> bytes:
+    """Overpass JSON answers as one OSM XML document (deterministic bytes).
+
+    Elements are merged across answers (osmnx's sub-queries overlap), sorted nodes, ways,
+    relations by id, tags by key; coordinates at OSM's 7 decimals. ``<bounds>`` is the query
+    bbox (every way crossing it is complete, so ``declared_bounds`` tells the coast module where
+    the data is known to be whole), and the root carries the OpenStreetMap notice and licence.
+    """
+    from xml.sax.saxutils import quoteattr
+
+    order = {"node": 0, "way": 1, "relation": 2}
+    elements: dict[tuple[int, int], dict[str, Any]] = {}
+    for answer in answers:
+        for el in answer.get("elements") or []:
+            if el.get("type") in order:
+                elements.setdefault((order[el["type"]], int(el["id"])), el)
+    w, s, e, n = (float(v) for v in bbox)
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
+             (f'<osm version="0.6" generator="sareo (Overpass API via osmnx)" '
+              f'copyright="OpenStreetMap and contributors" license={quoteattr(OSM.licence_url)}>'),
+             f' <bounds minlat="{s:.7f}" minlon="{w:.7f}" maxlat="{n:.7f}" maxlon="{e:.7f}"/>']
+    for (kind, oid), el in sorted(elements.items()):
+        if kind == 0 and ("lat" not in el or "lon" not in el):
+            continue  # a node without coordinates cannot be placed
+        head = (f' <node id="{oid}" lat="{float(el["lat"]):.7f}" lon="{float(el["lon"]):.7f}"' if kind == 0
+                else f' <{("way", "relation")[kind - 1]} id="{oid}"')
+        body = [f'  <nd ref="{int(r)}"/>' for r in el.get("nodes") or []] if kind == 1 else []
+        if kind == 2:
+            body = [f'  <member type={quoteattr(str(m["type"]))} ref="{int(m["ref"])}" role={quoteattr(str(m.get("role") or ""))}/>'
+                    for m in el.get("members") or []]
+        tags = el.get("tags") or {}
+        body += [f"  <tag k={quoteattr(str(k))} v={quoteattr(str(tags[k]))}/>" for k in sorted(tags)]
+        if body:
+            tag = ("node", "way", "relation")[kind]
+            lines += [head + ">", *body, f" </{tag}>"]
+        else:
+            lines.append(head + "/>")
+    lines.append("</osm>")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
 def read_overpass(
     bbox: tuple[float, float, float, float], keys: list[str], params: dict[str, Any] | None = None
 ) -> OsmFeatures:
-    """Query Overpass (through osmnx, cached) for every feature carrying one of the legend's keys."""
-    from osmnx._errors import InsufficientResponseError
-
-    from pipeline.legend import load_legend
-
-    p = _params(params)
-    main_keys = sorted({r.key for c in load_legend().classes for r in c.rules})
-    source = f"overpass:{p['overpass_url']}"
-    with _osmnx_settings(p) as ox:
-        try:
-            gdf = ox.features.features_from_bbox(tuple(bbox), tags={k: True for k in main_keys})
-        except InsufficientResponseError:
-            log.warning("%s: no features in %s", source, bbox)
-            return _finish([], keys, source, bbox)
-        except Exception as exc:  # noqa: BLE001 - requests/osmnx raise many error types
-            raise OsmError(f"{source}: Overpass query for bbox {bbox} failed ({type(exc).__name__}: {exc})") from None
-    gdf = gdf.reset_index()
-    gdf = gdf[gdf["element"].isin(["way", "relation"])]
-    gtype = gdf.geometry.geom_type
-    kind = np.where(gtype.isin(["Polygon", "MultiPolygon"]), "area", "line")
-    keep = gtype.isin(["Polygon", "MultiPolygon", "LineString", "MultiLineString"]).to_numpy()
-    gdf, kind = gdf[keep], kind[keep]
-    osm_id = np.where(gdf["element"] == "way", "w", "r") + gdf["id"].astype(str)
-    tags = {k: (gdf[k].where(gdf[k].notna(), None).astype(object) if k in gdf else None) for k in keys}
-    part = gpd.GeoDataFrame({"osm_id": osm_id, "kind": kind, **tags}, geometry=gdf.geometry.values, crs="EPSG:4326")
-    return _finish([part], keys, source, bbox)
+    """Query Overpass (cached) and read the answer as an OSM XML extract: the same reader as files."""
+    p = settings(params)
+    xml = overpass_xml(download_overpass(bbox, params), bbox)
+    with tempfile.TemporaryDirectory(prefix="sareo-overpass-") as tmp:
+        path = Path(tmp) / "overpass.osm"
+        path.write_bytes(xml)
+        out = read_osm_file(path, bbox, keys)
+    out.source = f"overpass:{p['overpass_url']}"
+    return out
 
 
 def read_osm(
@@ -352,6 +439,8 @@ def read_osm(
     """OSM features for ``bbox`` (west, south, east, north) from a local extract or ``"overpass"``.
 
     ``keys`` are the tag keys to keep as columns (default: every key of the default legend).
+    The pipeline reads the copy the fetch stage put into ``source/`` (``pipeline.labels.osm_input``);
+    a direct path or ``"overpass"`` serves tests, the demo and interactive use.
     """
     keys = list(keys) if keys is not None else _default_keys()
     if str(source) == "overpass":

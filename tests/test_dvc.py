@@ -52,4 +52,6 @@ def test_every_stage_depends_on_the_code_it_runs() -> None:
 def test_region_stages_depend_on_their_region_file() -> None:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for stage in ("fetch", "register", "grid", "labels", "patches"):
-        assert "regions/${item}.yaml" in stages[stage]["do"]["deps"], stage
+        assert "regions/${key}.yaml" in stages[stage]["do"]["deps"], stage
+    fetch = stages["fetch"]["do"]["deps"]
+    assert all(f"${{item.{slot}}}" in fetch for slot in ("sar", "sar_metadata", "eo", "osm"))

@@ -19,6 +19,7 @@ from PIL import Image
 from pyproj import Transformer
 from rasterio.transform import from_origin
 from servers import free_port, http_dir, s3_server  # noqa: F401 - pytest fixtures
+from test_osm import _Overpass, overpass_server  # noqa: F401 - the loopback Overpass server
 
 from pipeline import fetch, tiles
 from pipeline.provenance import parse_datetime
@@ -142,21 +143,39 @@ def demo(tmp_path_factory) -> Path:
     return root
 
 
+def write_osm(path: Path) -> Path:
+    """A tiny OSM XML extract around the AOI (one building, one road), as the OSM API writes it."""
+    nodes = {1: (LON - 0.0004, LAT - 0.0002), 2: (LON, LAT - 0.0002), 3: (LON, LAT + 0.0002),
+             4: (LON - 0.0004, LAT + 0.0002), 5: (LON - 0.001, LAT + 0.0003), 6: (LON + 0.001, LAT + 0.0003)}
+    xml = ['<?xml version="1.0"?>', '<osm version="0.6" copyright="OpenStreetMap and contributors">']
+    xml += [f'<node id="{i}" lat="{lat}" lon="{lon}"/>' for i, (lon, lat) in nodes.items()]
+    xml += [('<way id="10"><nd ref="1"/><nd ref="2"/><nd ref="3"/><nd ref="4"/><nd ref="1"/>'
+             '<tag k="building" v="yes"/></way>'),
+            '<way id="11"><nd ref="5"/><nd ref="6"/><tag k="highway" v="residential"/></way>', "</osm>"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(xml) + "\n")
+    return path
+
+
 def make_region(tmp: Path, sar: dict[str, Any], eo: dict[str, Any] | None = None, bbox: list[float] | None = None,
-                gsd: float = 1.0):
+                gsd: float = 1.0, osm: dict[str, Any] | None = None):
     (tmp / "regions").mkdir(exist_ok=True)
+    if osm is None:
+        osm = {"file": "osm/area.osm"}
+        if not (tmp / "osm" / "area.osm").exists():
+            write_osm(tmp / "osm" / "area.osm")
     doc = {"name": "testregion", "aoi": {"bbox": bbox or AOI}, "gsd_m": gsd, "sar": sar,
-           "eo": eo or {"tiles": "tiles/{z}/{x}/{y}.png", "datetime": "2024-06-01"}, "osm": {"overpass": True}}
+           "eo": eo or {"tiles": "tiles/{z}/{x}/{y}.png", "datetime": "2024-06-01"}, "osm": osm}
     path = tmp / "regions" / "testregion.yaml"
     path.write_text(yaml.safe_dump(doc))
     return load_region(path, root=tmp)
 
 
-def _local_region(tmp_path: Path, demo: Path, **sar: Any):
+def _local_region(tmp_path: Path, demo: Path, osm: dict[str, Any] | None = None, **sar: Any):
     for name in ("capella", "tiles"):
         if not (tmp_path / name).exists():
             os.symlink(demo / name, tmp_path / name)
-    return make_region(tmp_path, {"stac": "capella/catalog.json", "polarization": "HH", **sar})
+    return make_region(tmp_path, {"stac": "capella/catalog.json", "polarization": "HH", **sar}, osm=osm)
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -253,8 +272,10 @@ def test_fetch_local_catalog(tmp_path: Path, demo: Path) -> None:
     region = _local_region(tmp_path, demo)
     out = fetch.fetch_region(region, tmp_path / "out" / "source", tmp_path / "cache", FAST)
     wdir = demo / "capella/capella-open-data-by-datetime/capella-open-data-2024" / WINNER
-    assert sorted(p.name for p in out.iterdir()) == ["eo.tif", "provenance.json", "sar.tif", "sar_metadata.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["eo.tif", "osm.osm", "provenance.json", "sar.tif",
+                                                     "sar_metadata.json"]
     assert os.path.samefile(out / "sar.tif", wdir / f"{WINNER}.tif")  # hardlinked, not copied
+    assert os.path.samefile(out / "osm.osm", tmp_path / "osm" / "area.osm")
     assert (out / "sar_metadata.json").read_bytes() == (wdir / f"{WINNER}_extended.json").read_bytes()
     prov = json.loads((out / "provenance.json").read_text())
     s = prov["sar"]
@@ -812,3 +833,101 @@ def test_walk_cache_serves_second_region(tmp_path: Path, http_dir, monkeypatch) 
     requests.clear()
     _find(tmp_path, stac, 8, ttl=24)
     assert len(requests) == 6
+
+
+# --------------------------------------------------------------------------- OSM into source/
+
+
+def test_fetch_puts_osm_file_into_source(tmp_path: Path, demo: Path, fixtures: Path) -> None:
+    """osm.file: hardlinked into source/ as osm.<suffixes>, hashed and credited in provenance.json."""
+    (tmp_path / "osm").mkdir()
+    for name in ("Helsinki.osm.pbf", "West-Oakland.osm.bz2"):
+        shutil.copy(fixtures / "osm" / name, tmp_path / "osm" / name)
+    region = _local_region(tmp_path, demo, osm={"file": "osm/Helsinki.osm.pbf"})
+    out = fetch.fetch_region(region, tmp_path / "pbf" / "source", tmp_path / "cache", FAST)
+    assert os.path.samefile(out / "osm.osm.pbf", tmp_path / "osm" / "Helsinki.osm.pbf")  # linked, not copied
+    rec = json.loads((out / "provenance.json").read_text())["osm"]
+    assert rec == {"kind": "file", "source": "osm/Helsinki.osm.pbf", "file": "osm.osm.pbf",
+                   "sha256": sha(fixtures / "osm" / "Helsinki.osm.pbf"),
+                   "bytes": (fixtures / "osm" / "Helsinki.osm.pbf").stat().st_size,
+                   "licence": "ODbL-1.0", "attribution": "(c) OpenStreetMap contributors, ODbL 1.0"}
+    assert str(tmp_path) not in (out / "provenance.json").read_text()  # the path as the region file writes it
+    region = _local_region(tmp_path, demo, osm={"file": "osm/West-Oakland.osm.bz2"})
+    out = fetch.fetch_region(region, tmp_path / "bz2" / "source", tmp_path / "cache", FAST)
+    rec = json.loads((out / "provenance.json").read_text())["osm"]
+    assert (rec["file"], rec["source"]) == ("osm.osm.bz2", "osm/West-Oakland.osm.bz2")
+    assert (out / "osm.osm.bz2").read_bytes() == (fixtures / "osm" / "West-Oakland.osm.bz2").read_bytes()
+    assert rec["sha256"] == sha(out / "osm.osm.bz2")
+    # a file that is not there, or not an OSM extract, fails the stage naming the field; nothing is written
+    region = _local_region(tmp_path, demo, osm={"file": "osm/missing.osm.pbf"})
+    with pytest.raises(FetchError, match=r"testregion.yaml: osm.file 'osm/missing.osm.pbf': no such file"):
+        fetch.fetch_region(region, tmp_path / "missing", tmp_path / "cache", FAST)
+    (tmp_path / "osm" / "notes.txt").write_text("x")
+    region = _local_region(tmp_path, demo, osm={"file": "osm/notes.txt"})
+    with pytest.raises(FetchError, match=r"osm.file: osm/notes.txt: expected an OSM extract"):
+        fetch.fetch_region(region, tmp_path / "txt", tmp_path / "cache", FAST)
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "txt").exists()
+
+
+def test_fetch_saves_overpass_answer_as_osm_xml(
+    tmp_path: Path, demo: Path, overpass_server: str  # noqa: F811
+) -> None:
+    """osm.overpass: the AOI's grid + read margin asked once (osmnx cache), saved as source/osm.osm."""
+    from pipeline.grid import grid_for_bbox
+    from pipeline.osm import declared_bounds, read_osm, read_window
+
+    region = _local_region(tmp_path, demo, osm={"overpass": True})
+    params = {**FAST, "labels": {"overpass_url": overpass_server, "overpass_timeout": 5, "read_margin_m": 80.0,
+                                 "cache_dir": "cache/osmnx"}}
+    out = fetch.fetch_region(region, tmp_path / "a" / "source", tmp_path / "cache", params)
+    assert len(_Overpass.queries) == 1 and (tmp_path / "cache" / "osmnx").is_dir()  # relative to the project
+    rec = json.loads((out / "provenance.json").read_text())["osm"]
+    bbox = read_window(grid_for_bbox(AOI, 1.0).bounds, 80.0)
+    assert rec["kind"] == "overpass" and rec["source"] == "overpass" and rec["url"] == overpass_server
+    assert rec["bbox"] == list(bbox) and rec["file"] == "osm.osm" and rec["requests"] == 1
+    assert rec["sha256"] == sha(out / "osm.osm") and rec["bytes"] == (out / "osm.osm").stat().st_size
+    assert rec["licence"] == "ODbL-1.0" and "OpenStreetMap" in rec["attribution"]
+    assert "landuse" in rec["keys"] and "building" in rec["keys"]
+    # the query asked for exactly that window (osmnx writes the polygon as 'lat lon' pairs, 6 decimals)
+    assert f"{bbox[1]:.6f} {bbox[0]:.6f}" in _Overpass.queries[0] and f"{bbox[3]:.6f} {bbox[2]:.6f}" in _Overpass.queries[0]
+    # the saved answer reads like any extract, offline; its <bounds> are the query window
+    feats = read_osm(out / "osm.osm", None)
+    by_id = feats.gdf.set_index("osm_id")
+    assert by_id.loc["w100", "building"] == "yes" and by_id.loc["r200", "landuse"] == "residential"
+    assert by_id.loc["w101", "kind"] == "line" and declared_bounds(out / "osm.osm") == pytest.approx(bbox, abs=1e-7)
+    # again: answered from the osmnx cache, same bytes
+    again = fetch.fetch_region(region, tmp_path / "b" / "source", tmp_path / "cache", params)
+    assert len(_Overpass.queries) == 1
+    assert (again / "provenance.json").read_bytes() == (out / "provenance.json").read_bytes()
+    assert (again / "osm.osm").read_bytes() == (out / "osm.osm").read_bytes()
+
+
+def test_labels_read_the_fetched_osm_not_the_region_file(tmp_path: Path, demo: Path, fixtures: Path) -> None:
+    """After fetch, the region file's osm path no longer matters: labels use source/'s copy, checked by sha256."""
+    from test_labels import make_grid_dir
+
+    from pipeline.labels import LabelsError, label_region
+
+    shutil.copy(fixtures / "osm" / "Helsinki.osm.pbf", tmp_path / "helsinki.osm.pbf")
+    region = _local_region(tmp_path, demo, osm={"file": "helsinki.osm.pbf"})
+    rdir = tmp_path / "data" / "regions" / "testregion"
+    fetch.fetch_region(region, rdir / "source", tmp_path / "cache", FAST)
+    make_grid_dir(rdir / "grid", AOI, 1.0)
+    params = {"labels": {"block_size": 256, "tile_size": 256}}
+    first = label_region(region, rdir / "grid", rdir / "labels", params)
+    report = json.loads((first / "labels.json").read_text())
+    assert report["osm"]["source"] == "helsinki.osm.pbf" and report["osm"]["file"] == "osm.osm.pbf"
+    assert report["osm"]["sha256"] == sha(fixtures / "osm" / "Helsinki.osm.pbf") and report["osm"]["features"] > 50
+    # the region file now names another extract, and the original file is gone
+    region = _local_region(tmp_path, demo, osm={"file": "osm/area.osm"})
+    write_osm(tmp_path / "osm" / "area.osm")
+    (tmp_path / "helsinki.osm.pbf").unlink()
+    second = label_region(load_region(region.path, root=tmp_path), rdir / "grid", rdir / "labels2", params)
+    for name in ("labels.tif", "zones.tif", "labels.json", "labels.png"):
+        assert (second / name).read_bytes() == (first / name).read_bytes(), name
+    # a source/ file changed after fetch is refused, naming it
+    (rdir / "source" / "osm.osm.pbf").unlink()
+    shutil.copy(tmp_path / "osm" / "area.osm", rdir / "source" / "osm.osm.pbf")
+    with pytest.raises(LabelsError, match=r"osm.osm.pbf: sha256 .* differs .*Re-run the fetch stage"):
+        label_region(region, rdir / "grid", rdir / "labels3", params)
+    assert not (rdir / "labels3").exists()

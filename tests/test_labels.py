@@ -31,6 +31,7 @@ from pipeline.grid import grid_for_bbox
 from pipeline.legend import LegendError, load_legend, parse_legend
 from pipeline.labels import classify, label_region, parse_width, rasterize_classes, sea_features, utm_crs
 from pipeline.osm import read_osm
+from test_osm import overpass_server  # noqa: F401 - the loopback Overpass server fixture
 
 HELSINKI_BBOX = (24.935, 60.164, 24.953, 60.179)
 OAKLAND_BBOX = (-122.30258, 37.80615, -122.29825, 37.80914)
@@ -355,6 +356,18 @@ def make_grid_dir(path: Path, bbox, gsd: float) -> object:
     return grid
 
 
+def put_source(source_dir: Path, region: SimpleNamespace, params: dict | None = None) -> dict:
+    """What the fetch stage leaves for labels: source/osm.<suffixes> and provenance.json's osm record."""
+    from pipeline.atomic import write_json
+    from pipeline.fetch import Cache, fetch_osm
+    from pipeline.stacio import Transport
+
+    source_dir.mkdir(parents=True, exist_ok=True)
+    rec = fetch_osm(region, Cache(source_dir.parent / "cache", Transport()), params or {}, source_dir)
+    write_json(source_dir / "provenance.json", {"osm": rec})
+    return rec
+
+
 def _region(fixtures: Path, bbox) -> SimpleNamespace:
     return SimpleNamespace(
         name="west-oakland", bbox=bbox, gsd_m=1.0, aoi=box(*bbox), path=Path("regions/west-oakland.yaml"),
@@ -364,6 +377,7 @@ def _region(fixtures: Path, bbox) -> SimpleNamespace:
 def test_label_region_outputs(tmp_path, fixtures):
     grid = make_grid_dir(tmp_path / "grid", OAKLAND_BBOX, 1.0)
     region = _region(fixtures, OAKLAND_BBOX)
+    put_source(tmp_path / "source", region)
     params = {"labels": {"block_size": 256, "tile_size": 256}}
     out = label_region(region, tmp_path / "grid", tmp_path / "labels", params)
     assert sorted(p.name for p in out.iterdir()) == ["labels.json", "labels.png", "labels.tif", "zones.tif"]
@@ -397,6 +411,7 @@ def test_label_region_helsinki_sea_is_water(tmp_path, fixtures):
     grid = make_grid_dir(tmp_path / "grid", bbox, 2.0)
     region = SimpleNamespace(name="helsinki", bbox=bbox, gsd_m=2.0, aoi=box(*bbox), path=Path("regions/h.yaml"),
                              osm={"file": "Helsinki.osm.pbf"}, resolve=lambda href: str(fixtures / "osm" / href))
+    put_source(tmp_path / "source", region)
     out = label_region(region, tmp_path / "grid", tmp_path / "labels", {"labels": {"block_size": 256,
                                                                                    "tile_size": 256}})
     with rasterio.open(out / "labels.tif") as src:
@@ -431,6 +446,7 @@ def test_label_region_broken_coastline_is_reported_not_flooded(tmp_path):
     (tmp_path / "coast.osm").write_text("\n".join(xml))
     region = SimpleNamespace(name="broken", bbox=bbox, gsd_m=2.0, aoi=box(*bbox), path=tmp_path / "b.yaml",
                              osm={"file": "coast.osm"}, resolve=lambda href: str(tmp_path / href))
+    put_source(tmp_path / "source", region)
     out = label_region(region, tmp_path / "grid", tmp_path / "labels", {"labels": {"block_size": 256,
                                                                                    "tile_size": 256}})
     sea = json.loads((out / "labels.json").read_text())["sea"]
@@ -455,9 +471,60 @@ def test_label_region_rejects_grid_mismatch(tmp_path, fixtures):
     make_grid_dir(tmp_path / "grid", OAKLAND_BBOX, 1.0)
     other = grid_for_bbox(OAKLAND_BBOX, 2.0)
     (tmp_path / "grid" / "grid.json").write_text(other.to_json())
+    put_source(tmp_path / "source", _region(fixtures, OAKLAND_BBOX))
     with pytest.raises(LabelsError, match="sar_db.tif.*not on the grid"):
         label_region(_region(fixtures, OAKLAND_BBOX), tmp_path / "grid", tmp_path / "labels", {})
     assert not (tmp_path / "labels").exists()
+
+
+def test_label_region_needs_the_fetched_osm(tmp_path, fixtures):
+    """No source/ osm record (a source/ from before fetch gathered OSM), or its file missing: a clear error."""
+    from pipeline.labels import LabelsError
+
+    make_grid_dir(tmp_path / "grid", OAKLAND_BBOX, 1.0)
+    region = _region(fixtures, OAKLAND_BBOX)
+    with pytest.raises(LabelsError, match=r"source/provenance.json: missing; run the fetch stage"):
+        label_region(region, tmp_path / "grid", tmp_path / "labels", {})
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "provenance.json").write_text(json.dumps({"sar": {}, "eo": {}}))
+    with pytest.raises(LabelsError, match=r"provenance.json: no 'osm' record.*re-run the fetch stage"):
+        label_region(region, tmp_path / "grid", tmp_path / "labels", {})
+    rec = put_source(tmp_path / "source", region)
+    (tmp_path / "source" / rec["file"]).unlink()
+    with pytest.raises(LabelsError, match=r"source/osm.osm.bz2: missing; provenance.json names it"):
+        label_region(region, tmp_path / "grid", tmp_path / "labels", {})
+    assert not (tmp_path / "labels").exists()
+
+
+def test_label_region_from_fetched_overpass_answer(tmp_path, overpass_server):  # noqa: F811
+    """An Overpass region: labels come from source/osm.osm offline; a read window beyond what was asked is refused."""
+    from test_osm import BBOX, _Overpass
+
+    from pipeline.labels import LabelsError
+
+    make_grid_dir(tmp_path / "grid", BBOX, 1.0)
+    region = SimpleNamespace(name="op", bbox=BBOX, gsd_m=1.0, aoi=box(*BBOX), path=tmp_path / "op.yaml",
+                             osm={"overpass": True}, root=tmp_path)
+    params = {"labels": {"overpass_url": overpass_server, "overpass_timeout": 5, "cache_dir": "osmnx",
+                         "block_size": 256, "tile_size": 256}}
+    rec = put_source(tmp_path / "source", region, params)
+    assert rec["kind"] == "overpass" and len(_Overpass.queries) == 1
+    # offline from here: the server is not asked again, whatever the labels params say about it
+    params["labels"]["overpass_url"] = "http://127.0.0.1:9/api"
+    out = label_region(region, tmp_path / "grid", tmp_path / "labels", params)
+    report = json.loads((out / "labels.json").read_text())
+    assert len(_Overpass.queries) == 1
+    assert report["osm"]["kind"] == "overpass" and report["osm"]["source"] == "overpass"
+    assert report["osm"]["sha256"] == rec["sha256"] and report["osm"]["features"] == 3
+    assert report["attribution"] == "(c) OpenStreetMap contributors, ODbL 1.0"
+    with rasterio.open(out / "labels.tif") as src:
+        lab = src.read(1)
+    grid = grid_for_bbox(BBOX, 1.0)
+    r, c = rasterio.transform.rowcol(grid.transform, 24.9403, 60.17025)  # inside building way 100
+    assert lab[r, c] == 1 and (lab == 2).any()  # the building, the residential multipolygon
+    params["labels"]["read_margin_m"] = 200.0  # wider than the window fetched with the default 60 m
+    with pytest.raises(LabelsError, match=r"read window .* not inside the Overpass query bbox.*re-run the fetch"):
+        label_region(region, tmp_path / "grid", tmp_path / "labels2", params)
 
 
 def test_procedural_osm_file_is_not_credited_to_openstreetmap(tmp_path):
@@ -470,6 +537,7 @@ def test_procedural_osm_file_is_not_credited_to_openstreetmap(tmp_path):
     osm = demo.write_procedural_osm(tmp_path / "rural.osm", bbox, 20.0, 7)
     region = SimpleNamespace(name="rural", bbox=bbox, gsd_m=2.0, aoi=box(*bbox), path=tmp_path / "rural.yaml",
                              osm={"file": "rural.osm"}, resolve=lambda href: str(tmp_path / href))
+    put_source(tmp_path / "source", region)
     params = {"labels": {"block_size": 256, "tile_size": 256}}
     out = label_region(region, tmp_path / "grid", tmp_path / "labels", params)
     report = json.loads((out / "labels.json").read_text())

@@ -8,10 +8,19 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
+import numpy as np
 import pytest
 
 from pipeline.labels import classify
-from pipeline.osm import OsmError, data_source, declared_bounds, read_osm
+from pipeline.osm import (
+    OsmError,
+    data_source,
+    declared_bounds,
+    overpass_xml,
+    read_osm,
+    read_window,
+    source_name,
+)
 
 BBOX = (24.9400, 60.1700, 24.9420, 60.1710)
 
@@ -45,11 +54,16 @@ class _Overpass(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    remark: str | None = None  # set to answer as Overpass does when a query times out
+
     def do_POST(self):
         length = int(self.headers.get("Content-Length", 0))
         query = parse_qs(self.rfile.read(length).decode())["data"][0]
         type(self).queries.append(query)
-        body = json.dumps({"version": 0.6, "generator": "loopback", "elements": _elements()}).encode()
+        answer = {"version": 0.6, "generator": "loopback", "elements": _elements()}
+        if type(self).remark:
+            answer["remark"] = type(self).remark
+        body = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -59,6 +73,7 @@ class _Overpass(BaseHTTPRequestHandler):
 @pytest.fixture()
 def overpass_server():
     _Overpass.queries = []
+    _Overpass.remark = None
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Overpass)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -163,3 +178,50 @@ def test_declared_bounds_of_extracts(fixtures, tmp_path):
     junk = tmp_path / "junk.osm.pbf"
     junk.write_bytes(b"\x00\x00\x00\x05hello")
     assert declared_bounds(bare) is None and declared_bounds(junk) is None and read_osm(bare, None).extent is None
+
+
+def test_overpass_answer_as_osm_xml_is_deterministic_and_complete(tmp_path):
+    """Answers merged (osmnx sub-queries overlap), sorted, escaped; GDAL reads the same features as before."""
+    els = _elements()
+    next(e for e in els if e["id"] == 100)["tags"]["name"] = 'Caf\u00e9 "<&>"'  # quoting, non-ASCII survive
+    one = overpass_xml([{"elements": els}], BBOX)
+    # the same elements split over two overlapping answers, in another order: the same bytes
+    two = overpass_xml([{"elements": els[7:][::-1]}, {"elements": els[:10]}], BBOX)
+    assert one == two
+    text = one.decode()
+    assert text.index('<node id="13"') < text.index('<way id="100"') < text.index('<relation id="200"')
+    assert 'copyright="OpenStreetMap and contributors"' in text and 'lat="60.1701000"' in text
+    path = tmp_path / "a.osm"
+    path.write_bytes(one)
+    feats = read_osm(path, None)
+    by_id = feats.gdf.set_index("osm_id")
+    assert sorted(by_id.index) == ["r200", "w100", "w101"]
+    assert by_id.loc["r200", "kind"] == "area" and by_id.loc["w101", "lanes"] == "4"
+    assert declared_bounds(path) == pytest.approx(BBOX, abs=1e-7) and data_source(path).key == "osm"
+    import xml.etree.ElementTree as ET
+
+    way = ET.fromstring(one).find("way[@id='100']")
+    assert {t.get("k"): t.get("v") for t in way.iter("tag")}["name"] == 'Caf\u00e9 "<&>"'
+
+
+def test_overpass_error_remark_is_refused(overpass_server, tmp_path):
+    """Overpass reports a timeout as HTTP 200 with partial data and a remark: never taken as complete."""
+    _Overpass.remark = "runtime error: Query timed out in \"query\" at line 1 after 181 seconds."
+    params = {"labels": {"overpass_url": overpass_server, "overpass_timeout": 5, "cache_dir": str(tmp_path)}}
+    with pytest.raises(OsmError, match=r"answered for bbox .* with a remark \(incomplete data\): runtime error: Query timed out"):
+        read_osm("overpass", BBOX, params=params)
+    _Overpass.remark = None  # the incomplete answer was not cached: the next query asks again
+    assert len(read_osm("overpass", BBOX, params=params)) == 3 and len(_Overpass.queries) == 2
+
+
+def test_source_name_and_read_window():
+    assert source_name("pipeline/demo_data/Helsinki.osm.pbf") == "osm.osm.pbf"
+    assert source_name("x/West-Oakland.osm.bz2") == "osm.osm.bz2"
+    assert source_name("a.osm") == "osm.osm" and source_name("https://h/b.pbf?x=1") == "osm.pbf"
+    with pytest.raises(OsmError, match="notes.txt: expected an OSM extract"):
+        source_name("notes.txt")
+    w, s, _, n = read_window((24.0, 60.0, 24.1, 60.1), 111.0)
+    assert (s, n) == pytest.approx((60.0 - 0.001, 60.1 + 0.001))
+    # a degree of longitude is cos(lat) times a degree of latitude: the margin is the same in metres
+    assert 24.0 - w == pytest.approx(0.001 / np.cos(np.radians(60.05)))
+    assert read_window((0.0, 0.0, 1.0, 1.0), 0.0) == (0.0, 0.0, 1.0, 1.0)

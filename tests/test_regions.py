@@ -105,9 +105,14 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 
 def test_sync_writes_index_and_cli_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(tmp_path, GOOD)
-    write(tmp_path, variant(name="lyon"), name="lyon")
+    write(tmp_path, variant(name="lyon", osm={"file": "osm/lyon.osm.pbf"}, eo={"file": "/data/eo.tif",
+                                                                          "datetime": "2020-01-01"}), name="lyon")
     assert sync_index(tmp_path) == ["lyon", "paris"]
-    assert yaml.safe_load((tmp_path / "regions.index.yaml").read_text()) == {"regions": ["lyon", "paris"]}
+    index = yaml.safe_load((tmp_path / "regions.index.yaml").read_text())["regions"]
+    # local files become DVC inputs of the region's fetch stage; remote ones fall back to the region file
+    assert index["lyon"] == {"osm": "osm/lyon.osm.pbf", "eo": "/data/eo.tif", "sar": "regions/lyon.yaml",
+                             "sar_metadata": "regions/lyon.yaml"}
+    assert set(index["paris"].values()) == {"regions/paris.yaml"}
     write(tmp_path, variant(sar__product="SLC"), name="paris")
     assert main(["--root", str(tmp_path), "validate"]) == 2
     err = capsys.readouterr().err
@@ -117,8 +122,11 @@ def test_sync_writes_index_and_cli_reports_errors(tmp_path: Path, capsys: pytest
 
 def test_repository_regions_valid_and_index_in_sync(root: Path) -> None:
     """The committed regions all validate and regions.index.yaml lists exactly them."""
-    names = [r.name for r in load_regions(root / "regions")]
-    assert yaml.safe_load((root / "regions.index.yaml").read_text())["regions"] == names
+    from pipeline.cli import local_inputs
+
+    regions = load_regions(root / "regions")
+    index = yaml.safe_load((root / "regions.index.yaml").read_text())["regions"]
+    assert index == {r.name: local_inputs(r, root) for r in regions}, "run `sareo sync`"
 
 
 def test_cli_separates_user_errors_from_bugs() -> None:
