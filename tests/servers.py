@@ -25,6 +25,25 @@ from pathlib import Path
 import pytest
 
 
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections at once, for as long as the block runs.
+
+    The socket stays bound but never listens, so no server started meanwhile (another test,
+    another process) can take the port: probing a free port and closing it would race with them.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test (see ``refused_port``)."""
+    with refused_port() as port:
+        yield port
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

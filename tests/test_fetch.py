@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 from pyproj import Transformer
 from rasterio.transform import from_origin
-from servers import free_port, http_dir, s3_server  # noqa: F401 - pytest fixtures
+from servers import dead_port, http_dir, refused_port, s3_server  # noqa: F401 - pytest fixtures
 from test_osm import _Overpass, overpass_server  # noqa: F401 - the loopback Overpass server
 
 from pipeline import fetch, tiles
@@ -334,10 +334,11 @@ def test_aoi_without_items(tmp_path: Path, demo: Path) -> None:
 
 
 def test_unreachable_catalog(tmp_path: Path) -> None:
-    href = f"http://127.0.0.1:{free_port()}/stac/catalog.json"
-    region = make_region(tmp_path, {"stac": href})
-    with pytest.raises(FetchError, match=rf"{href}: failed after 2 attempt\(s\)"):
-        fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+    with refused_port() as port:
+        href = f"http://127.0.0.1:{port}/stac/catalog.json"
+        region = make_region(tmp_path, {"stac": href})
+        with pytest.raises(FetchError, match=rf"{href}: failed after 2 attempt\(s\)"):
+            fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
     assert not (tmp_path / "out").exists()
 
 
@@ -781,10 +782,10 @@ def test_fetch_provenance_same_bytes_parallel_and_sequential(
     assert s["item_id"] == WINNER and s["catalogs_read"] == 4 and s["pruned"] == {"not geocoded": 1, "polarization": 1}
 
 
-def test_unreachable_subcatalog_named(tmp_path: Path, http_dir) -> None:  # noqa: F811
+def test_unreachable_subcatalog_named(tmp_path: Path, http_dir, dead_port) -> None:  # noqa: F811
     """A sub-catalog that cannot be read after the retries fails the walk, naming it, with any workers."""
     _handmade(tmp_path)
-    dead = f"http://127.0.0.1:{free_port()}/stac/capella-open-data-2024-5-15/catalog.json"
+    dead = f"http://127.0.0.1:{dead_port}/stac/capella-open-data-2024-5-15/catalog.json"
     month = (tmp_path / "capella/capella-open-data-by-datetime/capella-open-data-2024/capella-open-data-2024-5"
              / "catalog.json")
     doc = json.loads(month.read_text())

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import pytest
+from servers import dead_port  # noqa: F401 - pytest fixture
 
 from pipeline.labels import classify
 from pipeline.osm import (
@@ -96,12 +97,8 @@ def test_overpass_through_osmnx_with_cache(overpass_server, tmp_path):
     assert len(_Overpass.queries) == 1 and len(again) == len(feats)
 
 
-def test_overpass_unreachable_fails_fast_with_clear_error(tmp_path):
-    import socket
-
-    with socket.socket() as s:  # a loopback port with nobody listening: connection refused at once
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_overpass_unreachable_fails_fast_with_clear_error(tmp_path, dead_port):
+    port = dead_port  # bound, never listening: connection refused at once, and no one else can take it
     params = {"labels": {"overpass_url": f"http://127.0.0.1:{port}/api", "overpass_timeout": 2,
                          "overpass_rate_limit": False, "cache_dir": str(tmp_path)}}
     with pytest.raises(OsmError, match="overpass:.*failed"):
