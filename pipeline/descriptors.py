@@ -56,6 +56,20 @@ def sar_gradients(sar_db: np.ndarray, valid: np.ndarray, half: int = 3) -> tuple
     return gx.astype(np.float32), gy.astype(np.float32)
 
 
+def bright_mask(sar_db: np.ndarray, valid: np.ndarray, above_db: float, size: int = 7, grow: int = 3) -> np.ndarray:
+    """SAR pixels whose local mean intensity (``size`` px box) is over ``above_db`` dB above the
+    median of the window, grown by ``grow`` px: layover and double bounce. Their edges sit
+    where elevated structure puts them (roofs laid over toward the sensor by h / tan(incidence),
+    a bright line on the sensor-facing wall foot only), not on the ground, so they bias a
+    registration whose truth is the ground. Dark pixels (radar shadow) are kept: masking them
+    lost more matches than it removed bias, and water looks the same."""
+    inten = np.power(10.0, np.clip(np.nan_to_num(sar_db, nan=-99.0), -99, 99) / 10.0)
+    mean, frac = _masked_mean_filter(inten, valid, (size, size))
+    local = 10 * np.log10(np.maximum(mean, 1e-12))
+    out = valid & (frac > 0) & (local > float(np.median(local[valid])) + above_db)
+    return ndimage.binary_dilation(out, iterations=grow) if grow > 0 else out
+
+
 def optical_gradients(gray: np.ndarray, valid: np.ndarray, sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Gradient (gx, gy) of the optical image after Gaussian smoothing (masked, so edges of
     the data footprint do not produce gradients)."""
