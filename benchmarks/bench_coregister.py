@@ -11,7 +11,7 @@ shifted by random known sub-pixel offsets up to +-30 px. 2a: in memory (estimate
 trials; 2b: through the whole stage on files (SAR UTM uint16, EO EPSG:3857 RGB with a mask),
 scored in metres; 2c: unrelated pairs and 2d: offsets beyond the search radius, which must all
 be flagged.
-Part 3: realistic urban geometry (``coregister.urban_scene`` / ``render_urban``): streets, parcels
+Part 3: realistic urban geometry (``simulate.urban_scene`` / ``render_urban``): streets, parcels
 and buildings of known heights (low-rise 5-15 m, mixed 5-60 m, high-rise 20-60 m), SAR with
 layover, radar shadow and one-sided double bounce (incidence 30-45 deg, any look direction,
 1-4 looks), EO with off-nadir lean (0-25 deg) and sun shadows. The truth is the GROUND-LEVEL
@@ -38,7 +38,8 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import coregister as cr  # noqa: E402
+from pipeline import coregister as cr
+from pipeline import simulate as sim  # noqa: E402
 from pipeline.regions import Region, load_region  # noqa: E402
 
 CHIP = ROOT.parent / "shared" / "fixtures" / "eo" / "atlanta_pan_0p5m.tif"
@@ -81,7 +82,7 @@ def make_pair(eo: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.
     dx, dy = (float(v) for v in rng.uniform(-30, 30, 2))
     looks = int(rng.integers(1, 5))
     moved = ndimage.shift(eo, (dy, dx), order=3, mode="constant", cval=np.nan)
-    sar = cr.sar_like(moved, rng, looks)
+    sar = sim.sar_like(moved, rng, looks)
     return 10 * np.log10(sar), np.isfinite(sar), (dx, dy), looks
 
 
@@ -105,7 +106,7 @@ def part2a(eo: np.ndarray, trials: int) -> dict:
 def write_files(eo: np.ndarray, transform: Affine, crs, offset_m: tuple[float, float], rng, d: Path,
                 related: bool = True) -> Region:
     """sar.tif (UTM uint16 amplitude, nodata 0) showing P at P + offset_m; eo.tif in EPSG:3857 with a mask."""
-    bbox = cr.write_synthetic_source(eo, transform, crs, offset_m, d, rng, int(rng.integers(1, 5)), related)
+    bbox = sim.write_synthetic_source(eo, transform, crs, offset_m, d, rng, int(rng.integers(1, 5)), related)
     return Region(name="atlanta", bbox=bbox, gsd_m=0.5, sar={}, eo={}, osm={}, path=d / "atlanta.yaml", root=d)
 
 
@@ -143,7 +144,7 @@ def part2c(eo: np.ndarray, trials: int) -> dict:
             other = np.roll(eo, (eo.shape[0] // 2, eo.shape[1] // 3), (0, 1))
         else:
             other = ndimage.zoom(eo[:450, :450], 2.0, order=1)[: eo.shape[0], : eo.shape[1]][::-1]
-        sar = cr.sar_like(other, rng, int(rng.integers(1, 5)))
+        sar = sim.sar_like(other, rng, int(rng.integers(1, 5)))
         reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, gsd_m=0.5)
         flagged += reg.flagged
         if not reg.flagged:
@@ -162,7 +163,7 @@ def part2d(eo: np.ndarray, trials: int) -> dict:
         far, near = rng.uniform(95, 120) * rng.choice([-1, 1]), rng.uniform(-120, 120)
         dx, dy = (far, near) if rng.random() < 0.5 else (near, far)
         moved = ndimage.shift(eo, (dy, dx), order=3, mode="constant", cval=np.nan)
-        sar = cr.sar_like(moved, rng, int(rng.integers(1, 5)))
+        sar = sim.sar_like(moved, rng, int(rng.integers(1, 5)))
         t = time.perf_counter()
         reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, gsd_m=0.5)
         secs.append(time.perf_counter() - t)
@@ -177,19 +178,19 @@ def part2d(eo: np.ndarray, trials: int) -> dict:
 URBAN_KINDS = {"low-rise": ((5.0, 15.0), 0.5), "mixed": ((5.0, 60.0), 0.5), "high-rise": ((20.0, 60.0), 0.6)}
 
 
-def urban_pair(k: int, n: int = 1024) -> tuple[str, cr.UrbanViews, tuple[float, float], np.ndarray, np.ndarray]:
+def urban_pair(k: int, n: int = 1024) -> tuple[str, sim.UrbanViews, tuple[float, float], np.ndarray, np.ndarray]:
     """Trial k of part 3: (kind, views, true ground offset (dx, dy) px, SAR dB, EO grey)."""
     rng = np.random.default_rng(20000 + k)
     kind = list(URBAN_KINDS)[k % 3]
     heights, density = URBAN_KINDS[kind]
-    scene = cr.urban_scene(rng, n, 0.5, heights, density)
-    views = cr.UrbanViews(
+    scene = sim.urban_scene(rng, n, 0.5, heights, density)
+    views = sim.UrbanViews(
         sar_look_azimuth_deg=float(rng.uniform(0, 360)), incidence_deg=float(rng.uniform(30, 45)),
         eo_azimuth_deg=float(rng.uniform(0, 360)), eo_off_nadir_deg=float(rng.uniform(0, 25)),
         sun_azimuth_deg=float(rng.uniform(0, 360)), sun_elevation_deg=float(rng.uniform(30, 65)),
     )
     off = (float(rng.uniform(-20, 20)), float(rng.uniform(-20, 20)))
-    sar, eo = cr.render_urban(scene, views, off, rng, looks=int(rng.integers(1, 5)))
+    sar, eo = sim.render_urban(scene, views, off, rng, looks=int(rng.integers(1, 5)))
     return kind, views, off, sar, eo
 
 
@@ -202,7 +203,7 @@ def part3(trials: int, params: dict | None = None, label: str = "default params"
         reg = cr.estimate_shift(sar, eo, params=params, gsd_m=0.5)
         secs.append(time.perf_counter() - t)
         err = math.hypot(reg.dx - dx, reg.dy - dy)
-        ux, uy = cr._unit(views.sar_look_azimuth_deg)
+        ux, uy = sim._unit(views.sar_look_azimuth_deg)
         along.append((reg.dx - dx) * ux + (reg.dy - dy) * uy)  # + = toward the SAR sensor
         errs.append(err)
         flags.append(reg.flagged)

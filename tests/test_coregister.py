@@ -15,6 +15,7 @@ from pyproj import Transformer
 from scipy import ndimage
 
 from pipeline import coregister as cr
+from pipeline import simulate as sim
 from pipeline import descriptors as dsc
 from pipeline.grid import grid_for_bbox
 from pipeline.regions import Region
@@ -93,7 +94,7 @@ def test_known_offset_recovered_on_real_chip(atlanta) -> None:
     rng = np.random.default_rng(3)
     shift = (-17.3, 11.6)
     moved = ndimage.shift(eo, (shift[1], shift[0]), order=3, mode="constant", cval=np.nan)
-    sar = cr.sar_like(moved, rng, looks=1)
+    sar = sim.sar_like(moved, rng, looks=1)
     reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, FAST, gsd_m=0.5)
     assert not reg.flagged, reg.reason
     assert math.hypot(reg.dx - shift[0], reg.dy - shift[1]) < 1.0
@@ -104,7 +105,7 @@ def test_unrelated_pair_is_flagged_not_corrected(atlanta, kind: str) -> None:
     eo = atlanta[0][:640, :640]
     rng = np.random.default_rng(11)
     other = structured_scene(rng, 640) * 1000 if kind == "other-scene" else eo.T[::-1].copy()
-    sar = cr.sar_like(other, rng, looks=2)
+    sar = sim.sar_like(other, rng, looks=2)
     reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, FAST, gsd_m=0.5)
     assert reg.flagged
     assert reg.confidence < cr.DEFAULTS["confidence_threshold"]
@@ -114,7 +115,7 @@ def test_offset_beyond_search_radius_is_flagged(atlanta) -> None:
     # 40 px true offset, 10 m = 20 px search radius: any estimate would be wrong, so it must be flagged
     eo = atlanta[0][:640, :640]
     moved = ndimage.shift(eo, (28.0, -28.5), order=3, mode="constant", cval=np.nan)
-    sar = cr.sar_like(moved, np.random.default_rng(2), looks=2)
+    sar = sim.sar_like(moved, np.random.default_rng(2), looks=2)
     params = {"coregister": {**FAST["coregister"], "search_radius_m": 10.0}}
     reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, params, gsd_m=0.5)
     assert reg.flagged
@@ -127,7 +128,7 @@ def make_source(atlanta, tmp: Path, offset_m: tuple[float, float], related: bool
     """A region whose SAR (UTM, uint16, nodata 0) shows everything at P + offset_m, and whose EO
     (EPSG:3857 RGB with an internal mask) is the real chip."""
     eo, transform, crs = atlanta
-    bbox = cr.write_synthetic_source(eo[:size, :size], transform, crs, offset_m, tmp / "source",
+    bbox = sim.write_synthetic_source(eo[:size, :size], transform, crs, offset_m, tmp / "source",
                                      np.random.default_rng(5), looks=2, related=related, nodata_cols=20)
     return Region(name="atl", bbox=bbox, gsd_m=0.5, sar={}, eo={}, osm={}, path=tmp / "atl.yaml", root=tmp)
 
@@ -243,12 +244,12 @@ def test_bad_inputs_raise_clear_errors(tmp_path: Path) -> None:
 def test_urban_render_puts_layover_and_shadow_where_geometry_says() -> None:
     # one 10 m building, SAR looking from the east at 45 deg: the roof shows h / tan(45) = 10 m
     # = 20 px east of its footprint, the radar shadow runs h * tan(45) = 20 px west of it
-    scene = cr.UrbanScene(n=200, pixel_m=0.5, xs=np.array([]), ys=np.array([]), street_half_px=0.0,
+    scene = sim.UrbanScene(n=200, pixel_m=0.5, xs=np.array([]), ys=np.array([]), street_half_px=0.0,
                           parcels=np.full((1, 1, 2), 1), split=np.full((1, 1), 0.5),
                           buildings=np.array([[80.0, 80.0, 110.0, 120.0, 10.0]]))
-    views = cr.UrbanViews(sar_look_azimuth_deg=90.0, incidence_deg=45.0, eo_off_nadir_deg=0.0,
+    views = sim.UrbanViews(sar_look_azimuth_deg=90.0, incidence_deg=45.0, eo_off_nadir_deg=0.0,
                           sun_elevation_deg=89.9)
-    sar, eo = cr.render_urban(scene, views, (3.0, 0.0), np.random.default_rng(0), looks=1000,
+    sar, eo = sim.render_urban(scene, views, (3.0, 0.0), np.random.default_rng(0), looks=1000,
                               effects=frozenset({"layover", "radar_shadow"}))
     row = sar[100]
     ground = float(np.median(row[:40]))
@@ -285,12 +286,12 @@ def test_realistic_urban_pairs_hit_ground_truth_or_are_flagged() -> None:
     accepted = 0
     for seed in (4, 6):
         rng = np.random.default_rng(seed)
-        scene = cr.urban_scene(rng, 512, 0.5, (5.0, 40.0), 0.5)
-        views = cr.UrbanViews(sar_look_azimuth_deg=float(rng.uniform(0, 360)), incidence_deg=35.0,
+        scene = sim.urban_scene(rng, 512, 0.5, (5.0, 40.0), 0.5)
+        views = sim.UrbanViews(sar_look_azimuth_deg=float(rng.uniform(0, 360)), incidence_deg=35.0,
                               eo_azimuth_deg=float(rng.uniform(0, 360)), eo_off_nadir_deg=15.0,
                               sun_azimuth_deg=float(rng.uniform(0, 360)), sun_elevation_deg=45.0)
         off = (float(rng.uniform(-15, 15)), float(rng.uniform(-15, 15)))
-        sar, eo = cr.render_urban(scene, views, off, rng, looks=2)
+        sar, eo = sim.render_urban(scene, views, off, rng, looks=2)
         reg = cr.estimate_shift(sar, eo, params=FAST, gsd_m=0.5)
         err = math.hypot(reg.dx - off[0], reg.dy - off[1])
         assert reg.flagged or err < 1.0, f"seed {seed}: unflagged error {err:.2f} px"
