@@ -538,15 +538,12 @@ def _attributions(metas: list[StoreMeta]) -> list[str]:
 
 
 def region_dir(meta: StoreMeta) -> Path | None:
-    """The region's stage folder (grid/, labels/, registration/) beside the store, if there is one.
+    """The region's stage folder (grid/, labels/, registration/), if there is one.
 
-    docs/DESIGN.md puts the store at data/regions/NAME/patches.zarr; pipeline/cli.py at
-    data/patches/NAME.zarr with the stage folders in data/regions/NAME/. Both are looked for.
+    Layout (docs/DESIGN.md): stores at data/patches/NAME.zarr, stage folders at data/regions/NAME/.
     """
-    for cand in (meta.path.parent, meta.path.parent.parent / "regions" / meta.region):
-        if any((cand / sub).is_dir() for sub in ("labels", "grid", "registration")):
-            return cand
-    return None
+    cand = meta.path.parent.parent / "regions" / meta.region
+    return cand if any((cand / sub).is_dir() for sub in ("labels", "grid", "registration")) else None
 
 
 def _registration(meta: StoreMeta) -> dict[str, Any] | None:

@@ -134,7 +134,7 @@ def corrupt_image_arrays(store: Path) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> dict:
-    """Two regions laid out as in the project (data/regions/NAME/patches.zarr), published once."""
+    """Two regions laid out as in the project (data/patches/NAME.zarr, data/regions/NAME/), published once."""
     root = tmp_path_factory.mktemp("proj")
     stores, arrays = [], {}
     specs = [
@@ -144,10 +144,7 @@ def project(tmp_path_factory) -> dict:
          "2019-03-10", {(r, c) for r in (2, 3, 4) for c in (2, 3, 4)}),
     ]  # fmt: skip
     for name, bbox, gsd, seed, urban, sar_dt, eo_dt, drop in specs:
-        # paris in the docs/DESIGN.md layout, charleston in pipeline/cli.py's (data/patches/NAME.zarr)
-        store = root / "data" / "regions" / name / "patches.zarr"
-        if name != "paris":
-            store = root / "data" / "patches" / f"{name}.zarr"
+        store = root / "data" / "patches" / f"{name}.zarr"
         arrays[name] = write_test_store(
             store, name, bbox, gsd, seed=seed, urban=urban, sar_datetime=sar_dt, eo_datetime=eo_dt, drop=drop
         )
