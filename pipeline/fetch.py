@@ -153,13 +153,13 @@ def date_range(value: str | None) -> tuple[dt.datetime | None, dt.datetime | Non
 
 
 def footprint(item: pystac.Item | dict[str, Any]):  # -> shapely geometry
+    import shapely
     from shapely.geometry import box, shape
-    from shapely.ops import transform
 
     geometry, bbox, item_id = ((item.geometry, item.bbox, item.id) if isinstance(item, pystac.Item)
                                else (item.get("geometry"), item.get("bbox"), item.get("id")))
     if geometry:
-        return transform(lambda x, y, z=None: (x, y), shape(geometry))  # drop Umbra's heights
+        return shapely.force_2d(shape(geometry))  # drop Umbra's heights
     if bbox:
         return box(*bbox[:2], *bbox[-2:]) if len(bbox) == 4 else box(*bbox[:2], *bbox[3:5])
     raise FetchError(f"{item_id}: item has neither geometry nor bbox")

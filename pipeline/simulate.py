@@ -404,7 +404,7 @@ def write_synthetic_source(
     amp = np.clip(amp / np.percentile(amp, 99) * 3000, 1, 65535).astype("uint16")
     amp[:, :nodata_cols] = 0
     with rasterio.open(dest / "sar.tif", "w", driver="GTiff", width=w, height=h, count=1, dtype="uint16", crs=crs,
-                       transform=Affine.translation(*offset_m) * transform, nodata=0) as dst:
+                       transform=Affine.translation(*offset_m) @ transform, nodata=0) as dst:
         dst.write(amp, 1)
     bounds = (transform.c, transform.f + transform.e * h, transform.c + transform.a * w, transform.f)
     t3857, w2, h2 = calculate_default_transform(crs, "EPSG:3857", w, h, *bounds)

@@ -224,7 +224,7 @@ def test_fit_prefers_translation_and_uses_affine_only_when_supported() -> None:
     for x, y in [(100.0, 200.0), (3000.0, 1500.0)]:
         true = tr.transform(*grid.pixel_to_lonlat(x, y))
         app = tr.transform(*grid.pixel_to_lonlat(*reg.sar_position(x, y)))
-        fixed = Affine(*corr) * app
+        fixed = Affine(*corr) @ app
         assert math.hypot(fixed[0] - true[0], fixed[1] - true[1]) < 0.05
 
 
