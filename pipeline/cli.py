@@ -20,6 +20,7 @@ import yaml
 from . import __version__
 from .atomic import write_text
 from .regions import Region, RegionError, load_region, load_regions
+from .yamlfile import read_yaml
 
 log = logging.getLogger("sareo.cli")
 
@@ -40,7 +41,7 @@ def load_params(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         return {}
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    data = read_yaml(p, "parameter file", RegionError) or {}
     if not isinstance(data, dict):
         raise RegionError(f"{p}: expected a mapping of parameter sections")
     return data

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from pipeline.provenance import OSM
+from pipeline.yamlfile import read_yaml
 
 LEGEND_PATH = Path(__file__).with_name("legend.yaml")
 ROLES = ("residential", "nonresidential", "neither")
@@ -218,10 +218,4 @@ def parse_legend(data: Any, where: str = "legend") -> Legend:
 def load_legend(path: str | Path | None = None) -> Legend:
     """Read and validate a legend file (default: the project's ``pipeline/legend.yaml``)."""
     path = Path(path) if path is not None else LEGEND_PATH
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LegendError(f"{path}: no such legend file") from None
-    except yaml.YAMLError as exc:
-        raise LegendError(f"{path}: not valid YAML ({exc})") from None
-    return parse_legend(data, str(path))
+    return parse_legend(read_yaml(path, "legend file", LegendError), str(path))

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
+
+from pipeline.yamlfile import read_yaml
 
 NOT_GEOCODED = {"SLC", "SICD", "CPHD", "SIDD"}
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -221,12 +222,7 @@ def load_region(path: str | Path, root: str | Path | None = None) -> Region:
     """Read and validate one region file."""
     path = Path(path)
     where = str(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RegionError(f"{where}: no such region file") from None
-    except yaml.YAMLError as exc:
-        raise RegionError(f"{where}: not valid YAML ({exc})") from None
+    data = read_yaml(path, "region file", RegionError)
     validate(data, where)
     if "bbox" in data["aoi"]:
         bbox = tuple(float(v) for v in data["aoi"]["bbox"])

@@ -136,3 +136,11 @@ def test_cli_separates_user_errors_from_bugs() -> None:
     assert is_user_error(FetchError("https://x/catalog.json: unreachable after 3 tries"))  # a RuntimeError
     assert is_user_error(RegionError("regions/x.yaml: gsd_m: ...")) and is_user_error(FileNotFoundError("x"))
     assert not is_user_error(KeyError("bug")) and not is_user_error(TypeError("bug"))
+
+
+def test_bad_params_file_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path, GOOD)
+    (tmp_path / "params.yaml").write_text("grid: [unclosed\n")
+    assert main(["--root", str(tmp_path), "validate"]) == 2
+    err = capsys.readouterr().err
+    assert "params.yaml: not valid YAML" in err and "Traceback" not in err
