@@ -107,7 +107,7 @@ def local_inputs(region: Region, root: Path) -> dict[str, str]:
     Remote sources (URLs) are not tracked: they are cached, and `dvc repro -f fetch@NAME` refetches.
     """
     own = region.path.resolve().relative_to(root.resolve()).as_posix()
-    slots = {}
+    slots = {"demo": "data/demo" if region.demo else own}  # only demo regions read the demo stage's output
     for slot, (section, key) in INPUT_SLOTS.items():
         href = getattr(region, section).get(key)
         if not href or "://" in str(href):

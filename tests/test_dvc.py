@@ -54,4 +54,4 @@ def test_region_stages_depend_on_their_region_file() -> None:
     for stage in ("fetch", "register", "grid", "labels", "patches"):
         assert "regions/${key}.yaml" in stages[stage]["do"]["deps"], stage
     fetch = stages["fetch"]["do"]["deps"]
-    assert all(f"${{item.{slot}}}" in fetch for slot in ("sar", "sar_metadata", "eo", "osm"))
+    assert all(f"${{item.{slot}}}" in fetch for slot in ("sar", "sar_metadata", "eo", "osm", "demo"))

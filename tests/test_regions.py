@@ -111,7 +111,7 @@ def test_sync_writes_index_and_cli_reports_errors(tmp_path: Path, capsys: pytest
     index = yaml.safe_load((tmp_path / "regions.index.yaml").read_text())["regions"]
     # local files become DVC inputs of the region's fetch stage; remote ones fall back to the region file
     assert index["lyon"] == {"osm": "osm/lyon.osm.pbf", "eo": "/data/eo.tif", "sar": "regions/lyon.yaml",
-                             "sar_metadata": "regions/lyon.yaml"}
+                             "sar_metadata": "regions/lyon.yaml", "demo": "regions/lyon.yaml"}
     assert set(index["paris"].values()) == {"regions/paris.yaml"}
     write(tmp_path, variant(sar__product="SLC"), name="paris")
     assert main(["--root", str(tmp_path), "validate"]) == 2
