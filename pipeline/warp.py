@@ -374,9 +374,26 @@ def _profile(grid: Grid, cfg: dict[str, Any], **kw: Any) -> dict[str, Any]:
     return prof
 
 
+def aoi_mask(aoi: Any, grid: Grid, window: Window) -> np.ndarray | None:
+    """True where a block's pixel centres fall inside a polygon AOI (lon/lat); None for no polygon.
+
+    A region given as a GeoJSON polygon gets the polygon's bbox as its grid; pixels outside the
+    polygon become no data here, so labels (255) and patches (dropped) follow the polygon too.
+    """
+    if aoi is None:
+        return None
+    from rasterio.features import geometry_mask
+
+    return geometry_mask([aoi], out_shape=(int(window.height), int(window.width)),
+                         transform=grid.window_transform(window.row_off, window.col_off), invert=True)
+
+
 def write_sar_grid(sar: SarSource, grid: Grid, dest: str | Path, params: dict[str, Any] | None = None,
-                   tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Warp the whole SAR onto ``grid`` block by block into a float32 dB GeoTIFF (atomic). Returns stats."""
+                   tags: dict[str, str] | None = None, aoi: Any = None) -> dict[str, Any]:
+    """Warp the whole SAR onto ``grid`` block by block into a float32 dB GeoTIFF (atomic). Returns stats.
+
+    ``aoi``: a lon/lat polygon; pixels outside it are no data (NaN).
+    """
     cfg = merged_params(params)
     resampling = choose_sar_resampling(sar.pixel_size_m, grid.gsd_m, params)
     block = block_size_for(sar.pixel_size_m, grid.gsd_m, params)
@@ -384,8 +401,12 @@ def write_sar_grid(sar: SarSource, grid: Grid, dest: str | Path, params: dict[st
     valid = [0]
 
     def compute(w: Window) -> np.ndarray:
-        return warp_sar_block(sar, grid.window_transform(w.row_off, w.col_off), (w.height, w.width),
-                              resampling, grid.crs, True, int(cfg["pad_px"]), int(cfg["strip_px"]))
+        arr = warp_sar_block(sar, grid.window_transform(w.row_off, w.col_off), (w.height, w.width),
+                             resampling, grid.crs, True, int(cfg["pad_px"]), int(cfg["strip_px"]))
+        inside = aoi_mask(aoi, grid, w)
+        if inside is not None:
+            arr[~inside] = np.nan
+        return arr
 
     with rasterio.Env(GDAL_CACHEMAX=int(cfg["gdal_cache_mb"])), atomic_path(dest) as tmp:
         with rasterio.open(tmp, "w", **prof) as dst:
@@ -403,8 +424,11 @@ def write_sar_grid(sar: SarSource, grid: Grid, dest: str | Path, params: dict[st
 
 
 def write_eo_grid(eo: Source, grid: Grid, dest: str | Path, params: dict[str, Any] | None = None,
-                  tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Warp the EO image onto ``grid`` into uint8 RGB + band 4 valid mask (255/0), atomically."""
+                  tags: dict[str, str] | None = None, aoi: Any = None) -> dict[str, Any]:
+    """Warp the EO image onto ``grid`` into uint8 RGB + band 4 valid mask (255/0), atomically.
+
+    ``aoi``: a lon/lat polygon; pixels outside it are no data (0, mask 0).
+    """
     cfg = merged_params(params)
     resampling = Resampling[cfg["eo_resampling"]]
     block = block_size_for(eo.pixel_size_m, grid.gsd_m, params)
@@ -412,8 +436,13 @@ def write_eo_grid(eo: Source, grid: Grid, dest: str | Path, params: dict[str, An
     valid = [0]
 
     def compute(w: Window) -> tuple[np.ndarray, np.ndarray]:
-        return warp_eo_block(eo, grid.window_transform(w.row_off, w.col_off), (w.height, w.width), resampling,
-                             grid.crs, int(cfg["pad_px"]), int(cfg["strip_px"]))
+        rgb, ok = warp_eo_block(eo, grid.window_transform(w.row_off, w.col_off), (w.height, w.width), resampling,
+                                grid.crs, int(cfg["pad_px"]), int(cfg["strip_px"]))
+        inside = aoi_mask(aoi, grid, w)
+        if inside is not None:
+            ok &= inside
+            rgb[:, ~ok] = 0
+        return rgb, ok
 
     with rasterio.Env(GDAL_CACHEMAX=int(cfg["gdal_cache_mb"])), atomic_path(dest) as tmp:
         with rasterio.open(tmp, "w", **prof) as dst:
@@ -463,10 +492,12 @@ def grid_region(region: Any, source_dir: str | Path, registration_json: str | Pa
     with atomic_path(out_dir) as tmp:  # the whole grid/ appears at once, or not at all
         tmp.mkdir()
         write_json(tmp / "grid.json", grid.to_dict())
+        polygon = region.aoi if getattr(region, "aoi_geojson", None) else None  # a bbox AOI is the grid itself
         write_sar_grid(sar, grid, tmp / "sar_db.tif", params,
                        {"region": region.name, "attribution": sar_attr, "registration_applied":
-                        "true" if load_correction(registration_json) is not None else "false"})
-        write_eo_grid(eo, grid, tmp / "eo.tif", params, {"region": region.name, "attribution": eo_attr})
+                        "true" if load_correction(registration_json) is not None else "false"}, aoi=polygon)
+        write_eo_grid(eo, grid, tmp / "eo.tif", params, {"region": region.name, "attribution": eo_attr},
+                      aoi=polygon)
         credits = "; ".join(a for a in (sar_attr, eo_attr) if a)
         side_by_side(tmp / "sar_db.tif", tmp / "eo.tif", tmp / "quicklook.png",
                      max_size=int(cfg["quicklook_max_size"]), title=f"{region.name}  SAR | EO   {credits}")

@@ -341,3 +341,28 @@ def test_failed_stage_leaves_previous_grid_untouched(gridded, tmp_path, monkeypa
     with pytest.raises(RuntimeError):
         grid_region(reg, src, None, tmp_path / "fresh", SMALL)
     assert not (tmp_path / "fresh").exists()
+
+
+def test_polygon_aoi_masks_outside_pixels(gridded, tmp_path):
+    """A GeoJSON polygon AOI: its bbox is the grid, pixels outside the polygon are no data."""
+    import dataclasses
+
+    from shapely.geometry import Polygon, mapping
+
+    _, src, reg = gridded
+    w, s, e, n = reg.bbox
+    tri = Polygon([(w, s), (e, s), (w, n)])  # lower-left half of the bbox
+    preg = dataclasses.replace(reg, aoi_geojson=mapping(tri))
+    grid = grid_region(preg, src, None, tmp_path / "grid", SMALL)
+    with rasterio.open(tmp_path / "grid" / "sar_db.tif") as s_ds, rasterio.open(tmp_path / "grid" / "eo.tif") as e_ds:
+        sar, eo_ok = s_ds.read(1), e_ds.read(4) > 0
+    with rasterio.open(Path(gridded[0]) / "grid" / "sar_db.tif") as full:  # the bbox run of the same source
+        full_sar = full.read(1)
+    rows, cols = np.mgrid[0:grid.height, 0:grid.width]
+    lon, lat = grid.transform * (cols + 0.5, rows + 0.5)
+    inside = (lon - w) / (e - w) + (lat - s) / (n - s) < 1  # below the hypotenuse
+    assert not np.isfinite(sar[~inside]).any() and not eo_ok[~inside].any()
+    # inside the polygon nothing changed: same values as the bbox run
+    keep = inside & np.isfinite(full_sar)
+    np.testing.assert_array_equal(sar[keep], full_sar[keep])
+    assert eo_ok[inside].mean() > 0.9
