@@ -138,11 +138,22 @@ class ShardReader:
         if offset == EMPTY and nbytes == EMPTY:
             return np.full(self.shape[1:], self.fill, dtype=self.dtype)
         raw = os.pread(fd, nbytes, offset)
+        # Decode straight into a new array: writable (users edit patches in place), no extra copy.
+        out = np.empty(self.shape[1:], dtype=self.dtype)
+        view = memoryview(out).cast("B")
         if self.zstd:
-            raw = self._decompressor().decompress(raw, max_output_size=self.nbytes)
-        if len(raw) != self.nbytes:
-            raise StoreError(f"{self.dir}: chunk {i} decodes to {len(raw)} bytes, expected {self.nbytes}")
-        return np.frombuffer(raw, dtype=self.dtype).reshape(self.shape[1:])
+            got, extra = 0, b""
+            with self._decompressor().stream_reader(raw) as reader:
+                while got < self.nbytes and (n := reader.readinto(view[got:])):
+                    got += n
+                extra = reader.read(1)
+        else:
+            got, extra = min(len(raw), self.nbytes), raw[self.nbytes : self.nbytes + 1]
+            view[:got] = raw[:got]
+        if got != self.nbytes or extra:
+            raise StoreError(f"{self.dir}: chunk {i} decodes to {'more than ' if extra else ''}{got} bytes, "
+                             f"expected {self.nbytes}")
+        return out
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -271,7 +282,7 @@ class PatchDataset:
             import torch
 
             for name in self.layers:
-                item[name] = torch.from_numpy(np.array(item[name]))  # copy: buffers from zstd are read-only
+                item[name] = torch.from_numpy(item[name])  # readers return writable arrays of their own
         return item
 
     def patch_ids(self) -> np.ndarray:

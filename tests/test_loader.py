@@ -172,3 +172,15 @@ def test_as_torch(stores):
     item = PatchDataset(path, as_torch=True)[4]
     assert isinstance(item["sar"], torch.Tensor) and item["eo"].dtype == torch.uint8
     np.testing.assert_array_equal(item["label"].numpy(), truth["label"][4])
+
+
+def test_items_are_writable_arrays_of_their_own(stores):
+    """Users normalise patches in place: arrays must be writable and not share memory between reads."""
+    path, truth = stores["a"]
+    ds = PatchDataset(path)
+    a, b = ds[3], ds[3]
+    for name in ("sar", "eo", "label"):
+        assert a[name].flags.writeable and not np.shares_memory(a[name], b[name])
+    a["sar"][np.isnan(a["sar"])] = -30.0
+    a["label"][:] = 0
+    np.testing.assert_array_equal(ds[3]["label"], truth["label"][3])  # the store is untouched
