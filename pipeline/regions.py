@@ -189,8 +189,11 @@ def validate(data: Any, where: str) -> None:
             f"{where}: eo.datetime: required for tiles and files (they carry no acquisition date; "
             "the SAR/EO time gap is part of every patch's metadata)"
         )
-    if "tiles" in data["eo"] and not all(k in data["eo"]["tiles"] for k in ("{z}", "{x}", "{y}")):
-        raise RegionError(f"{where}: eo.tiles: {data['eo']['tiles']!r} must contain {{z}}, {{x}} and {{y}}")
+    tiles = data["eo"].get("tiles")
+    if tiles and not ("{z}" in tiles and "{x}" in tiles and ("{y}" in tiles) != ("{-y}" in tiles)):
+        raise RegionError(
+            f"{where}: eo.tiles: {tiles!r} must contain {{z}}, {{x}} and one of {{y}} (XYZ) or {{-y}} (TMS)"
+        )
     if "bbox" in data["aoi"]:
         w, s, e, n = data["aoi"]["bbox"]
         if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= 90 and -90 <= n <= 90):

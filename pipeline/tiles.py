@@ -82,8 +82,12 @@ def tile_bounds(x: int, y: int, zoom: int) -> tuple[float, float, float, float]:
 
 
 def tile_href(template: str, zoom: int, x: int, y: int) -> str:
-    """Fill {z}/{x}/{y} of a template; other braces are left alone."""
-    return template.replace("{z}", str(zoom)).replace("{x}", str(x)).replace("{y}", str(y))
+    """Fill {z}/{x}/{y} (XYZ, rows from the north) or {-y} (TMS, rows from the south) of a template.
+
+    ``y`` is always the XYZ row; other braces are left alone.
+    """
+    return (template.replace("{z}", str(zoom)).replace("{x}", str(x)).replace("{-y}", str(2**zoom - 1 - y))
+            .replace("{y}", str(y)))
 
 
 def decode_tile(data: bytes, tile_size: int, where: str) -> tuple[np.ndarray, np.ndarray]:

@@ -125,3 +125,22 @@ def test_mosaic_errors(tmp_path) -> None:
         tiles.mosaic("a/{z}/{x}/{y}.png", (24.94, 60.16, 24.95, 60.17), 15, out, lambda h: b"<html>")
     with pytest.raises(tiles.TileError, match="lower eo.zoom"):
         tiles.mosaic("a/{z}/{x}/{y}.png", (0.0, 0.0, 10.0, 10.0), 16, out, lambda h: None)
+
+
+def test_tms_template_gives_the_same_mosaic(tmp_path) -> None:
+    """TMS servers number rows from the south ({-y} = 2^z - 1 - y): same tiles, same mosaic."""
+    bbox, z = (24.93, 60.165, 24.96, 60.175), 16
+    x0, y0, x1, y1 = tiles.tile_range(bbox, z)
+    xyz, tms = {}, {}
+    for x in range(x0, x1 + 1):
+        for y in range(y0, y1 + 1):
+            png = _png((x % 256, y % 256, 9))
+            xyz[f"t/{z}/{x}/{y}.png"] = png
+            tms[f"t/{z}/{x}/{2**z - 1 - y}.png"] = png
+    assert set(xyz) != set(tms)  # the two layouts really name the tiles differently
+    tiles.mosaic("t/{z}/{x}/{y}.png", bbox, z, tmp_path / "xyz.tif", xyz.get)
+    tiles.mosaic("t/{z}/{x}/{-y}.png", bbox, z, tmp_path / "tms.tif", tms.get)
+    with rasterio.open(tmp_path / "xyz.tif") as a, rasterio.open(tmp_path / "tms.tif") as b:
+        assert a.transform == b.transform
+        np.testing.assert_array_equal(a.read(), b.read())
+    assert tiles.tile_href("a/{z}/{x}/{-y}.png", 3, 1, 0) == "a/3/1/7.png"
