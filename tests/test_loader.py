@@ -184,3 +184,23 @@ def test_items_are_writable_arrays_of_their_own(stores):
     a["sar"][np.isnan(a["sar"])] = -30.0
     a["label"][:] = 0
     np.testing.assert_array_equal(ds[3]["label"], truth["label"][3])  # the store is untouched
+
+
+def test_corrupt_shard_index_is_refused(stores, tmp_path):
+    """A flipped bit in a shard's index fails its crc32c instead of reading a wrong chunk."""
+    import shutil
+
+    from pipeline.loader import crc32c
+    from pipeline.store import StoreError
+
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    path, truth = stores["a"]
+    copy = tmp_path / "a.zarr"
+    shutil.copytree(path, copy)
+    np.testing.assert_array_equal(PatchDataset(copy)[0]["label"], truth["label"][0])  # the intact copy reads
+    shard = copy / "label" / "c" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-20] ^= 0x01  # inside the index (it sits at the end, before its 4-byte checksum)
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"shard 0: index is truncated or fails its crc32c check"):
+        PatchDataset(copy)[0]
