@@ -448,10 +448,10 @@ def _legend(labels_json: dict[str, Any]) -> Any:
     """The class legend: labels.json's own (compact) copy, else pipeline/legend.yaml's summary."""
     if labels_json.get("legend"):
         return labels_json["legend"]
-    try:
-        from pipeline.legend import load_legend
+    from pipeline.legend import LegendError, load_legend
 
+    try:
         return load_legend().to_dict()
-    except Exception as exc:  # the legend module belongs to the labels stage; a store without legend still works
+    except LegendError as exc:  # a store without a legend still works; say so
         log.warning("no legend in labels.json and pipeline/legend.yaml unusable (%s)", exc)
         return None
