@@ -19,8 +19,8 @@ import yaml
 
 from . import __version__
 from .atomic import write_text
+from .documents import read_yaml
 from .regions import Region, RegionError, load_region, load_regions
-from .yamlfile import read_yaml
 
 log = logging.getLogger("sareo.cli")
 

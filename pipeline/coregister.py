@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import descriptors as dsc
+from pipeline.documents import read_json
 from pipeline.provenance import attribution_lines
 
 log = logging.getLogger("sareo.coregister")
@@ -549,16 +550,13 @@ def _render_overlay(before: np.ndarray, after: np.ndarray, title_after: str, des
 
 def _attribution(source_dir: Path) -> str:
     """Licence notices of the SAR and EO inputs, from the fetch stage's provenance.json."""
-    import json
-
     prov = source_dir / "provenance.json"
-    d: Any = {}
-    if prov.is_file():
-        try:
-            d = json.loads(prov.read_text(encoding="utf-8"))
-        except ValueError:
-            log.warning("%s: not valid JSON; attribution from the provider registry only", prov)
-    return "; ".join(attribution_lines(d if isinstance(d, dict) else {}, with_labels=False))
+    try:
+        d = read_json(prov, required=False) or {}
+    except ValueError:
+        log.warning("%s: not a JSON object; attribution from the provider registry only", prov)
+        d = {}
+    return "; ".join(attribution_lines(d, with_labels=False))
 
 
 def _identity_record(sar_crs: str, reason: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from rasterio.windows import Window
 from pipeline.atomic import atomic_path, write_json
 from pipeline.coast import DEFAULTS as COAST_DEFAULTS
 from pipeline.coast import SeaResult, coastline_lines, sea_lonlat
+from pipeline.documents import read_json
 from pipeline.grid import Grid
 from pipeline.legend import Legend, load_legend
 from pipeline.osm import DEFAULTS as OSM_DEFAULTS
@@ -496,13 +497,8 @@ def osm_input(source_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     """
     source_dir = Path(source_dir)
     prov_path = source_dir / "provenance.json"
-    try:
-        prov = json.loads(prov_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LabelsError(f"{prov_path}: missing; run the fetch stage first (it gathers the OSM input)") from None
-    except ValueError as exc:
-        raise LabelsError(f"{prov_path}: not JSON ({exc})") from None
-    rec = prov.get("osm") if isinstance(prov, dict) else None
+    prov = read_json(prov_path, LabelsError, missing="missing; run the fetch stage first (it gathers the OSM input)")
+    rec = prov.get("osm")
     if not isinstance(rec, dict) or not rec.get("file") or not rec.get("sha256"):
         raise LabelsError(f"{prov_path}: no 'osm' record with file and sha256; re-run the fetch stage "
                           "(it now gathers the OSM input into source/)")

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.documents import read_yaml
 from pipeline.provenance import OSM
-from pipeline.yamlfile import read_yaml
 
 LEGEND_PATH = Path(__file__).with_name("legend.yaml")
 ROLES = ("residential", "nonresidential", "neither")

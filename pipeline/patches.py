@@ -11,7 +11,6 @@ then row, then col, so each split is one contiguous slice.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,6 +22,7 @@ import numpy as np
 
 import pipeline
 from pipeline.atomic import atomic_path
+from pipeline.documents import read_json
 from pipeline.grid import Grid
 from pipeline.provenance import attribution_lines, licences, parse_datetime, sha256_file
 from pipeline.splits import SPLITS, split_params, split_patches
@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "compression_level": 3,  # zstd; an int, or per layer {sar: .., eo: .., label: ..}
     "band_pixels": 16_000_000,  # pixels per layer read at once in the validity pass
 }
+
+
+MISSING = "missing (expected per docs/DESIGN.md)"
 
 
 class PatchError(ValueError):
@@ -107,20 +110,6 @@ def urban_class(labels_json: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- inputs
-
-
-def _read_json(path: Path, required: bool = True) -> dict[str, Any] | None:
-    if not path.is_file():
-        if required:
-            raise PatchError(f"{path}: missing (expected per docs/DESIGN.md)")
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PatchError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise PatchError(f"{path}: expected a JSON object")
-    return data
 
 
 def _truthy(value: Any) -> bool:
@@ -302,12 +291,12 @@ def patch_region(region, region_dir: str | os.PathLike[str], out_store: str | os
 
     grid_json = region_dir / "grid" / "grid.json"
     try:
-        grid = Grid.from_dict(_read_json(grid_json) or {})
+        grid = Grid.from_dict(read_json(grid_json, PatchError, missing=MISSING) or {})
     except (KeyError, TypeError, ValueError) as exc:
         raise PatchError(f"{grid_json}: not a grid (Grid.to_dict()): {exc}") from exc
-    provenance = _read_json(region_dir / "source" / "provenance.json") or {}
-    labels_json = _read_json(region_dir / "labels" / "labels.json", required=False) or {}
-    registration = _read_json(region_dir / "registration" / "registration.json", required=False)
+    provenance = read_json(region_dir / "source" / "provenance.json", PatchError, missing=MISSING) or {}
+    labels_json = read_json(region_dir / "labels" / "labels.json", PatchError, required=False) or {}
+    registration = read_json(region_dir / "registration" / "registration.json", PatchError, required=False)
 
     layers = _open_layers(region_dir, grid)
     try:

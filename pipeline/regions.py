@@ -16,7 +16,7 @@ from typing import Any
 
 import jsonschema
 
-from pipeline.yamlfile import read_yaml
+from pipeline.documents import read_yaml
 
 NOT_GEOCODED = {"SLC", "SICD", "CPHD", "SIDD"}
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,63}$"

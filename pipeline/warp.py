@@ -15,7 +15,6 @@ mask (alpha / nodata / internal mask) carried through the same warp as NaN.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from rasterio.windows import Window
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.calibrate import Calibration, CalibrationError, calibration_for, dn_to_linear, linear_to_db
+from pipeline.documents import read_json
 from pipeline.grid import Grid, grid_for_bbox, metres_per_degree
 from pipeline.provenance import sar_attribution
 
@@ -126,13 +126,10 @@ def open_source(path: str | Path, correction: Affine | None = None) -> Source:
 
 def load_correction(registration_json: str | Path | None, sar_crs: CRS | None = None) -> Affine | None:
     """The registration correction to compose with the SAR transform, or None (identity)."""
-    if registration_json is None or not Path(registration_json).exists():
+    reg = None if registration_json is None else read_json(registration_json, WarpError, required=False)
+    if reg is None:
         return None
     where = str(registration_json)
-    try:
-        reg = json.loads(Path(registration_json).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise WarpError(f"{where}: not valid JSON ({exc})") from None
     if not reg.get("applied"):
         return None
     corr = reg.get("correction")
@@ -164,12 +161,7 @@ def open_sar(source_dir: str | Path, registration_json: str | Path | None = None
     provider = _sar_provider(sar_prov, region)
     product = sar_prov.get("product") or (getattr(region, "sar", None) or {}).get("product") or "GEO"
     meta_path = source_dir / "sar_metadata.json"
-    metadata = None
-    if meta_path.exists():
-        try:
-            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise CalibrationError(f"{meta_path}: not valid JSON ({exc})") from None
+    metadata = read_json(meta_path, CalibrationError, required=False)
     cal = calibration_for(metadata, provider, product, str(meta_path), params)
     return SarSource(src.path, src.crs, src.transform, src.width, src.height, src.count, src.dtype, cal)
 
@@ -464,8 +456,7 @@ def write_eo_grid(eo: Source, grid: Grid, dest: str | Path, params: dict[str, An
 
 
 def _provenance(source_dir: Path) -> dict[str, Any]:
-    p = source_dir / "provenance.json"
-    return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+    return read_json(source_dir / "provenance.json", WarpError, required=False) or {}
 
 
 def _sar_provider(sar_prov: dict[str, Any], region: Any) -> str:
