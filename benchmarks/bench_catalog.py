@@ -4,7 +4,7 @@ Generates a synthetic catalog in Capella Open Data's layout (root -> by-datetime
 month -> day -> items, plus a by-product-type hierarchy linking the same item files, and a
 by-use-case subset), serves it over the loopback HTTP server of tests/servers.py with an
 artificial latency per request (a remote bucket's round trip), and times
-``pipeline.fetch.find_sar_items`` (the catalog part of the fetch stage) for:
+``pipeline.fetch.sar.find_sar_items`` (the catalog part of the fetch stage) for:
 
   1. walk_workers=1 (sequential), no date filter
   2. walk_workers=16 (parallel), no date filter
@@ -218,8 +218,10 @@ def main() -> None:
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     from servers import serve_directory
 
-    from pipeline import fetch
-    from pipeline.stacio import Transport
+    from pipeline.fetch.cache import Cache
+    from pipeline.fetch.params import FetchParams
+    from pipeline.fetch.sar import find_sar_items
+    from pipeline.fetch.stacio import Transport
 
     items = synthetic_items(args.items)
     hot2 = next(i for i in items if i.product == "GEO" and i.pol == "HH" and abs(i.lat - 60.17) > 1)
@@ -252,12 +254,12 @@ def main() -> None:
             results = {}
             for name, workers, sar, centre, ttl, hier in runs:
                 region = _region(tmp, "bench", stac, centre, **sar)
-                cfg = {**fetch.DEFAULTS, "retries": 1, "backoff_s": 0.05, "walk_workers": workers,
-                       "catalog_cache_ttl_h": ttl, "walk_hierarchy": hier}
-                cache = fetch.Cache(tmp / "cache", Transport.from_params(cfg))
+                p = FetchParams(retries=1, backoff_s=0.05, walk_workers=workers, catalog_cache_ttl_h=ttl,
+                                walk_hierarchy=hier)
+                cache = Cache(tmp / "cache", Transport.from_params(p))
                 requests.clear()
                 t = time.perf_counter()
-                found, _ = fetch.find_sar_items(region, cache, cfg)
+                found, _ = find_sar_items(region, cache, p)
                 wall = time.perf_counter() - t
                 pruned = sum(found.pruned.values())
                 results[name] = (found.candidates[0].facts.id, found.read, found.catalogs, found.pruned)

@@ -5,13 +5,13 @@
 
 Part 1: the demo regions (``data/demo/truth.json`` and ``data/regions/NAME/source/``, built by
 ``sareo demo`` and ``sareo fetch NAME``): register_region against the injected offsets.
-Part 2: the real EO chip ../shared/fixtures/eo/atlanta_pan_0p5m.tif made SAR-like (speckle of 1-4
+Part 2: the real EO chip tests/data/eo/atlanta_pan_0p5m.tif made SAR-like (speckle of 1-4
 looks, a non-monotonic intensity mapping, point scatterers, unmatched lines, changed patches) and
 shifted by random known sub-pixel offsets up to +-30 px. 2a: in memory (estimate_shift), many
 trials; 2b: through the whole stage on files (SAR UTM uint16, EO EPSG:3857 RGB with a mask),
 scored in metres; 2c: unrelated pairs and 2d: offsets beyond the search radius, which must all
 be flagged.
-Part 3: realistic urban geometry (``simulate.urban_scene`` / ``render_urban``): streets, parcels
+Part 3: realistic urban geometry (``tests/simulators.py``: ``urban_scene`` / ``render_urban``): streets, parcels
 and buildings of known heights (low-rise 5-15 m, mixed 5-60 m, high-rise 20-60 m), SAR with
 layover, radar shadow and one-sided double bounce (incidence 30-45 deg, any look direction,
 1-4 looks), EO with off-nadir lean (0-25 deg) and sun shadows. The truth is the GROUND-LEVEL
@@ -37,12 +37,15 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the test simulators
 
+import simulators as sim  # noqa: E402
 from pipeline import coregister as cr
-from pipeline import simulate as sim  # noqa: E402
+from pipeline.layout import RegistrationFiles, SourceFiles  # noqa: E402
 from pipeline.regions import Region, load_region  # noqa: E402
 
-CHIP = ROOT.parent / "shared" / "fixtures" / "eo" / "atlanta_pan_0p5m.tif"
+TIMED = cr.CoregisterParams(record_timing=True)  # the benchmark reports seconds per Mpx
+CHIP = ROOT / "tests" / "data" / "eo" / "atlanta_pan_0p5m.tif"
 FAIL_PX = 3.0
 
 
@@ -118,7 +121,8 @@ def part2b(eo: np.ndarray, transform: Affine, crs, trials: int) -> dict:
             rng = np.random.default_rng(5000 + k)
             off = tuple(float(v) for v in rng.uniform(-15, 15, 2))  # metres = +-30 px at 0.5 m
             region = write_files(eo, transform, crs, off, rng, Path(tmp) / f"t{k}" / "source")
-            rec = cr.register_region(region, Path(tmp) / f"t{k}" / "source", Path(tmp) / f"t{k}" / "reg", {})
+            rec = cr.register_region(region, SourceFiles(Path(tmp) / f"t{k}" / "source"),
+                                     RegistrationFiles(Path(tmp) / f"t{k}" / "reg"), TIMED)
             est = rec["estimate"]["shift_m"]
             err = math.hypot(est["east"] + off[0], est["north"] + off[1]) / 0.5
             errs.append(err)
@@ -194,13 +198,13 @@ def urban_pair(k: int, n: int = 1024) -> tuple[str, sim.UrbanViews, tuple[float,
     return kind, views, off, sar, eo
 
 
-def part3(trials: int, params: dict | None = None, label: str = "default params") -> dict:
+def part3(trials: int, params: cr.CoregisterParams | None = None, label: str = "default params") -> dict:
     errs, flags, secs, kinds, along = [], [], [], [], []
     n = 1024
     for k in range(trials):
         kind, views, (dx, dy), sar, eo = urban_pair(k, n)
         t = time.perf_counter()
-        reg = cr.estimate_shift(sar, eo, params=params, gsd_m=0.5)
+        reg = cr.estimate_shift(sar, eo, p=params, gsd_m=0.5)
         secs.append(time.perf_counter() - t)
         err = math.hypot(reg.dx - dx, reg.dy - dy)
         ux, uy = sim._unit(views.sar_look_azimuth_deg)
@@ -242,7 +246,7 @@ def part1(data: Path, root: Path) -> dict | None:
                 print(f"\n== 1  demo region {name}: SKIPPED - {src}/sar.tif or {yaml_path} missing (sareo fetch {name})")
                 continue
             region = load_region(yaml_path, root)
-            rec = cr.register_region(region, src, Path(tmp) / name, {})
+            rec = cr.register_region(region, SourceFiles(src), RegistrationFiles(Path(tmp) / name), TIMED)
             off = t["sar_offset_m"]
             est = rec["estimate"]["shift_m"]
             gsd = rec["working_grid"]["gsd_m"]
@@ -282,7 +286,7 @@ def main() -> None:
     if args.urban:
         results["urban"] = part3(args.urban)
         if args.urban_compare:
-            results["urban_no_mask"] = part3(args.urban, {"coregister": {"sar_bright_mask_db": None}}, "sar_bright_mask_db: null, the previous default")
+            results["urban_no_mask"] = part3(args.urban, cr.CoregisterParams(sar_bright_mask_db=None), "sar_bright_mask_db: null, the previous default")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True))
 

@@ -22,13 +22,18 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.grid import grid_for_bbox  # noqa: E402
 from pipeline.atomic import write_json  # noqa: E402
-from pipeline.fetch import Cache, fetch_osm  # noqa: E402
-from pipeline.labels import classify, label_region, rasterize_classes  # noqa: E402
-from pipeline.stacio import Transport  # noqa: E402
+from pipeline.fetch.cache import Cache  # noqa: E402
+from pipeline.fetch.osm import fetch_osm  # noqa: E402
+from pipeline.fetch.stacio import Transport  # noqa: E402
+from pipeline.labels.classify import classify  # noqa: E402
+from pipeline.labels.params import LabelsParams  # noqa: E402
+from pipeline.labels.rasterize import rasterize_classes  # noqa: E402
+from pipeline.labels.stage import label_region  # noqa: E402
 from pipeline.legend import load_legend  # noqa: E402
-from pipeline.osm import read_osm  # noqa: E402
+from pipeline.layout import GridFiles, LabelFiles, SourceFiles  # noqa: E402
+from pipeline.osm import OsmParams, read_osm  # noqa: E402
 
-PBF = ROOT.parent / "shared" / "fixtures" / "osm" / "Helsinki.osm.pbf"
+PBF = ROOT / "tests" / "data" / "osm" / "Helsinki.osm.pbf"
 BBOX = (24.935, 60.164, 24.953, 60.179)
 
 
@@ -64,9 +69,11 @@ def main(gsd: float = 0.5) -> None:
         # the labels stage reads the OSM the fetch stage gathered into source/ (not timed: a hardlink)
         src = Path(tmp) / "source"
         src.mkdir()
-        write_json(src / "provenance.json", {"osm": fetch_osm(region, Cache(Path(tmp) / "cache", Transport()), {}, src)})
+        rec = fetch_osm(region, Cache(Path(tmp) / "cache", Transport()), OsmParams(), SourceFiles(src))
+        write_json(src / "provenance.json", {"osm": rec})
         t = time.perf_counter()
-        label_region(region, gdir, Path(tmp) / "labels", {})
+        label_region(region, SourceFiles(src), GridFiles(gdir), LabelFiles(Path(tmp) / "labels"), LabelsParams(),
+                     OsmParams())
         print(f"  label_region (whole stage, 2 threads): {time.perf_counter() - t:6.2f} s")
 
 

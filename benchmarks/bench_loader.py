@@ -31,7 +31,8 @@ import rasterio  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
 
 from pipeline.grid import grid_for_bbox  # noqa: E402
-from pipeline.patches import patch_region  # noqa: E402
+from pipeline.layout import GridFiles, LabelFiles, SourceFiles  # noqa: E402
+from pipeline.patches import PatchesParams, patch_region  # noqa: E402
 from pipeline.store import read_meta, store_attrs, store_stats  # noqa: E402
 
 
@@ -117,7 +118,8 @@ def main() -> None:
         level = levels[0] if len(levels) == 1 else dict(zip(("sar", "eo", "label"), levels))
         store = work / "patches.zarr"
         t = time.perf_counter()
-        report = patch_region("bench", region, store, {"patches": {"compression_level": level}})
+        report = patch_region("bench", SourceFiles(region / "source"), None, GridFiles(region / "grid"),
+                              LabelFiles(region / "labels"), store, PatchesParams(compression_level=level))
         build_s = time.perf_counter() - t
         meta = read_meta(store, ["row", "col", "split"])
         n = len(meta)

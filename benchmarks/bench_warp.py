@@ -166,7 +166,7 @@ def main() -> None:
     wd = args.workdir
     src = wd / "source"
     src.mkdir(parents=True, exist_ok=True)
-    meta = ROOT.parent / "shared/fixtures/capella/CAPELLA_C14_SP_GEO_HH_20240709040329_20240709040358_extended.json"
+    meta = ROOT / "tests/data/capella/CAPELLA_C14_SP_GEO_HH_20240709040329_20240709040358_extended.json"
     info = json.loads((wd / "scene.json").read_text()) if (wd / "scene.json").exists() else {}
     if info.get("size") != args.size or not (src / "sar.tif").exists():
         t0 = time.perf_counter()

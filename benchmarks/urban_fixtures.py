@@ -2,7 +2,7 @@
 
     python benchmarks/urban_fixtures.py
 
-Reads ../shared/fixtures/osm (Helsinki PBF, West Oakland XML) through the pipeline's own reader,
+Reads tests/data/osm (Helsinki PBF, West Oakland XML) through the pipeline's own reader,
 legend, sea and urban rule, with the AOI = the extract's declared bounds.
 """
 
@@ -13,11 +13,11 @@ from pathlib import Path
 
 from shapely.geometry import box
 
-from pipeline.labels import classify_tags, sea_features
+from pipeline.labels.classify import classify_tags, sea_features
+from pipeline.labels.urban import urban_rural
 from pipeline.osm import declared_bounds, read_osm
-from pipeline.urban import urban_rural
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "osm"
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "data" / "osm"
 KEYS = ("class", "basis", "residential_share", "nonres_share", "landuse_coverage", "fallback_used",
         "building_share", "road_density_km_per_km2", "sea_share", "land_area_km2")
 

@@ -14,17 +14,24 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from pipeline.params import param
+
 log = logging.getLogger("sareo.calibrate")
 
-DEFAULTS: dict[str, Any] = {
-    # beta0/gamma0 -> sigma0 uses the scene-centre incidence angle; refuse when the product's
-    # incidence spread is unknown and you do not want that approximation.
-    "convert_radiometry": True,
-}
+
+
+@dataclass(frozen=True)
+class CalibrateParams:
+    """How DN become sigma0."""
+
+    section: ClassVar[str] = "calibrate"
+    # beta0/gamma0 -> sigma0 uses the scene-centre incidence angle only: an approximation a user may refuse
+    convert_radiometry: bool = param(True, "beta0/gamma0 GEO/GEC -> sigma0 with the scene-centre incidence; "
+                                           "false = refuse anything but sigma_nought")
 
 GEOCODED = ("GEO", "GEC")
 NOT_GEOCODED = ("SLC", "SICD", "SIDD", "CPHD")
@@ -95,9 +102,9 @@ def uncalibrated(product_type: str, source: str) -> Calibration:
 
 
 def capella_calibration(metadata: dict[str, Any], where: str = "sar_metadata.json",
-                        params: dict[str, Any] | None = None) -> Calibration:
+                        p: CalibrateParams | None = None) -> Calibration:
     """Calibration of a Capella GEO/GEC product from its extended JSON; refuse what is not geocoded."""
-    cfg = {**DEFAULTS, **((params or {}).get("calibrate") or {})}
+    p = p or CalibrateParams()
     if not isinstance(metadata, dict):
         raise CalibrationError(f"{where}: expected a JSON object, got {type(metadata).__name__}")
     product = str(metadata.get("product_type", "")).upper()
@@ -131,7 +138,7 @@ def capella_calibration(metadata: dict[str, Any], where: str = "sar_metadata.jso
     if radiometry == "sigma_nought":
         pass
     elif radiometry in ("beta_nought", "gamma_nought"):
-        if not cfg["convert_radiometry"]:
+        if not p.convert_radiometry:
             raise CalibrationError(
                 f"{where}: collect.image.radiometry: {radiometry!r} and calibrate.convert_radiometry is false; "
                 "only sigma_nought is accepted"
@@ -160,7 +167,7 @@ def _radiometry_or(metadata: dict[str, Any]) -> str:
 
 
 def calibration_for(metadata: dict[str, Any] | None, provider: str, product: str,
-                    where: str = "sar_metadata.json", params: dict[str, Any] | None = None) -> Calibration:
+                    where: str = "sar_metadata.json", p: CalibrateParams | None = None) -> Calibration:
     """The calibration of a SAR product, or an explicitly uncalibrated one.
 
     Capella GEO/GEC with metadata -> calibrated sigma0. Umbra GEC, or a Capella file whose
@@ -178,7 +185,7 @@ def calibration_for(metadata: dict[str, Any] | None, provider: str, product: str
     if metadata is None:
         log.warning("%s: no Capella metadata; SAR is relative dB (calibrated=false)", where)
         return uncalibrated(product or "GEO", "no product metadata: relative dB")
-    cal = capella_calibration(metadata, where, params)
+    cal = capella_calibration(metadata, where, p)
     if product and cal.product_type != product:
         raise CalibrationError(
             f"{where}: product_type: metadata says {cal.product_type!r} but provenance says {product!r}"

@@ -1,181 +1,108 @@
-"""The `sareo` command: one sub-command per pipeline stage (what DVC runs), plus helpers.
+"""The `sareo` command: one sub-command per registered stage (what DVC runs), plus helpers.
 
-Every stage reads params.yaml and a region file under regions/, and writes under data/.
-Errors the user can fix (bad region file, unreachable catalog, bad metadata...) print one
-clear line and exit with status 2 instead of a traceback.
+Sub-commands come from :data:`pipeline.stages.STAGES`. Every stage reads the typed parameters
+of params.yaml and, for region stages, a region file under regions/, and writes under data/.
+Errors the user can fix (bad region file, bad parameter, unreachable catalog, bad metadata...)
+print one clear line and exit with status 2 instead of a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from . import __version__
-from .atomic import write_text
-from .documents import read_yaml
-from .regions import Region, RegionError, load_region, load_regions
+from pipeline import __version__
+from pipeline.atomic import write_text
+from pipeline.coregister import CoregisterParams
+from pipeline.dvcfiles import render_dvc_yaml, render_index
+from pipeline.layout import INDEX_FILE, ProjectLayout
+from pipeline.params import load_params, section_docs
+from pipeline.regions import Region, RegionError, load_region, load_regions
+from pipeline.stages import BY_NAME, PARAM_SECTIONS, REGION_STAGES, STAGES, Context, Stage
 
 log = logging.getLogger("sareo.cli")
 
-INDEX_FILE = "regions.index.yaml"
 
-# stage name -> (module, function, region-level?)
-STAGES: dict[str, tuple[str, str]] = {
-    "fetch": ("pipeline.fetch", "fetch_region"),
-    "register": ("pipeline.coregister", "register_region"),
-    "grid": ("pipeline.warp", "grid_region"),
-    "labels": ("pipeline.labels", "label_region"),
-    "patches": ("pipeline.patches", "patch_region"),
-}
-
-
-def load_params(path: str | Path) -> dict[str, Any]:
-    """params.yaml as a dict (empty when the file does not exist: every module has defaults)."""
-    p = Path(path)
-    if not p.exists():
-        return {}
-    data = read_yaml(p, "parameter file", RegionError) or {}
-    if not isinstance(data, dict):
-        raise RegionError(f"{p}: expected a mapping of parameter sections")
-    return data
-
-
-class Layout:
-    """Where each stage reads and writes, relative to the project root (see docs/DESIGN.md)."""
-
-    def __init__(self, root: Path, data: Path | None = None) -> None:
-        self.root = root
-        self.data = data if data is not None else root / "data"
-
-    def region_file(self, name: str) -> Path:
-        return self.root / "regions" / f"{name}.yaml"
-
-    def region_dir(self, name: str) -> Path:
-        return self.data / "regions" / name
-
-    def store(self, name: str) -> Path:
-        return self.data / "patches" / f"{name}.zarr"
-
-
-def _region(layout: Layout, name: str) -> Region:
+def region_of(layout: ProjectLayout, name: str) -> Region:
+    """The validated region ``name``; an unknown name lists the known ones."""
     path = layout.region_file(name)
     if not path.exists():
-        known = sorted(p.stem for p in (layout.root / "regions").glob("*.yaml"))
+        known = sorted(p.stem for p in layout.regions_dir.glob("*.yaml"))
         raise RegionError(f"{path}: no such region file (known regions: {', '.join(known) or 'none'})")
     return load_region(path, root=layout.root)
 
 
-def run_stage(stage: str, name: str, layout: Layout, params: dict[str, Any]) -> None:
-    """Run one region-level stage for one region."""
-    region = _region(layout, name)
-    rdir = layout.region_dir(name)
-    module = importlib.import_module(STAGES[stage][0])
-    fn = getattr(module, STAGES[stage][1])
+def run_stage(stage: Stage, ctx: Context, name: str | None = None) -> None:
+    """Run one stage (for one region, when it is a region stage), timed in the log."""
     t0 = time.perf_counter()
-    log.info("%s %s: start", stage, name)
-    if stage == "fetch":
-        cache = Path(params.get("fetch", {}).get("cache_dir", ".cache/sareo"))
-        fn(region, rdir / "source", cache if cache.is_absolute() else layout.root / cache, params)
-    elif stage == "register":
-        fn(region, rdir / "source", rdir / "registration", params)
-    elif stage == "grid":
-        reg = rdir / "registration" / "registration.json"
-        fn(region, rdir / "source", reg if reg.exists() else None, rdir / "grid", params)
-    elif stage == "labels":
-        fn(region, rdir / "grid", rdir / "labels", params)
-    elif stage == "patches":
-        fn(region, rdir, layout.store(name), params)
-    log.info("%s %s: done in %.1f s", stage, name, time.perf_counter() - t0)
+    what = f"{stage.name} {name}" if name else stage.name
+    log.info("%s: start", what)
+    if stage.per_region:
+        stage.run(ctx, region_of(ctx.layout, str(name)))
+    else:
+        stage.run(ctx)
+    log.info("%s: done in %.1f s", what, time.perf_counter() - t0)
 
 
-# Local files a region file names: DVC must see them as inputs of the region's fetch stage.
-INPUT_SLOTS = {"sar": ("sar", "file"), "sar_metadata": ("sar", "metadata"), "eo": ("eo", "file"), "osm": ("osm", "file")}
+def sync(layout: ProjectLayout) -> list[str]:
+    """Validate every region and write what DVC reads: regions.index.yaml and dvc.yaml (only if changed)."""
+    index, names = render_index(layout)
+    for target, text in ((layout.index_file, index), (layout.root / "dvc.yaml", render_dvc_yaml())):
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            write_text(target, text)
+    return names
 
 
-def local_inputs(region: Region, root: Path) -> dict[str, str]:
-    """Each input slot's local file (project-relative when inside the project), else the region file.
-
-    DVC's foreach cannot take a list of dependencies per item, so every region has the same slots;
-    a slot without a local file points at the region file, which the stage depends on anyway.
-    Remote sources (URLs) are not tracked: they are cached, and `dvc repro -f fetch@NAME` refetches.
-    """
-    own = region.path.resolve().relative_to(root.resolve()).as_posix()
-    slots = {"demo": "data/demo" if region.demo else own}  # only demo regions read the demo stage's output
-    for slot, (section, key) in INPUT_SLOTS.items():
-        href = getattr(region, section).get(key)
-        if not href or "://" in str(href):
-            slots[slot] = own
-            continue
-        path = Path(region.resolve(str(href))).resolve()
-        try:
-            slots[slot] = path.relative_to(root.resolve()).as_posix()
-        except ValueError:
-            slots[slot] = str(path)
-    return slots
+def _names(layout: ProjectLayout) -> list[str]:
+    return [r.name for r in load_regions(layout.regions_dir)]
 
 
-def sync_index(root: Path) -> list[str]:
-    """Validate every region file and write what DVC's foreach stages iterate over: names and local inputs."""
-    regions = load_regions(root / "regions")
-    index = {r.name: local_inputs(r, root) for r in regions}
-    text = (
-        "# Generated by `sareo sync` from regions/*.yaml: the regions DVC builds and the local files\n"
-        "# each one reads (DVC dependencies of its fetch stage). Do not edit by hand.\n"
-        + yaml.safe_dump({"regions": index}, sort_keys=True)
-    )
-    target = root / INDEX_FILE
-    if not target.exists() or target.read_text(encoding="utf-8") != text:
-        write_text(target, text)
-    return list(index)
-
-
-def _cmd_validate(args: argparse.Namespace, layout: Layout, params: dict[str, Any]) -> None:
-    files = [Path(f) for f in args.files] or sorted((layout.root / "regions").glob("*.yaml"))
+def _cmd_validate(args: argparse.Namespace, ctx: Context) -> None:
+    files = [Path(f) for f in args.files] or sorted(ctx.layout.regions_dir.glob("*.yaml"))
     for f in files:
-        r = load_region(f, root=layout.root)
+        r = load_region(f, root=ctx.layout.root)
         print(f"{f}: ok ({r.name}, bbox {r.bbox}, {r.gsd_m} m)")
 
 
-def _cmd_sync(args: argparse.Namespace, layout: Layout, params: dict[str, Any]) -> None:
-    names = sync_index(layout.root)
-    print(f"{INDEX_FILE}: {len(names)} regions: {', '.join(names)}")
+def _cmd_sync(args: argparse.Namespace, ctx: Context) -> None:
+    names = sync(ctx.layout)
+    print(f"{INDEX_FILE}: {len(names)} regions: {', '.join(names)}; dvc.yaml: {len(STAGES)} stages")
 
 
-def _cmd_demo(args: argparse.Namespace, layout: Layout, params: dict[str, Any]) -> None:
-    from .demo import build_demo
-
-    build_demo(Path(args.out) if args.out else layout.data / "demo", params)
-
-
-def _cmd_publish(args: argparse.Namespace, layout: Layout, params: dict[str, Any]) -> None:
-    from .publish import publish
-
-    names = [r.name for r in load_regions(layout.root / "regions")]
-    stores = [layout.store(n) for n in names if layout.store(n).exists()]
-    missing = [n for n in names if not layout.store(n).exists()]
-    if missing:
-        log.warning("publish: no patch store yet for %s (run their stages first)", ", ".join(missing))
-    publish(stores, layout.data / "dataset", layout.root / "stac" / "dataset", params)
+def _cmd_params(args: argparse.Namespace, ctx: Context) -> None:
+    """Every parameter with its default and what it does (the reference for params.yaml)."""
+    for cls in PARAM_SECTIONS:
+        users = [s.name for s in STAGES if any(u.section is cls for u in s.params)]
+        print(f"{cls.section}:  # {(cls.__doc__ or '').strip().splitlines()[0]} (stages: {', '.join(users)})")
+        current = ctx.params[cls]
+        for key, default, doc in section_docs(cls):
+            value = getattr(current, key)
+            mark = "" if value == default else f"  (here: {value!r})"
+            print(f"  {key}: {default!r}  # {doc}{mark}")
 
 
-def _cmd_run(args: argparse.Namespace, layout: Layout, params: dict[str, Any]) -> None:
+def _cmd_stage(args: argparse.Namespace, ctx: Context) -> None:
+    stage = BY_NAME[args.stage]
+    if stage.per_region:
+        run_stage(stage, ctx, args.region)
+    else:
+        run_stage(stage, Context(ctx.layout, ctx.params, _names(ctx.layout)))
+
+
+def _cmd_run(args: argparse.Namespace, ctx: Context) -> None:
     """Every stage for the given (default: all) regions, without DVC: handy for a quick try."""
-    names = args.regions or [r.name for r in load_regions(layout.root / "regions")]
-    if any(_region(layout, n).demo for n in names) and not (layout.data / "demo").exists():
-        _cmd_demo(argparse.Namespace(out=None), layout, params)
+    names = args.regions or _names(ctx.layout)
+    if any(region_of(ctx.layout, n).demo for n in names) and not ctx.layout.demo.exists():
+        run_stage(BY_NAME["demo"], ctx)
     for name in names:
-        for stage in STAGES:
-            if stage == "register" and not params.get("coregister", {}).get("enabled", True):
+        for stage in REGION_STAGES:
+            if stage.name == "register" and not ctx.params[CoregisterParams].enabled:
                 continue
-            run_stage(stage, name, layout, params)
-    _cmd_publish(args, layout, params)
+            run_stage(stage, ctx, name)
+    run_stage(BY_NAME["publish"], Context(ctx.layout, ctx.params, _names(ctx.layout)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,17 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="check region files against the schema")
     s.add_argument("files", nargs="*", help="region files (default: regions/*.yaml)")
     s.set_defaults(func=_cmd_validate)
-    s = sub.add_parser("sync", help=f"validate all regions and regenerate {INDEX_FILE} for DVC")
+    s = sub.add_parser("sync", help=f"validate all regions; regenerate {INDEX_FILE} and dvc.yaml")
     s.set_defaults(func=_cmd_sync)
-    s = sub.add_parser("demo", help="generate the offline demo sources (catalog, tiles, OSM)")
-    s.add_argument("--out", default=None, help="output folder (default: DATA/demo)")
-    s.set_defaults(func=_cmd_demo)
+    s = sub.add_parser("params", help="list every parameter with its default and meaning")
+    s.set_defaults(func=_cmd_params)
     for stage in STAGES:
-        s = sub.add_parser(stage, help=f"run the {stage} stage for one region")
-        s.add_argument("region", help="region name (regions/NAME.yaml)")
-        s.set_defaults(func=lambda a, lay, par, _st=stage: run_stage(_st, a.region, lay, par))
-    s = sub.add_parser("publish", help="write the dataset index, STAC collection and statistics")
-    s.set_defaults(func=_cmd_publish)
+        s = sub.add_parser(stage.name, help=stage.help + (" (one region)" if stage.per_region else ""))
+        if stage.per_region:
+            s.add_argument("region", help="region name (regions/NAME.yaml)")
+        s.set_defaults(func=_cmd_stage, stage=stage.name)
     s = sub.add_parser("run", help="run every stage without DVC (default: all regions)")
     s.add_argument("regions", nargs="*")
     s.set_defaults(func=_cmd_run)
@@ -215,11 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    root = Path(args.root).resolve()
-    layout = Layout(root, Path(args.data).resolve() if args.data else None)
+    layout = ProjectLayout.at(Path(args.root).resolve(), Path(args.data).resolve() if args.data else None)
     try:
-        params = load_params(args.params or root / "params.yaml")
-        args.func(args, layout, params)
+        params = load_params(args.params or layout.params_file, PARAM_SECTIONS)
+        args.func(args, Context(layout, params))
     except Exception as exc:
         if args.verbose > 1 or not is_user_error(exc):
             raise
@@ -235,7 +159,7 @@ def is_user_error(exc: BaseException) -> bool:
     ValueError/OSError families that rasterio, pyproj and the standard library raise on bad
     files. Anything else is a bug and keeps its traceback.
     """
-    return isinstance(exc, (ValueError, OSError)) or type(exc).__module__.split(".")[0] == __package__
+    return isinstance(exc, (ValueError, OSError)) or type(exc).__module__.split(".")[0] == "pipeline"
 
 
 if __name__ == "__main__":

@@ -17,67 +17,75 @@ pixels: a feature at EO pixel (x, y) shows in the SAR at (x + dx, y + dy).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from pipeline import descriptors as dsc
+from pipeline.atomic import atomic_path, write_json
 from pipeline.documents import read_json
+from pipeline.grid import grid_for_bbox, metres_per_degree
+from pipeline.layout import RegistrationFiles, SourceFiles
+from pipeline.params import param
 from pipeline.provenance import attribution_lines
 
 log = logging.getLogger("sareo.coregister")
 
-DEFAULTS: dict[str, Any] = {
-    "enabled": True,
-    "working_gsd_m": None,  # None: the region's gsd_m; estimation never works finer than the region grid
-    "tile_size": 256,  # fine-level tile, working pixels
-    "max_tiles": 36,  # bound on fine tiles read per region (spread over the scene)
-    "search_radius_m": 40.0,  # largest offset searched for (>= 30 m)
-    "coarse_radius_px": 16,  # search radius at the coarse level; sets the coarse downsampling
-    "max_coarse_px": 1024,  # longest side of the coarse image (bounds memory for big scenes)
-    "fine_radius_px": 16,  # minimum fine search radius around the coarse estimate
-    "confidence_threshold": 0.5,  # global confidence under which nothing is applied and the region is flagged
-    "min_tiles": 3,  # fewer agreeing tiles than this: flagged
-    "inlier_tol_px": 1.5,  # a tile agrees with the fit within this distance
-    "max_residual_px": 1.5,  # inlier RMS residual above this: flagged
-    "model": "auto",  # translation | affine | auto (affine only where the scene supports it)
-    "affine_min_tiles": 8,
-    "n_orient": 9,
-    "descriptor_sigma": 1.5,
-    "sar_half_window": 3,  # half-window of the SAR ratio-of-means gradient at full resolution
-    "sar_bright_mask_db": 8.0,  # fine level: ignore SAR whose local mean is this many dB over the median
-    # (layover, double bounce: edges that elevated structure displaces); None: off
-    "sar_mask_grow_px": 3,  # grow that mask (px) so its borders make no gradient
-    "eo_sigma": 1.0,
-    "overlay_px": 768,
-    "workers": None,  # threads for tile matching; None: one per core
-    "record_timing": True,  # wall-clock seconds in registration.json (false: byte-identical output)
-}
+@dataclass(frozen=True)
+class CoregisterParams:
+    """How the SAR-to-EO offset is estimated, and when an estimate is trusted."""
+
+    section: ClassVar[str] = "coregister"
+    enabled: bool = param(True, "false: keep the SAR georeferencing as published")
+    working_gsd_m: float | None = param(None, "estimation grid spacing; null = the region's gsd_m (never finer)")
+    tile_size: int = param(256, "fine-level tile edge, working pixels")
+    max_tiles: int = param(36, "bound on fine tiles read per region (spread over the scene)")
+    search_radius_m: float = param(40.0, "largest offset searched for (>= 30 m of misregistration is found)")
+    coarse_radius_px: int = param(16, "search radius at the coarse level; sets the coarse downsampling")
+    max_coarse_px: int = param(1024, "longest side of the coarse image (bounds memory for big scenes)")
+    fine_radius_px: int = param(16, "minimum fine search radius around the coarse estimate")
+    confidence_threshold: float = param(0.5, "below: keep the original georeferencing and flag the region")
+    min_tiles: int = param(3, "fewer agreeing tiles than this: flagged")
+    inlier_tol_px: float = param(1.5, "a tile agrees with the fit within this distance")
+    max_residual_px: float = param(1.5, "inlier RMS residual above this: flagged")
+    model: Literal["translation", "affine", "auto"] = param(
+        "auto", "translation | affine | auto (affine only with enough well-spread tiles that explain clearly better)")
+    affine_min_tiles: int = param(8, "inliers needed before an affine model is considered")
+    n_orient: int = param(9, "orientation bins of the CFOG descriptor")
+    descriptor_sigma: float = param(1.5, "Gaussian aggregation of the descriptor, pixels")
+    sar_half_window: int = param(3, "half-window of the SAR ratio-of-means gradient at full resolution")
+    sar_bright_mask_db: float | None = param(
+        8.0, "fine level: ignore SAR this many dB over the local median (layover, double bounce); null = off")
+    sar_mask_grow_px: int = param(3, "grow that mask (px) so its border makes no gradient")
+    eo_sigma: float = param(1.0, "Gaussian smoothing of the EO before its gradient, pixels")
+    overlay_px: int = param(768, "side of the before/after overlay.png")
+    workers: int | None = param(None, "threads for tile matching; null = one per core")
+    record_timing: bool = param(False, "wall-clock seconds in registration.json (true makes the output differ per run)")
+
+    def __post_init__(self) -> None:
+        if not self.search_radius_m > 0:
+            raise ValueError(f"search_radius_m: must be > 0, got {self.search_radius_m}")
+        if self.tile_size < 32:
+            raise ValueError(f"tile_size: must be >= 32, got {self.tile_size}")
+        if self.working_gsd_m is not None and self.working_gsd_m <= 0:
+            raise ValueError(f"working_gsd_m: must be > 0 or null, got {self.working_gsd_m}")
+        for key in ("max_tiles", "coarse_radius_px", "max_coarse_px", "fine_radius_px", "min_tiles", "n_orient",
+                    "sar_half_window", "overlay_px"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers: must be >= 1 or null, got {self.workers}")
 
 
 class RegistrationError(ValueError):
     """Inputs that cannot be registered (missing file, no overlap, bad params)."""
-
-
-def merged_params(params: dict[str, Any] | None) -> dict[str, Any]:
-    """DEFAULTS with the params' "coregister" section merged over them, checked."""
-    p = {**DEFAULTS, **((params or {}).get("coregister") or {})}
-    unknown = sorted(set(p) - set(DEFAULTS))
-    if unknown:
-        raise RegistrationError(
-            f"params coregister: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(DEFAULTS)}"
-        )
-    if p["model"] not in ("translation", "affine", "auto"):
-        raise RegistrationError(f"params coregister.model: {p['model']!r}; expected translation, affine or auto")
-    if not (float(p["search_radius_m"]) > 0 and int(p["tile_size"]) >= 32):
-        raise RegistrationError("params coregister: search_radius_m must be > 0 and tile_size >= 32")
-    return p
 
 
 # ----------------------------------------------------------------------------- results
@@ -141,22 +149,22 @@ Reader = Callable[[int, int, int, int, int], tuple[np.ndarray, np.ndarray, np.nd
 
 
 def _descriptors(
-    sar_db: np.ndarray, sar_valid: np.ndarray, eo: np.ndarray, eo_valid: np.ndarray, p: dict[str, Any], factor: int
+    sar_db: np.ndarray, sar_valid: np.ndarray, eo: np.ndarray, eo_valid: np.ndarray, p: CoregisterParams, factor: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CFOG descriptors of both images and the SAR pixels that count; the SAR gradient window
     shrinks as looks are averaged."""
-    half = max(1, int(round(p["sar_half_window"] / factor)))
-    if p["sar_bright_mask_db"] is not None and factor == 1 and sar_valid.any():
+    half = max(1, int(round(p.sar_half_window / factor)))
+    if p.sar_bright_mask_db is not None and factor == 1 and sar_valid.any():
         # only at the fine level: at the coarse one the mask would cover most of a city and
         # lose the global estimate, which the fine search needs
         sar_valid = sar_valid & ~dsc.bright_mask(
-            sar_db, sar_valid, float(p["sar_bright_mask_db"]), grow=int(p["sar_mask_grow_px"])
+            sar_db, sar_valid, float(p.sar_bright_mask_db), grow=int(p.sar_mask_grow_px)
         )
     sgx, sgy = dsc.sar_gradients(sar_db, sar_valid, half=half)
-    egx, egy = dsc.optical_gradients(eo, eo_valid, sigma=p["eo_sigma"])
+    egx, egy = dsc.optical_gradients(eo, eo_valid, sigma=p.eo_sigma)
     return (
-        dsc.cfog(sgx, sgy, p["n_orient"], p["descriptor_sigma"]),
-        dsc.cfog(egx, egy, p["n_orient"], p["descriptor_sigma"]),
+        dsc.cfog(sgx, sgy, p.n_orient, p.descriptor_sigma),
+        dsc.cfog(egx, egy, p.n_orient, p.descriptor_sigma),
         sar_valid,
     )
 
@@ -225,13 +233,13 @@ def _spread_tiles(
 
 
 def _fit(
-    tps: list[TiePoint], p: dict[str, Any], shape: tuple[int, int]
+    tps: list[TiePoint], p: CoregisterParams, shape: tuple[int, int]
 ) -> tuple[list[TiePoint], str, tuple[float, ...], dict[str, float], float, str]:
     """Robust fit: best-supported translation hypothesis (RANSAC over tiles, weighted by
     confidence), refined on its inliers; affine only with enough well-spread inliers that it
     explains clearly better. Returns (tie points with inlier flags, model, matrix, residuals,
     confidence, reason-if-low)."""
-    tol = float(p["inlier_tol_px"])
+    tol = float(p.inlier_tol_px)
     usable = [t for t in tps if t.confidence > 0]
     if not usable:
         return tps, "none", (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), {}, 0.0, "no tile produced a usable match"
@@ -247,16 +255,16 @@ def _fit(
     res_t = d[inl] - best
     model, matrix, res = "translation", (1.0, 0.0, float(best[0]), 0.0, 1.0, float(best[1])), res_t
     rms_t = float(np.sqrt((res_t**2).sum(1).mean()))
-    spread_ok = inl.sum() >= p["affine_min_tiles"] and all(
+    spread_ok = inl.sum() >= p.affine_min_tiles and all(
         np.ptp(xy[inl, k]) >= 0.4 * shape[1 - k] for k in (0, 1)
     )
-    if p["model"] in ("affine", "auto") and spread_ok:
+    if p.model in ("affine", "auto") and spread_ok:
         A = np.c_[xy[inl], np.ones(inl.sum())] * np.sqrt(w[inl, None])
         coef, *_ = np.linalg.lstsq(A, d[inl] * np.sqrt(w[inl, None]), rcond=None)
         pred = np.c_[xy[inl], np.ones(inl.sum())] @ coef
         res_a = d[inl] - pred
         rms_a = float(np.sqrt((res_a**2).sum(1).mean()))
-        if p["model"] == "affine" or (rms_t > 0.5 and rms_a < 0.7 * rms_t):
+        if p.model == "affine" or (rms_t > 0.5 and rms_a < 0.7 * rms_t):
             (ax, ay), (bx, by), (cx, cy) = coef
             model, res = "affine", res_a
             matrix = (1.0 + float(ax), float(bx), float(cx), float(ay), 1.0 + float(by), float(cy))
@@ -278,25 +286,25 @@ def _fit(
     # global confidence: confidence-weighted share of agreeing tiles, times how far the number of
     # agreeing tiles and their own confidence go towards what a trustworthy fit needs
     share = float(w[inl].sum() / max(w.sum(), dsc.EPS))
-    enough = min(1.0, inl.sum() / max(2 * p["min_tiles"], 1))
+    enough = min(1.0, inl.sum() / max(2 * p.min_tiles, 1))
     conf = share * enough * float(np.clip(w[inl].mean() / 0.5, 0, 1))
     reason = ""
-    if inl.sum() < p["min_tiles"]:
-        reason = f"only {int(inl.sum())} agreeing tile(s); need {p['min_tiles']}"
-    elif residuals["rms"] > p["max_residual_px"]:
-        reason = f"residual RMS {residuals['rms']:.2f} px > {p['max_residual_px']} px"
-    elif conf < p["confidence_threshold"]:
-        reason = f"confidence {conf:.2f} < threshold {p['confidence_threshold']}"
+    if inl.sum() < p.min_tiles:
+        reason = f"only {int(inl.sum())} agreeing tile(s); need {p.min_tiles}"
+    elif residuals["rms"] > p.max_residual_px:
+        reason = f"residual RMS {residuals['rms']:.2f} px > {p.max_residual_px} px"
+    elif conf < p.confidence_threshold:
+        reason = f"confidence {conf:.2f} < threshold {p.confidence_threshold}"
     return out, model, matrix, residuals, conf, reason
 
 
-def estimate(read: Reader, shape: tuple[int, int], gsd_m: float, params: dict[str, Any] | None = None) -> Registration:
+def estimate(read: Reader, shape: tuple[int, int], gsd_m: float, p: CoregisterParams | None = None) -> Registration:
     """Coarse-to-fine estimate of the SAR content shift on a working frame of ``shape`` (H, W)
     pixels of ``gsd_m`` metres, reading only what it needs through ``read``."""
-    p = merged_params(params)
+    p = p or CoregisterParams()
     H, W = shape
-    radius = int(math.ceil(float(p["search_radius_m"]) / gsd_m))
-    factor = max(1, math.ceil(radius / p["coarse_radius_px"]), math.ceil(max(H, W) / p["max_coarse_px"]))
+    radius = int(math.ceil(float(p.search_radius_m) / gsd_m))
+    factor = max(1, math.ceil(radius / p.coarse_radius_px), math.ceil(max(H, W) / p.max_coarse_px))
     rc = int(math.ceil(radius / factor)) + 1
     ch, cw = H // factor, W // factor
     # --- coarse: the whole frame at 1/factor, EO template (minus the search border) inside SAR
@@ -311,17 +319,17 @@ def estimate(read: Reader, shape: tuple[int, int], gsd_m: float, params: dict[st
             coarse.update(dx=pk.dx * factor, dy=pk.dy * factor, ncc=pk.score, confidence=conf)
             if conf >= 0.3:
                 guess = (int(round(pk.dx * factor)), int(round(pk.dy * factor)))
-                fine_radius = min(radius, max(int(p["fine_radius_px"]), 2 * factor))
+                fine_radius = min(radius, max(int(p.fine_radius_px), 2 * factor))
     log.info("coarse x%d: %s; fine radius %d px around %s", factor, coarse, fine_radius, guess)
     # --- fine: tiles spread over the valid overlap
     _, sv, _, ev = read(0, 0, ch, cw, factor)
-    tile = int(min(p["tile_size"], H - 2, W - 2))
-    corners = _spread_tiles(sv & ev, factor, tile, int(p["max_tiles"]), shape)
+    tile = int(min(p.tile_size, H - 2, W - 2))
+    corners = _spread_tiles(sv & ev, factor, tile, int(p.max_tiles), shape)
     log.info("matching %d tiles of %d px", len(corners), tile)
     import dask
 
     jobs = [dask.delayed(_match)(read, r0, c0, tile, tile, 1, fine_radius, guess, p) for r0, c0 in corners]
-    results = dask.compute(*jobs, scheduler="threads", num_workers=p["workers"])
+    results = dask.compute(*jobs, scheduler="threads", num_workers=p.workers)
     tps: list[TiePoint] = []
     for (r0, c0), res in zip(corners, results):
         if res is None:
@@ -367,7 +375,7 @@ def array_reader(sar_db: np.ndarray, eo_gray: np.ndarray, sar_valid: np.ndarray,
 
 def estimate_shift(
     sar_db: np.ndarray, eo_gray: np.ndarray, sar_valid: np.ndarray | None = None, eo_valid: np.ndarray | None = None,
-    params: dict[str, Any] | None = None, gsd_m: float = 1.0,
+    p: CoregisterParams | None = None, gsd_m: float = 1.0,
 ) -> Registration:
     """Shift of the SAR content relative to the EO for two images on the same pixel grid.
 
@@ -378,7 +386,7 @@ def estimate_shift(
         raise RegistrationError(f"SAR {sar_db.shape} and EO {eo_gray.shape} must be on the same grid")
     sv = np.isfinite(sar_db) if sar_valid is None else sar_valid.astype(bool) & np.isfinite(sar_db)
     ev = np.isfinite(eo_gray) if eo_valid is None else eo_valid.astype(bool)
-    return estimate(array_reader(sar_db, np.nan_to_num(eo_gray), sv, ev), sar_db.shape, gsd_m, params)
+    return estimate(array_reader(sar_db, np.nan_to_num(eo_gray), sv, ev), sar_db.shape, gsd_m, p)
 
 
 # ----------------------------------------------------------------------------- raster I/O
@@ -466,8 +474,6 @@ def map_correction(reg: Registration, grid: Any, sar_crs: Any) -> tuple[tuple[fl
     """
     from pyproj import CRS, Transformer
 
-    from pipeline.grid import metres_per_degree
-
     crs = CRS.from_user_input(sar_crs)
     tr = Transformer.from_crs(CRS.from_user_input(grid.crs), crs, always_xy=True)
     gx, gy = np.meshgrid(np.linspace(0, grid.width, 5), np.linspace(0, grid.height, 5))
@@ -532,8 +538,6 @@ def checkerboard(
 def _render_overlay(before: np.ndarray, after: np.ndarray, title_after: str, dest: Path) -> None:
     from PIL import Image, ImageDraw
 
-    from pipeline.atomic import atomic_path
-
     h, w = before.shape
     canvas = Image.new("L", (2 * w + 10, h + 24), 255)
     canvas.paste(Image.fromarray(before), (0, 24))
@@ -548,9 +552,9 @@ def _render_overlay(before: np.ndarray, after: np.ndarray, title_after: str, des
 # ----------------------------------------------------------------------------- stage
 
 
-def _attribution(source_dir: Path) -> str:
+def _attribution(source: SourceFiles) -> str:
     """Licence notices of the SAR and EO inputs, from the fetch stage's provenance.json."""
-    prov = source_dir / "provenance.json"
+    prov = source.provenance
     try:
         d = read_json(prov, required=False) or {}
     except ValueError:
@@ -575,22 +579,18 @@ def _identity_record(sar_crs: str, reason: str) -> dict[str, Any]:
 
 
 def register_region(
-    region: Any, source_dir: str | Path, out_dir: str | Path, params: dict[str, Any] | None
+    region: Any, source: SourceFiles, out: RegistrationFiles, p: CoregisterParams | None = None
 ) -> dict[str, Any]:
-    """Estimate the SAR offset of one region and write registration.json and overlay.png.
+    """Estimate the SAR offset of one region and write registration.json and overlay.png (atomically).
 
-    Reads source_dir/sar.tif and source_dir/eo.tif in windows on the region grid (or a coarser
-    one, ``working_gsd_m``); returns the record written to registration.json.
+    Reads the fetched SAR and EO in windows on the region grid (or a coarser one,
+    ``working_gsd_m``); returns the record written to registration.json.
     """
     import rasterio
 
-    from pipeline.atomic import write_json
-    from pipeline.grid import grid_for_bbox
-
     t_start = time.perf_counter()
-    p = merged_params(params)
-    source_dir, out_dir = Path(source_dir), Path(out_dir)
-    sar_path, eo_path = source_dir / "sar.tif", source_dir / "eo.tif"
+    p = p or CoregisterParams()
+    sar_path, eo_path = source.sar, source.eo
     for f in (sar_path, eo_path):
         if not f.is_file():
             raise RegistrationError(f"{f}: missing; the register stage needs source/sar.tif and source/eo.tif")
@@ -601,16 +601,15 @@ def register_region(
     with rasterio.open(eo_path) as e:
         if e.crs is None:
             raise RegistrationError(f"{eo_path}: has no CRS; expected a georeferenced EO image")
-    gsd = float(region.gsd_m) if p["working_gsd_m"] is None else max(float(p["working_gsd_m"]), float(region.gsd_m))
+    gsd = float(region.gsd_m) if p.working_gsd_m is None else max(float(p.working_gsd_m), float(region.gsd_m))
     grid = grid_for_bbox(region.bbox, gsd)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
-    if not p["enabled"]:
+    if not p.enabled:
         record = _identity_record(sar_crs, "registration disabled by params (coregister.enabled: false)")
         reg = None
     else:
         log.info("%s: estimating on a %dx%d grid at %.2f m", region.name, grid.width, grid.height, gsd)
-        reg = estimate(file_reader(sar_path, eo_path, grid), grid.shape, gsd, params)
+        reg = estimate(file_reader(sar_path, eo_path, grid), grid.shape, gsd, p)
         est_corr, est_shift = map_correction(reg, grid, sar_crs)
         applied = not reg.flagged
         lonlat = [grid.pixel_to_lonlat(tp.x, tp.y) for tp in reg.tie_points]
@@ -640,15 +639,15 @@ def register_region(
     record.update(
         {
             "region": region.name,
-            "attribution": _attribution(source_dir),
+            "attribution": _attribution(source),
             "working_grid": {"crs": grid.crs, "gsd_m": gsd, "width": grid.width, "height": grid.height},
             "conventions": "shift_px: SAR content relative to EO in working-grid pixels (x right, y down); "
             "correction: Affine(*correction) * sar.transform gives the corrected SAR geotransform",
-            "params": {k: p[k] for k in sorted(p)},
+            "params": dict(sorted(dataclasses.asdict(p).items())),
         }
     )
     # overlay: a window around the most confident tile (or the frame centre), before and after
-    side = int(min(p["overlay_px"], grid.width, grid.height))
+    side = int(min(p.overlay_px, grid.width, grid.height))
     best = max((tp for tp in (reg.tie_points if reg else []) if tp.inlier), key=lambda t: t.confidence, default=None)
     cx, cy = (best.x, best.y) if best else (grid.width / 2, grid.height / 2)
     r0 = int(np.clip(cy - side / 2, 0, grid.height - side))
@@ -664,19 +663,22 @@ def register_region(
     else:
         after = before
         title = f"after: NOT applied ({'flagged' if record['flagged'] else 'disabled'})"
-    _render_overlay(
-        checkerboard(before[2], before[3], before[0], before[1]),
-        checkerboard(after[2], after[3], after[0], after[1]), title, out_dir / "overlay.png",
-    )
-    if p["record_timing"]:
-        secs = time.perf_counter() - t_start
-        mpx = grid.width * grid.height / 1e6
-        record["timing"] = {
-            "seconds": round(secs, 2),
-            "megapixels": round(mpx, 3),
-            "seconds_per_megapixel": round(secs / max(mpx, 1e-9), 3),
-        }
-    write_json(out_dir / "registration.json", record)
+    with atomic_path(out.dir) as tmp:  # registration/ appears whole or not at all
+        tmp.mkdir()
+        t = out.at(tmp)
+        _render_overlay(
+            checkerboard(before[2], before[3], before[0], before[1]),
+            checkerboard(after[2], after[3], after[0], after[1]), title, t.overlay,
+        )
+        if p.record_timing:
+            secs = time.perf_counter() - t_start
+            mpx = grid.width * grid.height / 1e6
+            record["timing"] = {
+                "seconds": round(secs, 2),
+                "megapixels": round(mpx, 3),
+                "seconds_per_megapixel": round(secs / max(mpx, 1e-9), 3),
+            }
+        write_json(t.record, record)
     log.info("%s: applied=%s flagged=%s confidence=%.2f shift_m=%s (%s)", region.name, record["applied"],
              record["flagged"], record["confidence"], record["shift_m"], record["reason"])
     return record

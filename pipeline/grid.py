@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import pyproj
 from affine import Affine
 
 WGS84_A = 6378137.0
@@ -32,6 +33,12 @@ def metres_per_degree(lat: float) -> tuple[float, float]:
     prime_vertical = WGS84_A / w
     meridional = WGS84_A * (1 - WGS84_E2) / w**3
     return (math.pi / 180) * prime_vertical * math.cos(phi), (math.pi / 180) * meridional
+
+
+def utm_crs(lon: float, lat: float) -> pyproj.CRS:
+    """The WGS84 UTM zone CRS containing (lon, lat): where lengths and buffers in metres are accurate."""
+    zone = min(int((lon + 180) // 6) + 1, 60)
+    return pyproj.CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
 
 def _round_sig(x: float, digits: int = 12) -> float:

@@ -29,10 +29,7 @@ from pipeline.store import IMAGE_ARRAYS, StoreError, open_store, store_attrs
 
 log = logging.getLogger("sareo.loader")
 
-DEFAULTS: dict[str, Any] = {
-    "fast": True,  # os.pread + zstd fast path; False = zarr-python for every read
-    "max_open_files": 128,  # shard files kept open per process (LRU)
-}
+MAX_OPEN_FILES = 128  # shard files kept open per process (LRU)
 
 EMPTY = 2**64 - 1  # index entry of a chunk that was never written
 
@@ -225,7 +222,7 @@ class PatchDataset:
         layers: Sequence[str] = ("sar", "eo", "label"),
         as_torch: bool = False,
         meta: Sequence[str] = (),
-        fast: bool = DEFAULTS["fast"],
+        fast: bool = True,
     ):
         paths = [stores] if isinstance(stores, (str, os.PathLike)) else list(stores)
         self.stores = [Path(p) for p in paths]
@@ -286,7 +283,7 @@ class PatchDataset:
         for name in self.layers:
             if self.fast:
                 try:
-                    out[name] = ShardReader(path / name, DEFAULTS["max_open_files"])
+                    out[name] = ShardReader(path / name, MAX_OPEN_FILES)
                     continue
                 except UnsupportedLayout as exc:
                     log.warning("fast path off for %s: %s", path / name, exc)

@@ -25,24 +25,36 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
 
+from pipeline.params import param
 from pipeline.provenance import OSM, Source, local_source
 
 log = logging.getLogger("sareo.osm")
 
-DEFAULTS: dict[str, Any] = {
-    "read_margin_m": 60.0,  # read OSM this far beyond the grid so wide roads just outside still burn in
-    "overpass_url": "https://overpass-api.de/api",
-    "overpass_timeout": 180,
-    "overpass_rate_limit": True,
-    "cache_dir": ".cache/osmnx",
-}
+
+
+@dataclass(frozen=True)
+class OsmParams:
+    """How OSM is read: the margin around the grid and the Overpass server (fetch and labels share it)."""
+
+    section: ClassVar[str] = "osm"
+    read_margin_m: float = param(60.0, "read OSM this far beyond the grid so wide roads just outside still burn in")
+    overpass_url: str = param("https://overpass-api.de/api", "Overpass API endpoint (osm.overpass: true)")
+    overpass_timeout: float = param(180.0, "seconds before an Overpass query is abandoned")
+    overpass_rate_limit: bool = param(True, "wait for a free Overpass slot before querying")
+    cache_dir: str = param(".cache/osmnx", "osmnx response cache directory (Overpass answers)")
+
+    def __post_init__(self) -> None:
+        if self.read_margin_m < 0:
+            raise ValueError(f"read_margin_m: must be >= 0, got {self.read_margin_m}")
+        if self.overpass_timeout <= 0:
+            raise ValueError(f"overpass_timeout: must be > 0, got {self.overpass_timeout}")
 
 OSM_SUFFIXES = (".osm", ".osm.bz2", ".osm.pbf", ".pbf", ".xml")
 _GDAL_LAYERS = (("multipolygons", "area"), ("lines", "line"))
@@ -61,7 +73,7 @@ class OsmFeatures:
     repaired: int = 0
     skipped: int = 0
     # The window asked for (west, south, east, north); None = the whole file. Every way crossing it
-    # was read, so coastlines are complete inside it (pipeline.coast closes them there)...
+    # was read, so coastlines are complete inside it (pipeline.labels.coast closes them there)...
     bbox: tuple[float, float, float, float] | None = None
     # ...unless the file holds less: the bounds an extract declares (PBF header / XML <bounds>).
     extent: tuple[float, float, float, float] | None = None
@@ -71,11 +83,6 @@ class OsmFeatures:
 
     def report(self) -> dict[str, Any]:
         return {"source": self.source, "features": len(self.gdf), "repaired": self.repaired, "skipped": self.skipped}
-
-
-def settings(params: dict[str, Any] | None) -> dict[str, Any]:
-    """DEFAULTS with the params.yaml ``labels`` section merged over them (OSM reading is the labels' input)."""
-    return {**DEFAULTS, **((params or {}).get("labels", {}) or {})}
 
 
 def read_window(bounds: tuple[float, float, float, float], margin_m: float) -> tuple[float, float, float, float]:
@@ -322,17 +329,17 @@ def read_osm_file(path: str | Path, bbox: tuple[float, float, float, float] | No
 
 
 @contextlib.contextmanager
-def _osmnx_settings(p: dict[str, Any]) -> Iterator[Any]:
+def _osmnx_settings(p: OsmParams) -> Iterator[Any]:
     """Point osmnx at the configured Overpass server and cache, restoring its global settings after."""
     import osmnx as ox
 
     names = ("overpass_url", "requests_timeout", "overpass_rate_limit", "cache_folder", "use_cache", "log_console")
     saved = {n: getattr(ox.settings, n) for n in names}
     try:
-        ox.settings.overpass_url = str(p["overpass_url"]).rstrip("/")
-        ox.settings.requests_timeout = float(p["overpass_timeout"])
-        ox.settings.overpass_rate_limit = bool(p["overpass_rate_limit"])
-        ox.settings.cache_folder = str(p["cache_dir"])
+        ox.settings.overpass_url = p.overpass_url.rstrip("/")
+        ox.settings.requests_timeout = float(p.overpass_timeout)
+        ox.settings.overpass_rate_limit = p.overpass_rate_limit
+        ox.settings.cache_folder = p.cache_dir
         ox.settings.use_cache = True
         ox.settings.log_console = False
         yield ox
@@ -348,15 +355,15 @@ def overpass_tags() -> dict[str, bool]:
     return {k: True for k in sorted({r.key for c in load_legend().classes for r in c.rules})}
 
 
-def download_overpass(bbox: tuple[float, float, float, float], params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def download_overpass(bbox: tuple[float, float, float, float], p: OsmParams | None = None) -> list[dict[str, Any]]:
     """Overpass's JSON answers for every legend key in ``bbox`` (osmnx downloader and response cache).
 
     osmnx splits a large area into several queries; each answer is returned as received. An
     answer with a ``remark`` (Overpass reports a timeout as HTTP 200 with partial data and a
     remark; osmnx does not cache it) is refused: a partial answer must never look complete.
     """
-    p = settings(params)
-    source = f"overpass:{p['overpass_url']}"
+    p = p or OsmParams()
+    source = f"overpass:{p.overpass_url}"
     w, s, e, n = (float(v) for v in bbox)
     if not (e > w and n > s):
         raise OsmError(f"{source}: bbox {bbox} is empty; expected (west, south, east, north)")
@@ -417,16 +424,16 @@ def overpass_xml(answers: Iterable[dict[str, Any]], bbox: tuple[float, float, fl
 
 
 def read_overpass(
-    bbox: tuple[float, float, float, float], keys: list[str], params: dict[str, Any] | None = None
+    bbox: tuple[float, float, float, float], keys: list[str], p: OsmParams | None = None
 ) -> OsmFeatures:
     """Query Overpass (cached) and read the answer as an OSM XML extract: the same reader as files."""
-    p = settings(params)
-    xml = overpass_xml(download_overpass(bbox, params), bbox)
+    p = p or OsmParams()
+    xml = overpass_xml(download_overpass(bbox, p), bbox)
     with tempfile.TemporaryDirectory(prefix="sareo-overpass-") as tmp:
         path = Path(tmp) / "overpass.osm"
         path.write_bytes(xml)
         out = read_osm_file(path, bbox, keys)
-    out.source = f"overpass:{p['overpass_url']}"
+    out.source = f"overpass:{p.overpass_url}"
     return out
 
 
@@ -434,17 +441,17 @@ def read_osm(
     source: str | Path,
     bbox: tuple[float, float, float, float] | None,
     keys: list[str] | None = None,
-    params: dict[str, Any] | None = None,
+    p: OsmParams | None = None,
 ) -> OsmFeatures:
     """OSM features for ``bbox`` (west, south, east, north) from a local extract or ``"overpass"``.
 
     ``keys`` are the tag keys to keep as columns (default: every key of the default legend).
-    The pipeline reads the copy the fetch stage put into ``source/`` (``pipeline.labels.osm_input``);
+    The pipeline reads the copy the fetch stage put into ``source/`` (``pipeline.labels.stage.osm_input``);
     a direct path or ``"overpass"`` serves tests, the demo and interactive use.
     """
     keys = list(keys) if keys is not None else _default_keys()
     if str(source) == "overpass":
         if bbox is None:
             raise OsmError("overpass: a bbox (west, south, east, north) is required")
-        return read_overpass(bbox, keys, params)
+        return read_overpass(bbox, keys, p)
     return read_osm_file(source, bbox, keys)

@@ -11,12 +11,14 @@ then row, then col, so each split is one contiguous slice.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -24,20 +26,37 @@ import pipeline
 from pipeline.atomic import atomic_path
 from pipeline.documents import read_json
 from pipeline.grid import Grid
+from pipeline.layout import GridFiles, LabelFiles, RegistrationFiles, SourceFiles
+from pipeline.params import param
 from pipeline.provenance import attribution_lines, licences, parse_datetime, sha256_file
-from pipeline.splits import SPLITS, split_params, split_patches
+from pipeline.splits import SPLITS, SplitsParams, split_patches
 from pipeline.store import N_CLASSES, PATCH_ORDER, create_store, write_meta
 
 log = logging.getLogger("sareo.patches")
 
-DEFAULTS: dict[str, Any] = {
-    "size": 256,
-    "stride": 128,
-    "min_valid": 0.9,  # minimum share of valid pixels, in SAR and in EO separately
-    "shard_patches": 256,
-    "compression_level": 3,  # zstd; an int, or per layer {sar: .., eo: .., label: ..}
-    "band_pixels": 16_000_000,  # pixels per layer read at once in the validity pass
-}
+@dataclass(frozen=True)
+class PatchesParams:
+    """How patches are cut and stored."""
+
+    section: ClassVar[str] = "patches"
+    size: int = param(256, "patch edge, grid pixels")
+    stride: int = param(128, "step between patch origins, grid pixels")
+    min_valid: float = param(0.9, "drop patches with less valid SAR or EO than this share (each separately)")
+    shard_patches: int = param(256, "patches per shard file (chunk = one patch)")
+    compression_level: int | dict[str, int] = param(3, "zstd level; an int or per layer {sar: .., eo: .., label: ..}")
+    band_pixels: int = param(16_000_000, "pixels per layer read at once in the validity pass (bounds memory)")
+
+    def __post_init__(self) -> None:
+        for key in ("size", "stride", "shard_patches", "band_pixels"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: {getattr(self, key)!r}; expected a positive integer")
+        if not 0 <= self.min_valid <= 1:
+            raise ValueError(f"min_valid: {self.min_valid!r}; expected a share in [0, 1]")
+        lvl = self.compression_level
+        if isinstance(lvl, dict):
+            if set(lvl) - {"sar", "eo", "label"}:
+                raise ValueError(f"compression_level: {lvl!r}; keys must be sar, eo, label")
+            object.__setattr__(self, "compression_level", dict(sorted(lvl.items())))  # canonical order
 
 
 MISSING = "missing (expected per docs/DESIGN.md)"
@@ -45,26 +64,6 @@ MISSING = "missing (expected per docs/DESIGN.md)"
 
 class PatchError(ValueError):
     """A region directory the patches stage cannot use; the message names the file and field."""
-
-
-def patch_params(params: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``patches`` params section merged over DEFAULTS and validated."""
-    p = {**DEFAULTS, **((params or {}).get("patches") or {})}
-    for key in ("size", "stride", "shard_patches", "band_pixels"):
-        if int(p[key]) < 1:
-            raise PatchError(f"patches.{key}: {p[key]!r}; expected a positive integer")
-        p[key] = int(p[key])
-    if not 0 <= float(p["min_valid"]) <= 1:
-        raise PatchError(f"patches.min_valid: {p['min_valid']!r}; expected a share in [0, 1]")
-    p["min_valid"] = float(p["min_valid"])
-    lvl = p["compression_level"]
-    if isinstance(lvl, dict):
-        if set(lvl) - {"sar", "eo", "label"}:
-            raise PatchError(f"patches.compression_level: {lvl!r}; keys must be sar, eo, label")
-        p["compression_level"] = {k: int(v) for k, v in sorted(lvl.items())}
-    else:
-        p["compression_level"] = int(lvl)
-    return p
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -116,16 +115,11 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "y")
 
 
-def _open_layers(region_dir: Path, grid: Grid) -> dict[str, Any]:
+def _open_layers(gridded: GridFiles, labels: LabelFiles, grid: Grid) -> dict[str, Any]:
     """Open the grid rasters and check they sit on the region grid."""
     import rasterio
 
-    files = {
-        "sar": region_dir / "grid" / "sar_db.tif",
-        "eo": region_dir / "grid" / "eo.tif",
-        "label": region_dir / "labels" / "labels.tif",
-        "zones": region_dir / "labels" / "zones.tif",
-    }
+    files = {"sar": gridded.sar_db, "eo": gridded.eo, "label": labels.labels, "zones": labels.zones}
     out = {}
     for name, f in files.items():
         if not f.is_file():
@@ -277,45 +271,47 @@ def cut_patches(
 # ---------------------------------------------------------------- stage
 
 
-def patch_region(region, region_dir: str | os.PathLike[str], out_store: str | os.PathLike[str], params: dict[str, Any]):
-    """Build ``out_store`` (the region's patches.zarr) from ``region_dir``'s grid/ and labels/.
+def patch_region(region: Any, source: SourceFiles, registration: RegistrationFiles | None, gridded: GridFiles,
+                 labels: LabelFiles, out_store: str | os.PathLike[str], p: PatchesParams | None = None,
+                 sp: SplitsParams | None = None) -> dict[str, Any]:
+    """Build ``out_store`` (the region's patches.zarr) from the gridded images and the labels.
 
     Returns the splits report. Raises PatchError for unusable inputs and if the audit finds a
     leak under the ``blocks`` method.
     """
-    p = patch_params(params)
-    sp = split_params(params)
-    region_dir = Path(region_dir)
+    p = p or PatchesParams()
+    sp = sp or SplitsParams()
     name = getattr(region, "name", None) or str(region)
-    size, stride = p["size"], p["stride"]
+    size, stride = p.size, p.stride
 
-    grid_json = region_dir / "grid" / "grid.json"
+    grid_json = gridded.grid
     try:
         grid = Grid.from_dict(read_json(grid_json, PatchError, missing=MISSING) or {})
     except (KeyError, TypeError, ValueError) as exc:
         raise PatchError(f"{grid_json}: not a grid (Grid.to_dict()): {exc}") from exc
-    provenance = read_json(region_dir / "source" / "provenance.json", PatchError, missing=MISSING) or {}
-    labels_json = read_json(region_dir / "labels" / "labels.json", PatchError, required=False) or {}
-    registration = read_json(region_dir / "registration" / "registration.json", PatchError, required=False)
+    provenance = read_json(source.provenance, PatchError, missing=MISSING) or {}
+    labels_json = read_json(labels.report, PatchError, required=False) or {}
+    record = None if registration is None else read_json(registration.record, PatchError, required=False)
+    inputs = [gridded.grid, labels.report, source.provenance] + ([registration.record] if registration else [])
 
-    layers = _open_layers(region_dir, grid)
+    layers = _open_layers(gridded, labels, grid)
     try:
         # pass 1: which patches have enough valid data
         cell = math.gcd(size, stride)
         rows, cols = patch_origins(grid.height, grid.width, size, stride)
-        tables = valid_tables(layers, grid.height, grid.width, cell, p["band_pixels"])
+        tables = valid_tables(layers, grid.height, grid.width, cell, p.band_pixels)
         npx = float(size * size)
         sar_share = box_counts(tables["sar"], rows, cols, size, cell) / npx
         eo_share = box_counts(tables["eo"], rows, cols, size, cell) / npx
         both_share = box_counts(tables["both"], rows, cols, size, cell) / npx
         del tables
-        ok = (sar_share >= p["min_valid"]) & (eo_share >= p["min_valid"])
+        ok = (sar_share >= p.min_valid) & (eo_share >= p.min_valid)
         rows, cols, both_share = rows[ok], cols[ok], both_share[ok]
-        log.info("%s: %d of %d patch positions pass min_valid %.2f", name, int(ok.sum()), len(ok), p["min_valid"])
+        log.info("%s: %d of %d patch positions pass min_valid %.2f", name, int(ok.sum()), len(ok), p.min_valid)
 
         # splits, then store order: split, row, col
-        result = split_patches(rows, cols, size, stride, params)
-        if sp["method"] != "random" and not result.report["audit"]["passed"]:
+        result = split_patches(rows, cols, size, stride, sp)
+        if sp.method != "random" and not result.report["audit"]["passed"]:
             raise PatchError(f"{name}: split audit failed: {result.report['audit']}")
         keep = result.kept
         rows, cols, codes, both_share = rows[keep], cols[keep], result.split[keep], both_share[keep]
@@ -325,12 +321,12 @@ def patch_region(region, region_dir: str | os.PathLike[str], out_store: str | os
         n = len(order)
         starts = [int((codes < s).sum()) for s in range(3)]
 
-        attrs = _attrs(name, grid, labels_json, provenance, registration, region_dir, result.report, p, sp,
+        attrs = _attrs(name, grid, labels_json, provenance, record, inputs, result.report, p, sp,
                        dict(sorted(layers["sar"].tags().items())))  # fmt: skip
         with atomic_path(out_store) as tmp:
-            group = create_store(tmp, n, size=size, shard_patches=p["shard_patches"], level=p["compression_level"],
+            group = create_store(tmp, n, size=size, shard_patches=p.shard_patches, level=p.compression_level,
                                  attrs=attrs)  # fmt: skip
-            writer = _SegmentWriter(group, starts, n, p["shard_patches"], size)
+            writer = _SegmentWriter(group, starts, n, p.shard_patches, size)
             try:
                 derived = cut_patches(layers, rows, cols, codes, index, writer, size)
             finally:
@@ -394,10 +390,10 @@ def _attrs(
     labels_json: dict[str, Any],
     provenance: dict[str, Any],
     registration: dict[str, Any] | None,
-    region_dir: Path,
+    inputs: list[Path],
     splits_report: dict[str, Any],
-    p: dict[str, Any],
-    sp: dict[str, Any],
+    p: PatchesParams,
+    sp: SplitsParams,
     sar_tags: dict[str, str],
 ) -> dict[str, Any]:
     """Root attributes: everything needed to cite, reproduce and interpret the store."""
@@ -407,11 +403,8 @@ def _attrs(
     reg = None
     if registration is not None:
         reg = {k: registration.get(k) for k in ("applied", "flagged", "confidence", "model", "shift_m", "correction")}
-    inputs = {}
-    for rel in ("grid/grid.json", "labels/labels.json", "source/provenance.json", "registration/registration.json"):
-        f = region_dir / rel
-        if f.is_file():
-            inputs[rel] = sha256_file(f)
+    # keyed by stage directory and file name ("grid/grid.json"): no absolute paths in the store
+    hashes = {f"{f.parent.name}/{f.name}": sha256_file(f) for f in inputs if f.is_file()}
     return {
         "region": name,
         "urban_rural": urban,
@@ -419,11 +412,11 @@ def _attrs(
         "legend": _legend(labels_json),
         "splits": splits_report,
         "provenance": {"sar": provenance.get("sar"), "eo": provenance.get("eo"), "registration": reg,
-                       "sar_grid_tags": sar_tags, "inputs_sha256": inputs},  # fmt: skip
+                       "sar_grid_tags": sar_tags, "inputs_sha256": hashes},  # fmt: skip
         "licences": licences(provenance, labels_json),
         "attribution": attribution_lines(provenance, labels_json),
         "software": {"name": "sareo", "version": pipeline.__version__},
-        "params": {"patches": p, "splits": sp},
+        "params": {"patches": dataclasses.asdict(p), "splits": dataclasses.asdict(sp)},
         "patch_order": PATCH_ORDER,
         "layers": {
             "sar": "sigma0 in dB (float32), NaN = no data; calibrated per patch flag",

@@ -15,9 +15,11 @@ import logging
 import math
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+
+from pipeline.params import param
 
 log = logging.getLogger("sareo.splits")
 _GOOD_ENOUGH = 0.005  # stop trying shuffles once every share is within half a point
@@ -25,16 +27,32 @@ _GOOD_ENOUGH = 0.005  # stop trying shuffles once every share is within half a p
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DROPPED = -1
 
-DEFAULTS: dict[str, Any] = {
-    "method": "blocks",  # blocks | random (random leaks: only to reproduce the paper)
-    "seed": 0,
-    "block_patches": 8,  # largest block width in patch strides (8 x 128 px = 1024 px)
-    "min_block_patches": 2,  # smaller blocks are tried, largest first, until the ratios are met
-    "ratios": [0.7, 0.1, 0.2],
-    "tolerance": 0.03,  # allowed |share - ratio| per split, by patch count, after buffer drops
-    "buffer_px": 0,  # extra gap between footprints of different splits (0 = no shared pixel)
-    "tries": 100,  # seeded block shuffles tried; the one closest to the ratios wins
-}
+@dataclass(frozen=True)
+class SplitsParams:
+    """How patches are assigned to train/val/test (blocks: leak-free; random: the paper's, leaky)."""
+
+    section: ClassVar[str] = "splits"
+    method: Literal["blocks", "random"] = param("blocks", "blocks (leak-free) | random (the paper's split: LEAKS)")
+    seed: int = param(0, "seed of the block shuffle (or of the random split)")
+    block_patches: int = param(8, "largest block width in patch strides (8 x 128 px = 1024 px)")
+    min_block_patches: int = param(2, "smaller blocks are tried, largest first, only until the ratios are met")
+    ratios: tuple[float, float, float] = param((0.7, 0.1, 0.2), "train, val, test shares by patch count")
+    tolerance: float = param(0.03, "allowed |share - ratio| per split, after buffer drops")
+    buffer_px: int = param(0, "extra gap between footprints of different splits (0 = no shared pixel)")
+    tries: int = param(100, "seeded block shuffles tried; the one closest to the ratios wins")
+
+    def __post_init__(self) -> None:
+        if min(self.ratios) < 0 or not math.isclose(sum(self.ratios), 1.0, abs_tol=1e-6):
+            raise ValueError(f"ratios: {list(self.ratios)!r}; expected three non-negative numbers summing to 1")
+        if self.block_patches < 1:
+            raise ValueError(f"block_patches: {self.block_patches!r}; expected an integer >= 1")
+        if not 1 <= self.min_block_patches <= self.block_patches:
+            raise ValueError(f"min_block_patches: {self.min_block_patches!r}; expected an integer from 1 to "
+                             "block_patches")
+        if self.buffer_px < 0:
+            raise ValueError(f"buffer_px: {self.buffer_px!r}; expected an integer >= 0")
+        if self.tries < 1:
+            raise ValueError(f"tries: {self.tries!r}; expected an integer >= 1")
 
 
 class SplitError(ValueError):
@@ -53,46 +71,24 @@ class SplitResult:
         return self.split >= 0
 
 
-def split_params(params: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``splits`` params section merged over DEFAULTS and validated."""
-    p = {**DEFAULTS, **((params or {}).get("splits") or {})}
-    if p["method"] not in ("blocks", "random"):
-        raise SplitError(f"splits.method: {p['method']!r}; expected 'blocks' or 'random'")
-    ratios = [float(r) for r in p["ratios"]]
-    if len(ratios) != 3 or min(ratios) < 0 or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
-        raise SplitError(f"splits.ratios: {p['ratios']!r}; expected three non-negative numbers summing to 1")
-    p["ratios"] = ratios
-    if int(p["block_patches"]) < 1:
-        raise SplitError(f"splits.block_patches: {p['block_patches']!r}; expected an integer >= 1")
-    if not 1 <= int(p["min_block_patches"]) <= int(p["block_patches"]):
-        raise SplitError(
-            f"splits.min_block_patches: {p['min_block_patches']!r}; expected an integer from 1 to block_patches"
-        )
-    if int(p["buffer_px"]) < 0:
-        raise SplitError(f"splits.buffer_px: {p['buffer_px']!r}; expected an integer >= 0")
-    if int(p["tries"]) < 1:
-        raise SplitError(f"splits.tries: {p['tries']!r}; expected an integer >= 1")
-    return p
-
-
 def split_patches(
-    rows: np.ndarray, cols: np.ndarray, size: int, stride: int, params: dict[str, Any] | None = None
+    rows: np.ndarray, cols: np.ndarray, size: int, stride: int, p: SplitsParams | None = None
 ) -> SplitResult:
     """Assign patches (top-left ``rows``/``cols`` on the grid, square ``size``) to splits.
 
     The report holds method, seed, counts, shares, dropped_by_buffer and the audit result.
     Deterministic for the same inputs and seed.
     """
-    p = split_params(params)
+    p = p or SplitsParams()
     rows = np.asarray(rows, dtype=np.int64)
     cols = np.asarray(cols, dtype=np.int64)
     if rows.shape != cols.shape or rows.ndim != 1:
         raise SplitError(f"rows/cols: shapes {rows.shape} and {cols.shape}; expected two equal 1-D arrays")
     if size < 1 or stride < 1:
         raise SplitError(f"size {size} / stride {stride}: expected positive integers")
-    ratios = np.asarray(p["ratios"])
-    seed = int(p["seed"])
-    if p["method"] == "random":
+    ratios = np.asarray(p.ratios)
+    seed = int(p.seed)
+    if p.method == "random":
         split = random_split(len(rows), ratios, seed)
         report: dict[str, Any] = {"method": "random", "leaky": True}
     else:
@@ -100,13 +96,13 @@ def split_patches(
         # spatially correlated neighbours together; shrink only while the ratios are missed.
         best = None
         tried = []
-        for bp in range(int(p["block_patches"]), int(p["min_block_patches"]) - 1, -1):
-            cand, extra = block_split(rows, cols, size, stride, ratios, seed, bp, int(p["buffer_px"]), int(p["tries"]))
+        for bp in range(int(p.block_patches), int(p.min_block_patches) - 1, -1):
+            cand, extra = block_split(rows, cols, size, stride, ratios, seed, bp, int(p.buffer_px), int(p.tries))
             cand_err = share_error(cand, ratios)
             tried.append({"block_patches": bp, "max_share_error": round(cand_err, 6)})
             if best is None or cand_err < best[2] - 1e-12:
                 best = (cand, {**extra, "block_patches": bp}, cand_err)
-            if cand_err <= float(p["tolerance"]) + 1e-12:
+            if cand_err <= float(p.tolerance) + 1e-12:
                 break
         split, extra, _ = best
         report = {"method": "blocks", "leaky": False, **extra, "block_sizes_tried": tried}
@@ -114,24 +110,24 @@ def split_patches(
     kept = max(sum(counts.values()), 1)
     shares = {name: round(counts[name] / kept, 6) for name in SPLITS}
     err = share_error(split, ratios)
-    audit_res = audit(rows, cols, split, size, int(p["buffer_px"]))
+    audit_res = audit(rows, cols, split, size, int(p.buffer_px))
     report.update(
         {
             "seed": seed,
             "ratios": [float(r) for r in ratios],
-            "tolerance": float(p["tolerance"]),
+            "tolerance": float(p.tolerance),
             "candidates": int(len(rows)),
             "counts": counts,
             "shares": shares,
             "max_share_error": round(float(err), 6),
-            "within_tolerance": bool(err <= float(p["tolerance"]) + 1e-12),
+            "within_tolerance": bool(err <= float(p.tolerance) + 1e-12),
             "dropped_by_buffer": int((split == DROPPED).sum()),
-            "buffer_px": int(p["buffer_px"]),
+            "buffer_px": int(p.buffer_px),
             "audit": audit_res,
         }
     )
     if not report["within_tolerance"]:
-        log.warning("split shares %s miss ratios %s by %.3f (> %.3f)", shares, list(ratios), err, p["tolerance"])
+        log.warning("split shares %s miss ratios %s by %.3f (> %.3f)", shares, list(ratios), err, p.tolerance)
     return SplitResult(split.astype(np.int8), report)
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dask
 import numpy as np
@@ -33,29 +33,58 @@ from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
 
 from pipeline.atomic import atomic_path, write_json
-from pipeline.calibrate import Calibration, CalibrationError, calibration_for, dn_to_linear, linear_to_db
+from pipeline.calibrate import (
+    CalibrateParams,
+    Calibration,
+    CalibrationError,
+    calibration_for,
+    dn_to_linear,
+    linear_to_db,
+)
 from pipeline.documents import read_json
 from pipeline.grid import Grid, grid_for_bbox, metres_per_degree
+from pipeline.layout import GridFiles, RegistrationFiles, SourceFiles
+from pipeline.params import param
+from pipeline.quicklook import side_by_side
 from pipeline.provenance import sar_attribution
 
 log = logging.getLogger("sareo.warp")
 
-DEFAULTS: dict[str, Any] = {
-    "block_size": 2048,  # output block edge (px), a multiple of tile_size
-    "tile_size": 512,  # GeoTIFF tile edge of the outputs
-    "threads": 2,  # dask worker threads (blocks warped in parallel)
-    "max_source_px": 8_000_000,  # source pixels per block read; blocks shrink when downsampling strongly
-    "sar_resampling": "auto",  # auto | bilinear | average | cubic | nearest ...
-    "average_above": 2.0,  # auto: 'average' when a grid pixel spans >= this many source pixels
-    "eo_resampling": "bilinear",
-    "pad_px": 2,  # extra source pixels around each window, beyond the kernel radius
-    "strip_px": 256,  # GDAL warps rows of at most this many px (bounds its linearisation error)
-    "compress": "zstd",
-    "gdal_cache_mb": 256,  # bounded GDAL block cache (the default is 5 % of RAM)
-    "quicklook_max_size": 1024,
-}
-
 _KERNEL_RADIUS = {"nearest": 1, "bilinear": 1, "average": 1, "cubic": 2, "cubic_spline": 2, "lanczos": 3}
+
+
+@dataclass(frozen=True)
+class GridParams:
+    """How SAR and EO are warped onto the region grid (bounded memory at any scene size)."""
+
+    section: ClassVar[str] = "grid"
+    block_size: int = param(2048, "output block edge (px) warped as one task; a multiple of tile_size")
+    tile_size: int = param(512, "GeoTIFF tile edge of the outputs")
+    threads: int = param(2, "blocks warped in parallel (dask threads)")
+    max_source_px: int = param(8_000_000, "source pixels per block read; blocks shrink when downsampling strongly")
+    sar_resampling: str = param("auto", "auto (bilinear below average_above x downsampling, else average) "
+                                        "or a rasterio Resampling name; always in linear power")
+    average_above: float = param(2.0, "auto: 'average' when a grid pixel spans >= this many source pixels")
+    eo_resampling: str = param("bilinear", "rasterio Resampling name for the EO")
+    pad_px: int = param(2, "extra source pixels around each window, beyond the kernel radius")
+    strip_px: int = param(256, "GDAL warps rows of at most this many px (bounds its row linearisation error)")
+    compress: str = param("zstd", "GeoTIFF compression of the outputs")
+    gdal_cache_mb: int = param(256, "GDAL block cache bound (its default is 5 % of RAM)")
+    quicklook_max_size: int = param(1024, "longest side of quicklook.png")
+
+    def __post_init__(self) -> None:
+        for key in ("block_size", "tile_size", "threads", "max_source_px", "strip_px", "gdal_cache_mb",
+                    "quicklook_max_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.pad_px < 0:
+            raise ValueError(f"pad_px: must be >= 0, got {self.pad_px}")
+        if self.block_size % self.tile_size:
+            raise ValueError(f"block_size: {self.block_size} must be a multiple of tile_size ({self.tile_size})")
+        for key in ("sar_resampling", "eo_resampling"):
+            name = getattr(self, key)
+            if name not in Resampling.__members__ and not (key == "sar_resampling" and name == "auto"):
+                raise ValueError(f"{key}: {name!r} is not a rasterio resampling method")
 
 
 class WarpError(ValueError):
@@ -65,11 +94,6 @@ class WarpError(ValueError):
 def grid_of(region: Any) -> Grid:
     """The region's grid (the only way any stage gets it)."""
     return grid_for_bbox(region.bbox, region.gsd_m)
-
-
-def merged_params(params: dict[str, Any] | None) -> dict[str, Any]:
-    """DEFAULTS overlaid with the ``grid`` section of params.yaml."""
-    return {**DEFAULTS, **((params or {}).get("grid") or {})}
 
 
 # ----------------------------------------------------------------------------- sources
@@ -124,12 +148,12 @@ def open_source(path: str | Path, correction: Affine | None = None) -> Source:
         return Source(path, ds.crs, transform, ds.width, ds.height, ds.count, ds.dtypes[0])
 
 
-def load_correction(registration_json: str | Path | None, sar_crs: CRS | None = None) -> Affine | None:
+def load_correction(registration: RegistrationFiles | None, sar_crs: CRS | None = None) -> Affine | None:
     """The registration correction to compose with the SAR transform, or None (identity)."""
-    reg = None if registration_json is None else read_json(registration_json, WarpError, required=False)
+    reg = None if registration is None else read_json(registration.record, WarpError, required=False)
     if reg is None:
         return None
-    where = str(registration_json)
+    where = str(registration.record)
     if not reg.get("applied"):
         return None
     corr = reg.get("correction")
@@ -145,36 +169,35 @@ def load_correction(registration_json: str | Path | None, sar_crs: CRS | None = 
     return Affine(*[float(v) for v in corr[:6]])
 
 
-def open_sar(source_dir: str | Path, registration_json: str | Path | None = None, region: Any = None,
-             params: dict[str, Any] | None = None) -> SarSource:
+def open_sar(source: SourceFiles, registration: RegistrationFiles | None = None, region: Any = None,
+             cal: CalibrateParams | None = None) -> SarSource:
     """The SAR of a fetched region: sar.tif + calibration (sar_metadata.json, provenance.json) + correction."""
-    source_dir = Path(source_dir)
-    path = source_dir / "sar.tif"
+    path = source.sar
     raw = open_source(path)
-    correction = load_correction(registration_json, raw.crs)
+    correction = load_correction(registration, raw.crs)
     src = open_source(path, correction)
     if src.count != 1:
         raise WarpError(f"{path}: has {src.count} bands; expected one band of detected amplitude")
     if src.dtype not in ("uint8", "uint16"):
         raise WarpError(f"{path}: data type {src.dtype}; expected UInt16 (Capella GEO/GEC) or uint8 (Umbra GEC)")
-    sar_prov = _provenance(source_dir).get("sar") or {}
+    sar_prov = _provenance(source).get("sar") or {}
     provider = _sar_provider(sar_prov, region)
     product = sar_prov.get("product") or (getattr(region, "sar", None) or {}).get("product") or "GEO"
-    meta_path = source_dir / "sar_metadata.json"
+    meta_path = source.sar_metadata
     metadata = read_json(meta_path, CalibrationError, required=False)
-    cal = calibration_for(metadata, provider, product, str(meta_path), params)
-    return SarSource(src.path, src.crs, src.transform, src.width, src.height, src.count, src.dtype, cal)
+    calibration = calibration_for(metadata, provider, product, str(meta_path), cal)
+    return SarSource(src.path, src.crs, src.transform, src.width, src.height, src.count, src.dtype, calibration)
 
 
 # ----------------------------------------------------------------------------- pure helpers
 
 
-def choose_sar_resampling(src_px_m: float, dst_px_m: float, params: dict[str, Any] | None = None) -> Resampling:
+def choose_sar_resampling(src_px_m: float, dst_px_m: float, p: GridParams | None = None) -> Resampling:
     """Bilinear near 1:1 (GDAL widens the kernel when downsampling), box average when much coarser."""
-    cfg = merged_params(params)
-    name = cfg["sar_resampling"]
+    p = p or GridParams()
+    name = p.sar_resampling
     if name == "auto":
-        name = "average" if dst_px_m / src_px_m >= float(cfg["average_above"]) else "bilinear"
+        name = "average" if dst_px_m / src_px_m >= p.average_above else "bilinear"
     return Resampling[name]
 
 
@@ -275,15 +298,15 @@ def warp_sar_block(sar: SarSource, dst_transform: Affine, dst_shape: tuple[int, 
     return linear_to_db(out) if db else out
 
 
-def read_sar_block(source_dir: str | Path, grid: Grid, window: Window, registration_json: str | Path | None = None,
-                   params: dict[str, Any] | None = None, db: bool = True) -> np.ndarray:
-    """Convenience: calibrated SAR of ``source_dir`` on a window of ``grid`` (for co-registration, patches)."""
-    cfg = merged_params(params)
-    sar = open_sar(source_dir, registration_json, params=params)
-    res = choose_sar_resampling(sar.pixel_size_m, grid.gsd_m, params)
+def read_sar_block(source: SourceFiles, grid: Grid, window: Window, registration: RegistrationFiles | None = None,
+                   p: GridParams | None = None, cal: CalibrateParams | None = None, db: bool = True) -> np.ndarray:
+    """Convenience: calibrated SAR of ``source`` on a window of ``grid`` (for co-registration, patches)."""
+    p = p or GridParams()
+    sar = open_sar(source, registration, cal=cal)
+    res = choose_sar_resampling(sar.pixel_size_m, grid.gsd_m, p)
     w = Window(*(int(v) for v in (window.col_off, window.row_off, window.width, window.height)))
     return warp_sar_block(sar, grid.window_transform(w.row_off, w.col_off), (w.height, w.width), res, grid.crs,
-                          db, int(cfg["pad_px"]), int(cfg["strip_px"]))
+                          db, p.pad_px, p.strip_px)
 
 
 def warp_eo_block(eo: Source, dst_transform: Affine, dst_shape: tuple[int, int],
@@ -317,13 +340,13 @@ def warp_eo_block(eo: Source, dst_transform: Affine, dst_shape: tuple[int, int],
 # ----------------------------------------------------------------------------- block runner
 
 
-def block_size_for(src_px_m: float, dst_px_m: float, params: dict[str, Any] | None = None) -> int:
+def block_size_for(src_px_m: float, dst_px_m: float, p: GridParams | None = None) -> int:
     """Output block edge so one block's source window stays under ``max_source_px`` (bounded memory)."""
-    cfg = merged_params(params)
-    tile = int(cfg["tile_size"])
+    p = p or GridParams()
+    tile = p.tile_size
     ratio = max(dst_px_m / src_px_m, 1.0)
-    edge = math.sqrt(float(cfg["max_source_px"])) / ratio
-    return int(max(tile, min(int(cfg["block_size"]), math.floor(edge / tile) * tile)))
+    edge = math.sqrt(float(p.max_source_px)) / ratio
+    return int(max(tile, min(p.block_size, math.floor(edge / tile) * tile)))
 
 
 def blocks(grid: Grid, block: int) -> Iterator[Window]:
@@ -355,12 +378,12 @@ def run_blocks(grid: Grid, block: int, compute: Callable[[Window], Any], write: 
             pending.result()
 
 
-def _profile(grid: Grid, cfg: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    tile = int(cfg["tile_size"])
+def _profile(grid: Grid, p: GridParams, **kw: Any) -> dict[str, Any]:
+    tile = p.tile_size
     prof = {
         "driver": "GTiff", "width": grid.width, "height": grid.height, "crs": grid.crs,
         "transform": grid.transform, "tiled": True, "blockxsize": tile, "blockysize": tile,
-        "compress": cfg["compress"], "BIGTIFF": "IF_SAFER",
+        "compress": p.compress, "BIGTIFF": "IF_SAFER",
     }
     prof.update(kw)
     return prof
@@ -380,27 +403,27 @@ def aoi_mask(aoi: Any, grid: Grid, window: Window) -> np.ndarray | None:
                          transform=grid.window_transform(window.row_off, window.col_off), invert=True)
 
 
-def write_sar_grid(sar: SarSource, grid: Grid, dest: str | Path, params: dict[str, Any] | None = None,
+def write_sar_grid(sar: SarSource, grid: Grid, dest: str | Path, p: GridParams | None = None,
                    tags: dict[str, str] | None = None, aoi: Any = None) -> dict[str, Any]:
     """Warp the whole SAR onto ``grid`` block by block into a float32 dB GeoTIFF (atomic). Returns stats.
 
     ``aoi``: a lon/lat polygon; pixels outside it are no data (NaN).
     """
-    cfg = merged_params(params)
-    resampling = choose_sar_resampling(sar.pixel_size_m, grid.gsd_m, params)
-    block = block_size_for(sar.pixel_size_m, grid.gsd_m, params)
-    prof = _profile(grid, cfg, count=1, dtype="float32", nodata=float("nan"), predictor=3)
+    p = p or GridParams()
+    resampling = choose_sar_resampling(sar.pixel_size_m, grid.gsd_m, p)
+    block = block_size_for(sar.pixel_size_m, grid.gsd_m, p)
+    prof = _profile(grid, p, count=1, dtype="float32", nodata=float("nan"), predictor=3)
     valid = [0]
 
     def compute(w: Window) -> np.ndarray:
         arr = warp_sar_block(sar, grid.window_transform(w.row_off, w.col_off), (w.height, w.width),
-                             resampling, grid.crs, True, int(cfg["pad_px"]), int(cfg["strip_px"]))
+                             resampling, grid.crs, True, p.pad_px, p.strip_px)
         inside = aoi_mask(aoi, grid, w)
         if inside is not None:
             arr[~inside] = np.nan
         return arr
 
-    with rasterio.Env(GDAL_CACHEMAX=int(cfg["gdal_cache_mb"])), atomic_path(dest) as tmp:
+    with rasterio.Env(GDAL_CACHEMAX=p.gdal_cache_mb), atomic_path(dest) as tmp:
         with rasterio.open(tmp, "w", **prof) as dst:
             dst.update_tags(**(tags or {}), **sar.cal.to_tags(), resampling=f"{resampling.name} in linear power")
             dst.set_band_description(1, "sigma0_dB" if sar.cal.calibrated else "relative_dB")
@@ -409,34 +432,34 @@ def write_sar_grid(sar: SarSource, grid: Grid, dest: str | Path, params: dict[st
                 valid[0] += int(np.isfinite(arr).sum())
                 dst.write(arr, 1, window=w)
 
-            run_blocks(grid, block, compute, write, int(cfg["threads"]), "sar")
+            run_blocks(grid, block, compute, write, p.threads, "sar")
     share = valid[0] / (grid.width * grid.height)
     log.info("sar: %s, %s resampling, %.1f %% valid", dest, resampling.name, 100 * share)
     return {"resampling": resampling.name, "block": block, "valid_share": share}
 
 
-def write_eo_grid(eo: Source, grid: Grid, dest: str | Path, params: dict[str, Any] | None = None,
+def write_eo_grid(eo: Source, grid: Grid, dest: str | Path, p: GridParams | None = None,
                   tags: dict[str, str] | None = None, aoi: Any = None) -> dict[str, Any]:
     """Warp the EO image onto ``grid`` into uint8 RGB + band 4 valid mask (255/0), atomically.
 
     ``aoi``: a lon/lat polygon; pixels outside it are no data (0, mask 0).
     """
-    cfg = merged_params(params)
-    resampling = Resampling[cfg["eo_resampling"]]
-    block = block_size_for(eo.pixel_size_m, grid.gsd_m, params)
-    prof = _profile(grid, cfg, count=4, dtype="uint8", photometric="RGB", alpha="YES", predictor=2)
+    p = p or GridParams()
+    resampling = Resampling[p.eo_resampling]
+    block = block_size_for(eo.pixel_size_m, grid.gsd_m, p)
+    prof = _profile(grid, p, count=4, dtype="uint8", photometric="RGB", alpha="YES", predictor=2)
     valid = [0]
 
     def compute(w: Window) -> tuple[np.ndarray, np.ndarray]:
         rgb, ok = warp_eo_block(eo, grid.window_transform(w.row_off, w.col_off), (w.height, w.width), resampling,
-                                grid.crs, int(cfg["pad_px"]), int(cfg["strip_px"]))
+                                grid.crs, p.pad_px, p.strip_px)
         inside = aoi_mask(aoi, grid, w)
         if inside is not None:
             ok &= inside
             rgb[:, ~ok] = 0
         return rgb, ok
 
-    with rasterio.Env(GDAL_CACHEMAX=int(cfg["gdal_cache_mb"])), atomic_path(dest) as tmp:
+    with rasterio.Env(GDAL_CACHEMAX=p.gdal_cache_mb), atomic_path(dest) as tmp:
         with rasterio.open(tmp, "w", **prof) as dst:
             dst.update_tags(**(tags or {}), resampling=resampling.name, band4="valid mask: 255 valid, 0 no data")
 
@@ -446,7 +469,7 @@ def write_eo_grid(eo: Source, grid: Grid, dest: str | Path, params: dict[str, An
                 dst.write(rgb, [1, 2, 3], window=w)
                 dst.write(ok.astype(np.uint8) * 255, 4, window=w)
 
-            run_blocks(grid, block, compute, write, int(cfg["threads"]), "eo")
+            run_blocks(grid, block, compute, write, p.threads, "eo")
     share = valid[0] / (grid.width * grid.height)
     log.info("eo: %s, %s resampling, %.1f %% valid", dest, resampling.name, 100 * share)
     return {"resampling": resampling.name, "block": block, "valid_share": share}
@@ -455,8 +478,8 @@ def write_eo_grid(eo: Source, grid: Grid, dest: str | Path, params: dict[str, An
 # ----------------------------------------------------------------------------- stage
 
 
-def _provenance(source_dir: Path) -> dict[str, Any]:
-    return read_json(source_dir / "provenance.json", WarpError, required=False) or {}
+def _provenance(source: SourceFiles) -> dict[str, Any]:
+    return read_json(source.provenance, WarpError, required=False) or {}
 
 
 def _sar_provider(sar_prov: dict[str, Any], region: Any) -> str:
@@ -464,32 +487,32 @@ def _sar_provider(sar_prov: dict[str, Any], region: Any) -> str:
     return sar_prov.get("provider") or (getattr(region, "sar", None) or {}).get("provider") or "capella"
 
 
-def grid_region(region: Any, source_dir: str | Path, registration_json: str | Path | None, out_dir: str | Path,
-                params: dict[str, Any] | None = None) -> Grid:
-    """Stage entry point: grid/grid.json, grid/sar_db.tif, grid/eo.tif, grid/quicklook.png."""
-    from pipeline.quicklook import side_by_side
+def grid_region(region: Any, source: SourceFiles, registration: RegistrationFiles | None, out: GridFiles,
+                p: GridParams | None = None, cal: CalibrateParams | None = None) -> Grid:
+    """Stage entry point: grid/grid.json, grid/sar_db.tif, grid/eo.tif, grid/quicklook.png.
 
-    cfg = merged_params(params)
-    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    ``registration`` None (or its record absent or not applied) keeps the SAR georeferencing as published.
+    """
+    p = p or GridParams()
     grid = grid_of(region)
-    prov = _provenance(source_dir)
-    sar = open_sar(source_dir, registration_json, region, params)
-    eo = open_source(source_dir / "eo.tif")
+    prov = _provenance(source)
+    sar = open_sar(source, registration, region, cal)
+    eo = open_source(source.eo)
     if eo.dtype != "uint8":
         raise WarpError(f"{eo.path}: data type {eo.dtype}; expected uint8 RGB")
     sar_attr = sar_attribution(prov.get("sar") or {}, _sar_provider(prov.get("sar") or {}, region), default="CC BY 4.0")
     eo_attr = (prov.get("eo") or {}).get("attribution") or region.attribution or ""
     log.info("grid %s: %dx%d px at %g m", region.name, grid.width, grid.height, grid.gsd_m)
-    with atomic_path(out_dir) as tmp:  # the whole grid/ appears at once, or not at all
+    with atomic_path(out.dir) as tmp:  # the whole grid/ appears at once, or not at all
         tmp.mkdir()
-        write_json(tmp / "grid.json", grid.to_dict())
+        t = out.at(tmp)
+        write_json(t.grid, grid.to_dict())
         polygon = region.aoi if getattr(region, "aoi_geojson", None) else None  # a bbox AOI is the grid itself
-        write_sar_grid(sar, grid, tmp / "sar_db.tif", params,
+        write_sar_grid(sar, grid, t.sar_db, p,
                        {"region": region.name, "attribution": sar_attr, "registration_applied":
-                        "true" if load_correction(registration_json) is not None else "false"}, aoi=polygon)
-        write_eo_grid(eo, grid, tmp / "eo.tif", params, {"region": region.name, "attribution": eo_attr},
-                      aoi=polygon)
+                        "true" if load_correction(registration) is not None else "false"}, aoi=polygon)
+        write_eo_grid(eo, grid, t.eo, p, {"region": region.name, "attribution": eo_attr}, aoi=polygon)
         credits = "; ".join(a for a in (sar_attr, eo_attr) if a)
-        side_by_side(tmp / "sar_db.tif", tmp / "eo.tif", tmp / "quicklook.png",
-                     max_size=int(cfg["quicklook_max_size"]), title=f"{region.name}  SAR | EO   {credits}")
+        side_by_side(t.sar_db, t.eo, t.quicklook,
+                     max_size=p.quicklook_max_size, title=f"{region.name}  SAR | EO   {credits}")
     return grid

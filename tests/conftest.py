@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to the real sample files in ../shared/fixtures."""
+"""Shared test fixtures: paths to the real sample files in tests/data (licences: tests/data/NOTICE.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -18,5 +18,5 @@ def root() -> Path:
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
     if not FIXTURES.is_dir():
-        pytest.fail(f"shared fixtures not found at {FIXTURES}; the repository expects ../shared/fixtures beside it")
+        pytest.fail(f"test data not found at {FIXTURES}")
     return FIXTURES

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.calibrate import (
+    CalibrateParams,
     CalibrationError,
     calibration_for,
     capella_calibration,
@@ -104,7 +105,7 @@ def test_beta_nought_converts_with_incidence(geo_meta):
     assert dn_to_db(np.array([1000], np.uint16), cal)[0] == pytest.approx(
         20 * math.log10(s * 1000) + 10 * math.log10(math.sin(math.radians(inc))), abs=1e-4)
     with pytest.raises(CalibrationError, match="convert_radiometry is false"):
-        calibration_for(meta, "capella", "GEO", params={"calibrate": {"convert_radiometry": False}})
+        calibration_for(meta, "capella", "GEO", p=CalibrateParams(convert_radiometry=False))
 
 
 def test_product_mismatch_and_unknown_provider(geo_meta):

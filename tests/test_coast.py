@@ -12,9 +12,11 @@ import pytest
 import shapely
 from shapely.geometry import LineString, Point, Polygon, box
 
-from pipeline.coast import coastline_lines, metres_per_degree, sea_lonlat, sea_planar
-from pipeline.labels import classify, rasterize_classes, sea_features
-from pipeline.grid import grid_for_bbox
+from pipeline.grid import grid_for_bbox, metres_per_degree
+from pipeline.labels.classify import classify, sea_features
+from pipeline.labels.coast import coastline_lines, sea_lonlat, sea_planar
+from pipeline.labels.params import LabelsParams
+from pipeline.labels.rasterize import rasterize_classes
 from pipeline.legend import LegendError, load_legend, parse_legend
 from pipeline.osm import OsmFeatures, read_osm
 
@@ -135,7 +137,7 @@ def test_sea_burns_below_mapped_surfaces_above_zones():
     assert at(24.0005, 60.0002) == 22  # sea over the port zone
     assert at(24.0010, 60.00015) == 1  # the building stays on top
     assert at(24.0005, 60.0008) == 4  # land: the port zone
-    assert classify(feats, params={"labels": {"sea": False}})["kind"].ne("sea").all()
+    assert classify(feats, p=LabelsParams(sea=False))["kind"].ne("sea").all()
 
 
 def test_legend_sea_entry_is_validated():
@@ -164,6 +166,6 @@ def test_helsinki_sea_from_the_real_extract(fixtures):
     whole, r2 = sea_features(read_osm(fixtures / "osm" / "Helsinki.osm.pbf", None))
     assert r2.ok and r2.snapped_ends > 0 and shapely.union_all(whole.geometry.values).contains(Point(SEA_POINT))
     # a very small snap distance cannot close it: skipped, said why, no sea at all
-    tight = {"labels": {"coast_snap_m": 0.5}}
-    none, r3 = sea_features(read_osm(fixtures / "osm" / "Helsinki.osm.pbf", None), params=tight)
+    tight = LabelsParams(coast_snap_m=0.5)
+    none, r3 = sea_features(read_osm(fixtures / "osm" / "Helsinki.osm.pbf", None), p=tight)
     assert r3.status == "skipped" and "ends" in r3.reason and len(none) == 0

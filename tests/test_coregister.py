@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +15,16 @@ from affine import Affine
 from PIL import Image
 from pyproj import Transformer
 from scipy import ndimage
+from simulators import UrbanScene, UrbanViews, render_urban, sar_like, urban_scene, write_synthetic_source
 
 from pipeline import coregister as cr
-from pipeline import simulate as sim
 from pipeline import descriptors as dsc
 from pipeline.grid import grid_for_bbox
+from pipeline.layout import RegistrationFiles, SourceFiles
+from pipeline.params import ParamsError, parse_section
 from pipeline.regions import Region
 
-FAST = {"coregister": {"tile_size": 128, "max_tiles": 9, "search_radius_m": 30.0}}
+FAST = cr.CoregisterParams(tile_size=128, max_tiles=9, search_radius_m=30.0)
 
 
 def structured_scene(rng: np.random.Generator, n: int = 384) -> np.ndarray:
@@ -94,7 +98,7 @@ def test_known_offset_recovered_on_real_chip(atlanta) -> None:
     rng = np.random.default_rng(3)
     shift = (-17.3, 11.6)
     moved = ndimage.shift(eo, (shift[1], shift[0]), order=3, mode="constant", cval=np.nan)
-    sar = sim.sar_like(moved, rng, looks=1)
+    sar = sar_like(moved, rng, looks=1)
     reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, FAST, gsd_m=0.5)
     assert not reg.flagged, reg.reason
     assert math.hypot(reg.dx - shift[0], reg.dy - shift[1]) < 1.0
@@ -105,18 +109,18 @@ def test_unrelated_pair_is_flagged_not_corrected(atlanta, kind: str) -> None:
     eo = atlanta[0][:640, :640]
     rng = np.random.default_rng(11)
     other = structured_scene(rng, 640) * 1000 if kind == "other-scene" else eo.T[::-1].copy()
-    sar = sim.sar_like(other, rng, looks=2)
+    sar = sar_like(other, rng, looks=2)
     reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, FAST, gsd_m=0.5)
     assert reg.flagged
-    assert reg.confidence < cr.DEFAULTS["confidence_threshold"]
+    assert reg.confidence < cr.CoregisterParams().confidence_threshold
 
 
 def test_offset_beyond_search_radius_is_flagged(atlanta) -> None:
     # 40 px true offset, 10 m = 20 px search radius: any estimate would be wrong, so it must be flagged
     eo = atlanta[0][:640, :640]
     moved = ndimage.shift(eo, (28.0, -28.5), order=3, mode="constant", cval=np.nan)
-    sar = sim.sar_like(moved, np.random.default_rng(2), looks=2)
-    params = {"coregister": {**FAST["coregister"], "search_radius_m": 10.0}}
+    sar = sar_like(moved, np.random.default_rng(2), looks=2)
+    params = dataclasses.replace(FAST, search_radius_m=10.0)
     reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, params, gsd_m=0.5)
     assert reg.flagged
 
@@ -128,16 +132,17 @@ def make_source(atlanta, tmp: Path, offset_m: tuple[float, float], related: bool
     """A region whose SAR (UTM, uint16, nodata 0) shows everything at P + offset_m, and whose EO
     (EPSG:3857 RGB with an internal mask) is the real chip."""
     eo, transform, crs = atlanta
-    bbox = sim.write_synthetic_source(eo[:size, :size], transform, crs, offset_m, tmp / "source",
-                                     np.random.default_rng(5), looks=2, related=related, nodata_cols=20)
+    bbox = write_synthetic_source(eo[:size, :size], transform, crs, offset_m, tmp / "source",
+                                 np.random.default_rng(5), looks=2, related=related, nodata_cols=20)
     return Region(name="atl", bbox=bbox, gsd_m=0.5, sar={}, eo={}, osm={}, path=tmp / "atl.yaml", root=tmp)
 
 
 def test_register_region_recovers_map_offset(atlanta, tmp_path: Path) -> None:
     offset = (7.3, -4.6)  # the SAR shows things 7.3 m east and 4.6 m south of where they are
     region = make_source(atlanta, tmp_path, offset)
-    params = {"coregister": {**FAST["coregister"], "record_timing": False}}
-    rec = cr.register_region(region, tmp_path / "source", tmp_path / "registration", params)
+    params = dataclasses.replace(FAST, record_timing=False)
+    rec = cr.register_region(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "registration"),
+                             params)
     assert rec["applied"] and not rec["flagged"], rec["reason"]
     assert rec["model"] == "translation"
     assert rec["sar_crs"] == "EPSG:32616"
@@ -158,13 +163,14 @@ def test_register_region_recovers_map_offset(atlanta, tmp_path: Path) -> None:
         assert png.format == "PNG" and png.width > 2 * png.height - 50
     # same inputs and params, same bytes
     first = (tmp_path / "registration" / "registration.json").read_bytes()
-    cr.register_region(region, tmp_path / "source", tmp_path / "registration", params)
+    cr.register_region(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "registration"), params)
     assert (tmp_path / "registration" / "registration.json").read_bytes() == first
 
 
 def test_register_region_unrelated_keeps_georeferencing(atlanta, tmp_path: Path) -> None:
     region = make_source(atlanta, tmp_path, (5.0, 5.0), related=False, size=512)
-    rec = cr.register_region(region, tmp_path / "source", tmp_path / "out", FAST)
+    rec = cr.register_region(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "out"),
+                             dataclasses.replace(FAST, record_timing=True))
     assert rec["flagged"] and not rec["applied"]
     assert rec["correction"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert rec["shift_m"] == {"east": 0.0, "north": 0.0}
@@ -174,7 +180,8 @@ def test_register_region_unrelated_keeps_georeferencing(atlanta, tmp_path: Path)
 
 def test_disabled_writes_identity(atlanta, tmp_path: Path) -> None:
     region = make_source(atlanta, tmp_path, (3.0, 0.0), size=256)
-    rec = cr.register_region(region, tmp_path / "source", tmp_path / "out", {"coregister": {"enabled": False}})
+    rec = cr.register_region(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "out"),
+                             cr.CoregisterParams(enabled=False))
     assert not rec["applied"] and rec["model"] == "none"
     assert "disabled" in rec["reason"]
     assert rec["correction"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -201,7 +208,7 @@ def test_map_correction_uses_projection_not_degree_scaling() -> None:
 def test_fit_prefers_translation_and_uses_affine_only_when_supported() -> None:
     rng = np.random.default_rng(0)
     xy = [(x, y) for x in np.linspace(200, 3800, 4) for y in np.linspace(200, 3800, 4)]
-    params = cr.merged_params({})
+    params = cr.CoregisterParams()
 
     def tps(fn):
         return [cr.TiePoint(x, y, *fn(x, y), confidence=1.0, score=0.5) for x, y in xy]
@@ -213,7 +220,7 @@ def test_fit_prefers_translation_and_uses_affine_only_when_supported() -> None:
     assert (m[2], m[5]) == pytest.approx((3.0, -2.0), abs=0.2)
     # 1e-3 scale + 0.5 mrad rotation: up to ~4 px of misfit for a translation over 4000 px
     aff = tps(lambda x, y: (1e-3 * x - 5e-4 * y + 1.0, 5e-4 * x + 1e-3 * y - 1.0))
-    out, model, m, res, conf, reason = cr._fit(aff, {**params, "inlier_tol_px": 5.0}, (4000, 4000))
+    out, model, m, res, conf, reason = cr._fit(aff, dataclasses.replace(params, inlier_tol_px=5.0), (4000, 4000))
     assert model == "affine" and res["rms"] < 0.01
     assert m == pytest.approx((1.001, -5e-4, 1.0, 5e-4, 1.001, -1.0), abs=1e-6)
     # and the map-unit correction of that affine maps apparent SAR positions back onto the truth
@@ -231,11 +238,13 @@ def test_fit_prefers_translation_and_uses_affine_only_when_supported() -> None:
 def test_bad_inputs_raise_clear_errors(tmp_path: Path) -> None:
     region = Region(name="x", bbox=(0, 0, 0.01, 0.01), gsd_m=1.0, sar={}, eo={}, osm={}, path=tmp_path, root=tmp_path)
     with pytest.raises(cr.RegistrationError, match="sar.tif: missing"):
-        cr.register_region(region, tmp_path, tmp_path / "out", {})
-    with pytest.raises(cr.RegistrationError, match="unknown key"):
-        cr.merged_params({"coregister": {"tile_sise": 100}})
-    with pytest.raises(cr.RegistrationError, match="model"):
-        cr.merged_params({"coregister": {"model": "homography"}})
+        cr.register_region(region, SourceFiles(tmp_path), RegistrationFiles(tmp_path / "out"))
+    with pytest.raises(ParamsError, match=r"params.yaml: coregister.tile_sise: unknown key; did you mean 'tile_size'\?"):
+        parse_section(cr.CoregisterParams, {"tile_sise": 100}, "params.yaml")
+    with pytest.raises(ParamsError, match=re.escape("coregister.model: expected 'translation' | 'affine' | 'auto', got 'homography'")):
+        parse_section(cr.CoregisterParams, {"model": "homography"}, "params.yaml")
+    with pytest.raises(ParamsError, match="coregister.tile_size: must be >= 32"):
+        parse_section(cr.CoregisterParams, {"tile_size": 8}, "params.yaml")
 
 
 # ----------------------------------------------------------------------------- realistic urban geometry
@@ -244,13 +253,13 @@ def test_bad_inputs_raise_clear_errors(tmp_path: Path) -> None:
 def test_urban_render_puts_layover_and_shadow_where_geometry_says() -> None:
     # one 10 m building, SAR looking from the east at 45 deg: the roof shows h / tan(45) = 10 m
     # = 20 px east of its footprint, the radar shadow runs h * tan(45) = 20 px west of it
-    scene = sim.UrbanScene(n=200, pixel_m=0.5, xs=np.array([]), ys=np.array([]), street_half_px=0.0,
-                          parcels=np.full((1, 1, 2), 1), split=np.full((1, 1), 0.5),
-                          buildings=np.array([[80.0, 80.0, 110.0, 120.0, 10.0]]))
-    views = sim.UrbanViews(sar_look_azimuth_deg=90.0, incidence_deg=45.0, eo_off_nadir_deg=0.0,
-                          sun_elevation_deg=89.9)
-    sar, eo = sim.render_urban(scene, views, (3.0, 0.0), np.random.default_rng(0), looks=1000,
-                              effects=frozenset({"layover", "radar_shadow"}))
+    scene = UrbanScene(n=200, pixel_m=0.5, xs=np.array([]), ys=np.array([]), street_half_px=0.0,
+                      parcels=np.full((1, 1, 2), 1), split=np.full((1, 1), 0.5),
+                      buildings=np.array([[80.0, 80.0, 110.0, 120.0, 10.0]]))
+    views = UrbanViews(sar_look_azimuth_deg=90.0, incidence_deg=45.0, eo_off_nadir_deg=0.0,
+                      sun_elevation_deg=89.9)
+    sar, eo = render_urban(scene, views, (3.0, 0.0), np.random.default_rng(0), looks=1000,
+                          effects=frozenset({"layover", "radar_shadow"}))
     row = sar[100]
     ground = float(np.median(row[:40]))
     roof = np.flatnonzero(row > ground + 3)  # roof + wall laid over onto the ground
@@ -286,13 +295,13 @@ def test_realistic_urban_pairs_hit_ground_truth_or_are_flagged() -> None:
     accepted = 0
     for seed in (4, 6):
         rng = np.random.default_rng(seed)
-        scene = sim.urban_scene(rng, 512, 0.5, (5.0, 40.0), 0.5)
-        views = sim.UrbanViews(sar_look_azimuth_deg=float(rng.uniform(0, 360)), incidence_deg=35.0,
-                              eo_azimuth_deg=float(rng.uniform(0, 360)), eo_off_nadir_deg=15.0,
-                              sun_azimuth_deg=float(rng.uniform(0, 360)), sun_elevation_deg=45.0)
+        scene = urban_scene(rng, 512, 0.5, (5.0, 40.0), 0.5)
+        views = UrbanViews(sar_look_azimuth_deg=float(rng.uniform(0, 360)), incidence_deg=35.0,
+                          eo_azimuth_deg=float(rng.uniform(0, 360)), eo_off_nadir_deg=15.0,
+                          sun_azimuth_deg=float(rng.uniform(0, 360)), sun_elevation_deg=45.0)
         off = (float(rng.uniform(-15, 15)), float(rng.uniform(-15, 15)))
-        sar, eo = sim.render_urban(scene, views, off, rng, looks=2)
-        reg = cr.estimate_shift(sar, eo, params=FAST, gsd_m=0.5)
+        sar, eo = render_urban(scene, views, off, rng, looks=2)
+        reg = cr.estimate_shift(sar, eo, p=FAST, gsd_m=0.5)
         err = math.hypot(reg.dx - off[0], reg.dy - off[1])
         assert reg.flagged or err < 1.0, f"seed {seed}: unflagged error {err:.2f} px"
         accepted += not reg.flagged

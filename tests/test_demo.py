@@ -7,6 +7,7 @@ burnt independently from the same OSM on the true grids.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -20,29 +21,35 @@ import rasterio
 from affine import Affine
 from PIL import Image
 
-from pipeline import demo, simulate, tiles
+from pipeline import tiles
 from pipeline.calibrate import capella_calibration, dn_to_linear
-from pipeline.labels import classify, rasterize_classes
+from pipeline.demo import physics
+from pipeline.demo.params import PROCEDURAL, REGIONS, DemoError, DemoParams, DemoRegion
+from pipeline.demo.product import parse_item_id
+from pipeline.demo.rural import osm_xml, procedural_rural
+from pipeline.demo.stage import build_demo, utm_grid
+from pipeline.labels.classify import classify
+from pipeline.labels.rasterize import rasterize_classes
 from pipeline.osm import read_osm
+from pipeline.params import ParamsError, parse_section
 from pipeline.regions import load_region
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = {
-    "demo": {
-        "margin_m": 20.0,
-        "regions": {
-            "helsinki": {"bbox": [24.940, 60.168, 24.945, 60.1705]},
-            "uppland": {"bbox": [17.590, 59.907, 17.595, 59.9095]},
-        },
-    }
+SMALL_SECTION = {
+    "margin_m": 20.0,
+    "regions": {
+        "helsinki": {"bbox": [24.940, 60.168, 24.945, 60.1705]},
+        "uppland": {"bbox": [17.590, 59.907, 17.595, 59.9095]},
+    },
 }
+SMALL = parse_section(DemoParams, SMALL_SECTION)
 ID_RE = re.compile(r"^CAPELLA_C\d{2}_(SP|SM|SS)_(GEO|GEC)_(HH|VV)_(\d{14})_(\d{14})$")
 
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    a = demo.build_demo(tmp_path_factory.mktemp("a") / "demo", SMALL)
-    b = demo.build_demo(tmp_path_factory.mktemp("b") / "demo", SMALL)
+    a = build_demo(tmp_path_factory.mktemp("a") / "demo", SMALL)
+    b = build_demo(tmp_path_factory.mktemp("b") / "demo", SMALL)
     return a, b
 
 
@@ -52,8 +59,8 @@ def out(builds: tuple[Path, Path]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cfg() -> dict:
-    return demo.demo_params(SMALL)
+def cfg() -> DemoParams:
+    return SMALL
 
 
 def _items(out: Path) -> dict[str, pystac.Item]:
@@ -63,10 +70,10 @@ def _items(out: Path) -> dict[str, pystac.Item]:
     return {i.id: i for i in by_dt.get_items(recursive=True)}
 
 
-def _true_classes(name: str, r: dict, cfg: dict, out: Path, crs, transform, shape) -> np.ndarray:
+def _true_classes(name: str, r: DemoRegion, out: Path, crs, transform, shape) -> np.ndarray:
     """Class map burnt from the region's OSM on a given grid, independently of the demo stage."""
-    src = out / "osm" / f"{name}.osm" if r["osm"] == demo.PROCEDURAL else ROOT / "pipeline" / "demo_data" / r["osm"]
-    w, s, e, n = r["bbox"]
+    src = out / "osm" / f"{name}.osm" if r.osm == PROCEDURAL else ROOT / "pipeline" / "demo_data" / r.osm
+    w, s, e, n = r.bbox
     feats = classify(read_osm(src, (w - 0.003, s - 0.002, e + 0.003, n + 0.002)))
     return rasterize_classes(feats, crs, transform, shape)
 
@@ -74,16 +81,16 @@ def _true_classes(name: str, r: dict, cfg: dict, out: Path, crs, transform, shap
 # --------------------------------------------------------------------------- catalog
 
 
-def test_catalog_walks_like_capella(out: Path, cfg: dict) -> None:
+def test_catalog_walks_like_capella(out: Path, cfg: DemoParams) -> None:
     items = _items(out)
-    assert set(items) == {r["item_id"] for r in cfg["regions"].values()}
-    for r in cfg["regions"].values():
-        item = items[r["item_id"]]
+    assert set(items) == {r.item_id for r in cfg.regions.values()}
+    for r in cfg.regions.values():
+        item = items[r.item_id]
         m = ID_RE.match(item.id)
         assert m, item.id
-        info = demo.parse_item_id(item.id)
+        info = parse_item_id(item.id)
         s = info["start"]
-        mm, dd = (f"{s.month:02d}", f"{s.day:02d}") if r["padded_dates"] else (str(s.month), str(s.day))
+        mm, dd = (f"{s.month:02d}", f"{s.day:02d}") if r.padded_dates else (str(s.month), str(s.day))
         rel = Path(item.get_self_href()).relative_to(out / "capella").as_posix()
         assert rel == (
             f"capella-open-data-by-datetime/capella-open-data-{s.year}/capella-open-data-{s.year}-{mm}/"
@@ -103,7 +110,7 @@ def test_catalog_walks_like_capella(out: Path, cfg: dict) -> None:
             assert (Path(item.get_self_href()).parent / a["href"]).is_file()
         assert raw["assets"]["metadata"]["href"].endswith("_extended.json")
         # lon/lat footprint near the AOI
-        w, s_, e, n = r["bbox"]
+        w, s_, e, n = r.bbox
         bx = item.bbox
         assert bx[0] < (w + e) / 2 < bx[2] and bx[1] < (s_ + n) / 2 < bx[3]
     # both month/day spellings occur (walk links, never build URLs)
@@ -161,9 +168,9 @@ def test_extended_json_has_the_real_structure(out: Path, fixtures: Path) -> None
 
 
 @pytest.mark.parametrize("name", ["helsinki", "uppland"])
-def test_cog_dn_decode_to_class_sigma0(out: Path, cfg: dict, name: str) -> None:
-    r = cfg["regions"][name]
-    item = _items(out)[r["item_id"]]
+def test_cog_dn_decode_to_class_sigma0(out: Path, cfg: DemoParams, name: str) -> None:
+    r = cfg.regions[name]
+    item = _items(out)[r.item_id]
     tif = Path(item.get_self_href()).with_name(f"{item.id}.tif")
     ext = json.loads(tif.with_name(f"{item.id}_extended.json").read_text())
     cal = capella_calibration(ext, str(tif))
@@ -183,16 +190,16 @@ def test_cog_dn_decode_to_class_sigma0(out: Path, cfg: dict, name: str) -> None:
     first = [int(np.argmax(row)) for row in valid[50:-50:100] if row.any()]
     assert len(set(first)) > 2
     # the true grid is the product grid minus the injected offset
-    off = r["offset_m"]
-    true_tf = Affine.translation(-off["east"], -off["north"]) @ product_tf
-    c_crs, c_tf, c_shape = demo.utm_grid(tuple(r["bbox"]), cfg["sar_pixel_m"], cfg["margin_m"])
+    off = r.offset_m
+    true_tf = Affine.translation(-off.east, -off.north) @ product_tf
+    c_crs, c_tf, c_shape = utm_grid(r.bbox, cfg.sar_pixel_m, cfg.margin_m)
     assert c_shape == shape and c_crs == crs
     assert np.allclose(tuple(true_tf)[:6], tuple(c_tf)[:6], atol=1e-6)
-    classes = _true_classes(name, r, cfg, out, crs, true_tf, shape)
+    classes = _true_classes(name, r, out, crs, true_tf, shape)
     db = 10 * np.log10(dn_to_linear(dn, cal))
     # per class, far from buildings (edges, shadows): median dB = table value + speckle's log bias
-    b = classes == simulate.BUILDING
-    near_b = simulate.any_along(b, (0, 1), 40) | simulate.any_along(b, (0, -1), 40) | b
+    b = classes == physics.BUILDING
+    near_b = physics.any_along(b, (0, 1), 40) | physics.any_along(b, (0, -1), 40) | b
     bias = -0.37  # median of Gamma(4, 1/4) in dB
     checked = 0
     for k in np.unique(classes):
@@ -202,7 +209,7 @@ def test_cog_dn_decode_to_class_sigma0(out: Path, cfg: dict, name: str) -> None:
         if sel.sum() < 3000:
             continue
         med = float(np.median(db[sel]))
-        assert med == pytest.approx(simulate.SIGMA0_DB[int(k)] + bias, abs=1.0), (name, int(k), med)
+        assert med == pytest.approx(physics.SIGMA0_DB[int(k)] + bias, abs=1.0), (name, int(k), med)
         lin = dn_to_linear(dn, cal)[sel]
         cv = float(lin.std() / lin.mean())
         assert 0.45 < cv < 1.0, (name, int(k), cv)  # multiplicative speckle (1/sqrt(4)) plus texture
@@ -218,20 +225,21 @@ def test_cog_dn_decode_to_class_sigma0(out: Path, cfg: dict, name: str) -> None:
         assert np.median(db[shadow]) < -20
 
 
-def test_truth_records_offsets_and_nothing_reads_it(out: Path, cfg: dict) -> None:
+def test_truth_records_offsets_and_nothing_reads_it(out: Path, cfg: DemoParams) -> None:
     truth = json.loads((out / "truth.json").read_text())
     assert "never reads" in truth["note"]
     items = _items(out)
-    for name, r in cfg["regions"].items():
+    for name, r in cfg.regions.items():
         t = truth["regions"][name]
-        assert t["sar_offset_m"] == {"east": r["offset_m"]["east"], "north": r["offset_m"]["north"]}
+        assert t["sar_offset_m"] == {"east": r.offset_m.east, "north": r.offset_m.north}
         assert 1.0 < math.hypot(*t["sar_offset_m"].values()) < 10.0
-        raw = json.loads(Path(items[r["item_id"]].get_self_href()).read_text())["properties"]
+        raw = json.loads(Path(items[r.item_id].get_self_href()).read_text())["properties"]
         assert t["sar_crs"] == f"EPSG:{raw['proj:epsg']}"
     offsets = {tuple(t["sar_offset_m"].values()) for t in truth["regions"].values()}
     assert len(offsets) == len(truth["regions"])  # different per region
     readers = [
-        p.name for p in (ROOT / "pipeline").glob("*.py") if p.name != "demo.py" and "truth.json" in p.read_text()
+        p.name for p in (ROOT / "pipeline").rglob("*.py")
+        if "demo" not in p.relative_to(ROOT / "pipeline").parts and "truth.json" in p.read_text()
     ]
     assert readers == []
 
@@ -251,9 +259,9 @@ def _mosaic(out: Path, name: str, zoom: int, rng: tuple[int, int, int, int]) -> 
 
 
 @pytest.mark.parametrize("name", ["helsinki", "uppland"])
-def test_tiles_at_right_zoom_and_place(out: Path, cfg: dict, name: str) -> None:
-    r = cfg["regions"][name]
-    bbox = tuple(r["bbox"])
+def test_tiles_at_right_zoom_and_place(out: Path, cfg: DemoParams, name: str) -> None:
+    r = cfg.regions[name]
+    bbox = tuple(r.bbox)
     zoom = tiles.zoom_for_gsd((bbox[1] + bbox[3]) / 2, 0.3)
     assert zoom == 18 and 0.25 < tiles.ground_resolution((bbox[1] + bbox[3]) / 2, zoom) <= 0.3
     rng = tiles.tile_range(bbox, zoom)
@@ -264,28 +272,28 @@ def test_tiles_at_right_zoom_and_place(out: Path, cfg: dict, name: str) -> None:
     minx, _, _, maxy = tiles.tile_bounds(rng[0], rng[1], zoom)
     res = (tiles.tile_bounds(rng[0], rng[1], zoom)[2] - minx) / 256
     tf = Affine(res, 0, minx, 0, -res, maxy)
-    classes = _true_classes(name, r, cfg, out, "EPSG:3857", tf, rgb.shape[:2])
+    classes = _true_classes(name, r, out, "EPSG:3857", tf, rgb.shape[:2])
     from scipy import ndimage
 
-    b = classes == simulate.BUILDING
-    look = simulate.EoLook()
+    b = classes == physics.BUILDING
+    look = physics.EoLook()
     sun = math.radians(look.sun_azimuth_deg)
-    sunlit = ~simulate.any_along(b, (-math.cos(sun), math.sin(sun)), 70)  # 15 m walls cast <= 60 px shadows
+    sunlit = ~physics.any_along(b, (-math.cos(sun), math.sin(sun)), 70)  # 15 m walls cast <= 60 px shadows
     checked = 0
     for k in np.unique(classes):
-        if k == simulate.BUILDING:
+        if k == physics.BUILDING:
             continue
         core = ndimage.binary_erosion(classes == k, iterations=4) & sunlit
         if core.sum() < 4000:
             continue
         med = np.median(rgb[core].astype(float), axis=0)
-        assert np.abs(med - np.array(simulate.EO_COLOUR[int(k)])).max() < 25, (name, int(k), med)
+        assert np.abs(med - np.array(physics.EO_COLOUR[int(k)])).max() < 25, (name, int(k), med)
         checked += 1
     assert checked >= 2
     if name == "uppland":  # a known feature: the river and pond sit exactly where OSM puts them
         water = classes == 22
         assert water.sum() > 2000
-        looks_wet = np.abs(rgb.astype(float) - simulate.EO_COLOUR[22]).max(axis=2) < 22
+        looks_wet = np.abs(rgb.astype(float) - physics.EO_COLOUR[22]).max(axis=2) < 22
         looks_wet = ndimage.binary_opening(looks_wet, iterations=2)
 
         def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -295,22 +303,22 @@ def test_tiles_at_right_zoom_and_place(out: Path, cfg: dict, name: str) -> None:
         assert iou(looks_wet, np.roll(water, 6, axis=1)) < iou(looks_wet, water) - 0.1
 
 
-def test_eo_and_sar_dates_differ_in_region_files(cfg: dict) -> None:
-    for name, r in demo.DEFAULTS["regions"].items():
+def test_eo_and_sar_dates_differ_in_region_files(cfg: DemoParams) -> None:
+    for name, r in REGIONS.items():
         reg = load_region(ROOT / "regions" / f"{name}.yaml")
-        sar_day = demo.parse_item_id(r["item_id"])["start"].date()
+        sar_day = parse_item_id(r.item_id)["start"].date()
         if "ids" in reg.sar:  # selected by id, or by filters that admit the demo item's date
-            assert reg.demo and reg.sar["ids"] == [r["item_id"]]
+            assert reg.demo and reg.sar["ids"] == [r.item_id]
         else:
             start, end = reg.sar["datetime"].split("/")
             assert reg.demo and start <= sar_day.isoformat() <= end
-        assert list(reg.bbox) == r["bbox"]
+        assert tuple(reg.bbox) == r.bbox
         assert reg.eo["tiles"] == f"data/demo/tiles/{name}/{{z}}/{{x}}/{{y}}.png"
-        assert reg.eo["zoom"] == tiles.zoom_for_gsd((reg.bbox[1] + reg.bbox[3]) / 2, demo.DEFAULTS["eo_gsd_m"])
+        assert reg.eo["zoom"] == tiles.zoom_for_gsd((reg.bbox[1] + reg.bbox[3]) / 2, DemoParams().eo_gsd_m)
         gap = abs((sar_day - __import__("datetime").date.fromisoformat(reg.eo["datetime"])).days)
         assert gap > 30
         assert reg.resolve(reg.osm["file"]).endswith(
-            "Helsinki.osm.pbf" if r["osm"] != demo.PROCEDURAL else f"data/demo/osm/{name}.osm"
+            "Helsinki.osm.pbf" if r.osm != PROCEDURAL else f"data/demo/osm/{name}.osm"
         )
 
 
@@ -331,7 +339,7 @@ def test_two_builds_are_byte_identical(builds: tuple[Path, Path]) -> None:
 
 def test_procedural_osm_depends_on_seed_only() -> None:
     def feats(seed: int) -> str:
-        return demo.osm_xml(demo.procedural_rural((900, 800), seed), lambda x, y: (x / 1e5, y / 1e5), (0, 0, 1, 1))
+        return osm_xml(procedural_rural((900, 800), seed), lambda x, y: (x / 1e5, y / 1e5), (0, 0, 1, 1))
 
     assert feats(1) == feats(1) and feats(1) != feats(2)
     text = feats(1)
@@ -348,23 +356,27 @@ def test_procedural_osm_depends_on_seed_only() -> None:
 
 
 def test_bad_params_fail_clearly(tmp_path: Path) -> None:
-    with pytest.raises(demo.DemoError, match="max_pixels"):
-        demo.build_demo(tmp_path / "d", {"demo": {**SMALL["demo"], "max_pixels": 1000, "only": ["uppland"]}})
+    with pytest.raises(DemoError, match="max_pixels"):
+        build_demo(tmp_path / "d", dataclasses.replace(SMALL, max_pixels=1000, only=("uppland",)))
     assert not (tmp_path / "d").exists()
-    with pytest.raises(demo.DemoError, match="item id 'CAPELLA_X'"):
-        demo.parse_item_id("CAPELLA_X")
-    with pytest.raises(demo.DemoError, match="demo.only"):
-        demo.demo_params({"demo": {"only": ["atlantis"]}})
-    with pytest.raises(demo.DemoError, match="regions.atlantis: missing"):
-        demo.demo_params({"demo": {"regions": {"atlantis": {"bbox": [0, 0, 1, 1]}}}})
+    with pytest.raises(DemoError, match="item id 'CAPELLA_X'"):
+        parse_item_id("CAPELLA_X")
+    with pytest.raises(ParamsError, match=r"demo.only: unknown region\(s\) atlantis"):
+        parse_section(DemoParams, {"only": ["atlantis"]})
+    with pytest.raises(ParamsError, match="regions.atlantis: missing osm, item_id"):
+        parse_section(DemoParams, {"regions": {"atlantis": {"bbox": [0, 0, 1, 1]}}})
+    # a region of params.yaml gives only what it changes: the rest is the built-in region's
+    moved = parse_section(DemoParams, {"regions": {"uppland": {"offset_m": {"east": 1.0, "north": 2.0}}}})
+    assert moved.regions["uppland"].offset_m.east == 1.0 and moved.regions["uppland"].bbox == REGIONS["uppland"].bbox
+    assert moved.regions["helsinki"] == REGIONS["helsinki"]
 
 
 def test_speckle_and_quantisation_roundtrip() -> None:
     rng = np.random.default_rng(0)
     s = np.full((400, 400), 0.05, np.float32)
-    sp = simulate.speckle(s, 4, rng)
+    sp = physics.speckle(s, 4, rng)
     assert sp.mean() == pytest.approx(0.05, rel=0.02) and (sp / 0.05).var() == pytest.approx(0.25, rel=0.05)
-    dn = simulate.sigma0_to_dn(sp, 1.5e-4)
+    dn = physics.sigma0_to_dn(sp, 1.5e-4)
     ext = {"product_type": "GEO", "collect": {"image": {"scale_factor": 1.5e-4, "radiometry": "sigma_nought"}}}
     back = dn_to_linear(dn, capella_calibration(ext))
     assert np.median(np.abs(back / sp - 1)) < 2e-3
@@ -372,9 +384,9 @@ def test_speckle_and_quantisation_roundtrip() -> None:
 
 def test_building_edges_face_the_sensor() -> None:
     c = np.full((120, 120), 16, np.uint8)
-    c[40:80, 40:80] = simulate.BUILDING
+    c[40:80, 40:80] = physics.BUILDING
     for az, edge_col, shadow_side in ((260.0, 79, "west"), (80.0, 40, "east")):
-        scene = simulate.mean_sigma0(c, simulate.SarGeometry(range_azimuth_deg=az), np.random.default_rng(0))
+        scene = physics.mean_sigma0(c, physics.SarGeometry(range_azimuth_deg=az), np.random.default_rng(0))
         assert scene.edge[60, edge_col] and not scene.edge[60, 119 - edge_col]
         cols = np.nonzero(scene.shadow[60])[0]
         assert (cols < 40).all() if shadow_side == "west" else (cols >= 80).all()
@@ -382,10 +394,10 @@ def test_building_edges_face_the_sensor() -> None:
 
 
 def test_footprint_is_inside_its_corners() -> None:
-    m = simulate.footprint_mask((300, 200), 7.0, 2.0, 3.0)
+    m = physics.footprint_mask((300, 200), 7.0, 2.0, 3.0)
     from shapely.geometry import Point, Polygon
 
-    poly = Polygon(simulate.footprint_corners((300, 200), 7.0, 2.0))
+    poly = Polygon(physics.footprint_corners((300, 200), 7.0, 2.0))
     rows, cols = np.nonzero(m)
     for r, c in zip(rows[::97], cols[::97]):
         assert poly.buffer(0.75).contains(Point(c + 0.5, r + 0.5))

@@ -3,6 +3,7 @@ from a loopback moto S3 server; asset classification on the real Umbra STAC item
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,20 +22,45 @@ from rasterio.transform import from_origin
 from servers import dead_port, http_dir, refused_port, s3_server  # noqa: F401 - pytest fixtures
 from test_osm import _Overpass, overpass_server  # noqa: F401 - the loopback Overpass server
 
-from pipeline import fetch, tiles
+from pipeline import tiles
+from pipeline.fetch import cache as fetch_cache
+from pipeline.fetch.cache import Cache
+from pipeline.fetch.eo import fetch_eo
+from pipeline.fetch.items import (
+    ItemFacts,
+    classify_asset,
+    date_range,
+    item_facts,
+    parse_capella_id,
+    rank_key,
+    reject_reason,
+    select_data_asset,
+    select_metadata_asset,
+)
+from pipeline.fetch.params import FetchParams
+from pipeline.fetch.sar import find_sar_items
+from pipeline.fetch.stacio import FetchError, Transport, Unsafe, check_href, join_href
+from pipeline.fetch.stage import fetch_region
+from pipeline.fetch.walk import WalkFilter, extent_outside, link_name, name_date_span
+from pipeline.layout import SourceFiles
+from pipeline.osm import OsmParams
 from pipeline.provenance import parse_datetime
 from pipeline.regions import load_region
-from pipeline.stacio import FetchError, Transport, Unsafe, join_href
 
 LON, LAT = 24.945, 60.17
 AOI = [LON - 0.001, LAT - 0.0005, LON + 0.001, LAT + 0.0005]
 EPSG = 32635
-FAST = {"fetch": {"retries": 1, "backoff_s": 0.01, "timeout_s": 5, "workers": 2}}
+FAST = FetchParams(retries=1, backoff_s=0.01, timeout_s=5, workers=2)
 WINNER = "CAPELLA_C14_SP_GEO_HH_20240709040329_20240709040358"
 
 
 def sha(p: Path) -> str:
     return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+def run_fetch(region, out: Path, cache: Path, p: FetchParams = FAST, osm: OsmParams = OsmParams()) -> Path:
+    """The fetch stage into the source/ directory ``out``."""
+    return fetch_region(region, SourceFiles(out), cache, p, osm)
 
 
 def _geotiff(path: Path, centre: tuple[float, float], seed: int, crs: int | None = EPSG) -> list[list[float]]:
@@ -59,7 +85,7 @@ def _item(root: Path, sub: str, item_id: str, centre: tuple[float, float], seed:
     d = root / sub / item_id
     d.mkdir(parents=True)
     ring = _geotiff(d / f"{item_id}.tif", centre, seed)
-    cap = fetch.parse_capella_id(item_id)
+    cap = parse_capella_id(item_id)
     assert cap
     (d / f"{item_id}_extended.json").write_text(json.dumps(
         {"product_type": cap["product"], "collect": {"image": {"scale_factor": 1e-4 * (seed + 1),
@@ -183,82 +209,82 @@ def _local_region(tmp_path: Path, demo: Path, osm: dict[str, Any] | None = None,
 
 def test_umbra_sample_assets_classified(fixtures: Path) -> None:
     item = pystac.Item.from_file(str(fixtures / "umbra/2024-10-26-18-07-08_UMBRA-05.stac.v2.json"))
-    kinds = {k: fetch.classify_asset(k, a) for k, a in item.assets.items()}
+    kinds = {k: classify_asset(k, a) for k, a in item.assets.items()}
     assert kinds["2024-10-26-18-07-08_UMBRA-05_MM.tif"] == "geotiff"
     assert kinds["2024-10-26-18-07-08_UMBRA-05_SICD_MM.nitf"] == "sicd"
     assert kinds["2024-10-26-18-07-08_UMBRA-05_SIDD_MM.nitf"] == "sidd"
     assert kinds["2024-10-26-18-07-08_UMBRA-05_MM.cphd"] == "cphd"
     assert kinds["2024-10-26-18-07-08_UMBRA-05_MM.json"] == "metadata"
-    key, _ = fetch.select_data_asset(item, "HH")
+    key, _ = select_data_asset(item, "HH")
     assert key == "2024-10-26-18-07-08_UMBRA-05_MM.tif"
-    facts = fetch.item_facts(item)
+    facts = item_facts(item)
     assert (facts.provider, facts.product, facts.polarizations, facts.mode) == ("umbra", "GEC", ("HH",), "SP")
-    assert fetch.select_metadata_asset(item, "umbra") is None  # not Capella's format
+    assert select_metadata_asset(item, "umbra") is None  # not Capella's format
     # an older vintage keys the same file 'GEC': still found, by what it is
     renamed = item.clone()
     renamed.assets = {("GEC" if k.endswith("_MM.tif") else k): a for k, a in item.assets.items()}
-    assert fetch.select_data_asset(renamed, "HH")[0] == "GEC"
+    assert select_data_asset(renamed, "HH")[0] == "GEC"
 
 
 def test_complex_only_item_refused(fixtures: Path) -> None:
     item = pystac.Item.from_file(str(fixtures / "umbra/2024-10-26-18-07-08_UMBRA-05.stac.v2.json"))
     item.assets = {k: a for k, a in item.assets.items() if not k.endswith(".tif")}
     with pytest.raises(FetchError, match=r"83ae479c.*no GeoTIFF data asset.*CPHD, SICD, SIDD"):
-        fetch.select_data_asset(item, "HH")
+        select_data_asset(item, "HH")
 
 
 def test_capella_id_and_ranking() -> None:
-    cap = fetch.parse_capella_id(WINNER)
+    cap = parse_capella_id(WINNER)
     assert cap == {"platform": "C14", "mode": "SP", "product": "GEO", "pol": "HH",
                    "start": "20240709040329", "end": "20240709040358"}
-    assert fetch.parse_capella_id("CAPELLA_C14_SP_GEO_HH_2024") is None
-    def mk(i: str, when: str) -> fetch.ItemFacts:
-        return fetch.ItemFacts(i, "capella", "GEO", ("HH",), "SP", parse_datetime(when), None, when)
+    assert parse_capella_id("CAPELLA_C14_SP_GEO_HH_2024") is None
+    def mk(i: str, when: str) -> ItemFacts:
+        return ItemFacts(i, "capella", "GEO", ("HH",), "SP", parse_datetime(when), None, when)
 
     old, new = mk("b", "2020-01-01T00:00:00Z"), mk("c", "2024-01-01T00:00:00Z")
     tie = mk("a", "2024-01-01T00:00:00Z")
-    ranked = sorted([(old, 1.0), (new, 1.0), (tie, 1.0), (new, 0.5)], key=lambda p: fetch.rank_key(*p))
+    ranked = sorted([(old, 1.0), (new, 1.0), (tie, 1.0), (new, 0.5)], key=lambda p: rank_key(*p))
     assert [(f.id, c) for f, c in ranked] == [("a", 1.0), ("c", 1.0), ("b", 1.0), ("c", 0.5)]
 
 
 def test_date_range_and_reasons() -> None:
-    lo, hi = fetch.date_range("2024-07-01/2024-07-09")
-    f = fetch.ItemFacts("x", "capella", "GEO", ("HH",), "SP", parse_datetime("2024-07-09T23:59:00Z"),
+    lo, hi = date_range("2024-07-01/2024-07-09")
+    f = ItemFacts("x", "capella", "GEO", ("HH",), "SP", parse_datetime("2024-07-09T23:59:00Z"),
                         parse_datetime("2024-07-09T23:59:30Z"), "")
     assert lo <= f.start < hi  # END date is inclusive
     sar = {"product": "GEO", "polarization": "HH", "datetime": "2024-07-10/.."}
-    assert fetch.reject_reason(f, 1.0, sar, True) == "datetime"
-    assert fetch.reject_reason(f, 0.0, {}, True) == "outside AOI"
-    assert fetch.reject_reason(f, 1.0, {"product": "GEO", "polarization": "VV"}, True) == "polarization"
-    assert fetch.reject_reason(f, 1.0, {"product": "GEO", "mode": "SM"}, True) == "mode"
-    slc = fetch.ItemFacts("y", "capella", "SLC", ("HH",), "SP", None, None, "")
-    assert fetch.reject_reason(slc, 1.0, {"product": "GEO"}, True) == "not geocoded"
-    umbra_gec = fetch.ItemFacts("z", "umbra", "GEC", ("HH",), "SP", None, None, "")
-    assert fetch.reject_reason(umbra_gec, 1.0, {"product": "GEO"}, False) is None  # default product
-    assert fetch.reject_reason(umbra_gec, 1.0, {"product": "GEO"}, True) == "product"
+    assert reject_reason(f, 1.0, sar, True) == "datetime"
+    assert reject_reason(f, 0.0, {}, True) == "outside AOI"
+    assert reject_reason(f, 1.0, {"product": "GEO", "polarization": "VV"}, True) == "polarization"
+    assert reject_reason(f, 1.0, {"product": "GEO", "mode": "SM"}, True) == "mode"
+    slc = ItemFacts("y", "capella", "SLC", ("HH",), "SP", None, None, "")
+    assert reject_reason(slc, 1.0, {"product": "GEO"}, True) == "not geocoded"
+    umbra_gec = ItemFacts("z", "umbra", "GEC", ("HH",), "SP", None, None, "")
+    assert reject_reason(umbra_gec, 1.0, {"product": "GEO"}, False) is None  # default product
+    assert reject_reason(umbra_gec, 1.0, {"product": "GEO"}, True) == "product"
 
 
 def test_href_escape_refused() -> None:
-    assert fetch.check_href("./a/b.tif", "s3://bkt/stac/x/item.json", "s3://bkt/stac/") == "s3://bkt/stac/x/a/b.tif"
+    assert check_href("./a/b.tif", "s3://bkt/stac/x/item.json", "s3://bkt/stac/") == "s3://bkt/stac/x/a/b.tif"
     with pytest.raises(Unsafe, match="outside the catalog root"):
-        fetch.check_href("../../other/b.tif", "s3://bkt/stac/x/item.json", "s3://bkt/stac/")
+        check_href("../../other/b.tif", "s3://bkt/stac/x/item.json", "s3://bkt/stac/")
     with pytest.raises(Unsafe, match="outside the catalog root"):
-        fetch.check_href("/secret.tif", "https://h/stac/x/item.json", "https://h/stac/")
+        check_href("/secret.tif", "https://h/stac/x/item.json", "https://h/stac/")
     with pytest.raises(Unsafe, match="climbs above the root"):
         join_href("s3://bkt/item.json", "../../../etc/passwd")
     with pytest.raises(Unsafe, match="may not point at local file"):
-        fetch.check_href("file:///etc/passwd", "https://h/stac/item.json", "https://h/stac/")
+        check_href("file:///etc/passwd", "https://h/stac/item.json", "https://h/stac/")
     with pytest.raises(Unsafe, match="outside the catalog root"):
-        fetch.check_href("../../x.tif", "/data/cat/sub/item.json", "/data/cat/")
+        check_href("../../x.tif", "/data/cat/sub/item.json", "/data/cat/")
     # absolute URLs are the catalog's explicit choice (Capella's assets live in another prefix)
     absolute = "https://data.example/a.tif"
-    assert fetch.check_href(absolute, "s3://b/stac/i.json", "s3://b/stac/") == absolute
+    assert check_href(absolute, "s3://b/stac/i.json", "s3://b/stac/") == absolute
 
 
 @pytest.mark.parametrize("href", ["s3://b/../../etc/passwd", "https://h/a/..", "http://h/x/.hidden", "file:///a/b/c/",
                                   "https://h/a%2F..%2F..%2Fx", "s3://b/" + "x" * 500, "https://h/\u00e9t\u00e9 ,a.tif"])
 def test_cache_names_stay_inside(tmp_path: Path, href: str) -> None:
-    cache = fetch.Cache(tmp_path / "c", Transport())
+    cache = Cache(tmp_path / "c", Transport())
     p = cache.path_for(href)
     assert p.parent == (tmp_path / "c" / "objects").resolve()
     assert not p.name.startswith(".") and len(p.name) <= 100
@@ -270,7 +296,7 @@ def test_cache_names_stay_inside(tmp_path: Path, href: str) -> None:
 
 def test_fetch_local_catalog(tmp_path: Path, demo: Path) -> None:
     region = _local_region(tmp_path, demo)
-    out = fetch.fetch_region(region, tmp_path / "out" / "source", tmp_path / "cache", FAST)
+    out = run_fetch(region, tmp_path / "out" / "source", tmp_path / "cache")
     wdir = demo / "capella/capella-open-data-by-datetime/capella-open-data-2024" / WINNER
     assert sorted(p.name for p in out.iterdir()) == ["eo.tif", "osm.osm", "provenance.json", "sar.tif",
                                                      "sar_metadata.json"]
@@ -296,7 +322,7 @@ def test_fetch_local_catalog(tmp_path: Path, demo: Path) -> None:
         assert eo.crs.to_epsg() == 3857 and eo.count == 3 and eo.dtypes == ("uint8",) * 3
         assert (eo.dataset_mask() == 255).all()
     # same inputs, same bytes; nothing else written beside out/
-    again = fetch.fetch_region(region, tmp_path / "again" / "source", tmp_path / "cache", FAST)
+    again = run_fetch(region, tmp_path / "again" / "source", tmp_path / "cache")
     for name in ("provenance.json", "eo.tif"):
         assert (again / name).read_bytes() == (out / name).read_bytes()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["source"]
@@ -305,23 +331,23 @@ def test_fetch_local_catalog(tmp_path: Path, demo: Path) -> None:
 def test_filters_datetime_ids_and_slc(tmp_path: Path, demo: Path) -> None:
     older = "CAPELLA_C13_SP_GEO_HH_20230101120000_20230101120010"
     region = _local_region(tmp_path, demo, datetime="2022-01-01/2023-12-31")
-    out = fetch.fetch_region(region, tmp_path / "a", tmp_path / "cache", FAST)
+    out = run_fetch(region, tmp_path / "a", tmp_path / "cache")
     assert json.loads((out / "provenance.json").read_text())["sar"]["item_id"] == older
     region = _local_region(tmp_path, demo, ids=[older])
-    out = fetch.fetch_region(region, tmp_path / "b", tmp_path / "cache", FAST)
+    out = run_fetch(region, tmp_path / "b", tmp_path / "cache")
     assert json.loads((out / "provenance.json").read_text())["sar"]["item_id"] == older
     region = _local_region(tmp_path, demo, ids=["CAPELLA_C13_SP_SLC_HH_20240801000000_20240801000010"])
     with pytest.raises(FetchError, match=r"SLC_HH_2024.*product SLC is not geocoded"):
-        fetch.fetch_region(region, tmp_path / "c", tmp_path / "cache", FAST)
+        run_fetch(region, tmp_path / "c", tmp_path / "cache")
     assert not (tmp_path / "c").exists()
     region = _local_region(tmp_path, demo, ids=["CAPELLA_C99_SP_GEO_HH_20240801000000_20240801000010"])
     with pytest.raises(FetchError, match="sar.ids not found"):
-        fetch.fetch_region(region, tmp_path / "d", tmp_path / "cache", FAST)
+        run_fetch(region, tmp_path / "d", tmp_path / "cache")
     region = _local_region(tmp_path, demo, datetime="2025-01-02/..")
     # both year catalogs end (with the one-day margin) before the range: pruned by their names, no item read
     with pytest.raises(FetchError, match=r"no item matches region testregion.*0 items read, rejected by none; "
                                          r"links pruned unread: datetime: 2"):
-        fetch.fetch_region(region, tmp_path / "e", tmp_path / "cache", FAST)
+        run_fetch(region, tmp_path / "e", tmp_path / "cache")
 
 
 def test_aoi_without_items(tmp_path: Path, demo: Path) -> None:
@@ -329,7 +355,7 @@ def test_aoi_without_items(tmp_path: Path, demo: Path) -> None:
         os.symlink(demo / name, tmp_path / name)
     region = make_region(tmp_path, {"stac": "capella/catalog.json"}, bbox=[10.0, 10.0, 10.01, 10.01])
     with pytest.raises(FetchError, match=r"capella/catalog.json: no item intersects the AOI \(10.0, 10.0"):
-        fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+        run_fetch(region, tmp_path / "out", tmp_path / "cache")
     assert not (tmp_path / "out").exists()
 
 
@@ -338,7 +364,7 @@ def test_unreachable_catalog(tmp_path: Path) -> None:
         href = f"http://127.0.0.1:{port}/stac/catalog.json"
         region = make_region(tmp_path, {"stac": href})
         with pytest.raises(FetchError, match=rf"{href}: failed after 2 attempt\(s\)"):
-            fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+            run_fetch(region, tmp_path / "out", tmp_path / "cache")
     assert not (tmp_path / "out").exists()
 
 
@@ -348,7 +374,7 @@ def test_truncated_download(tmp_path: Path, demo: Path, http_dir) -> None:  # no
     os.symlink(demo / "tiles", tmp_path / "tiles")
     region = make_region(tmp_path, {"stac": f"{base}/capella/catalog.json", "polarization": "HH"})
     with pytest.raises(FetchError, match=r"truncated download: got \d+ of \d+ bytes"):
-        fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+        run_fetch(region, tmp_path / "out", tmp_path / "cache")
     assert not (tmp_path / "out").exists()
     leftovers = [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert not any(WINNER in n for n in leftovers), leftovers
@@ -368,17 +394,17 @@ def test_checksum_mismatch(tmp_path: Path, demo: Path, s3_server) -> None:  # no
     item_path.write_text(json.dumps(item))
     url = s3_server.publish(tmp_path / "capella", "badsum")
     # the catalog is republished between the two runs: no walk cache, or the second run sees the old item
-    params = {"fetch": {**FAST["fetch"], "s3_endpoint": s3_server.endpoint, "catalog_cache_ttl_h": 0}}
+    params = dataclasses.replace(FAST, s3_endpoint=s3_server.endpoint, catalog_cache_ttl_h=0)
     region = make_region(tmp_path, {"stac": f"{url}/catalog.json", "polarization": "HH"})
     with pytest.raises(FetchError, match=rf"{WINNER}.tif: checksum mismatch: sha256 {good}"):
-        fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", params)
+        run_fetch(region, tmp_path / "out", tmp_path / "cache", params)
     assert not (tmp_path / "out").exists()
     assert not any(WINNER in p.name for p in (tmp_path / "cache").rglob("*"))
     # the right checksum passes
     item["assets"]["HH"]["file:checksum"] = "1220" + good
     item_path.write_text(json.dumps(item))
     s3_server.publish(tmp_path / "capella", "badsum")
-    out = fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", params)
+    out = run_fetch(region, tmp_path / "out", tmp_path / "cache", params)
     assert sha(out / "sar.tif") == good
 
 
@@ -391,7 +417,7 @@ def test_asset_escaping_root_refused(tmp_path: Path, demo: Path) -> None:
     item_path.write_text(json.dumps(item))
     region = make_region(tmp_path, {"stac": "capella/catalog.json", "polarization": "HH"})
     with pytest.raises(Unsafe, match=r"'../../../../outside.tif' in .*outside the catalog root"):
-        fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+        run_fetch(region, tmp_path / "out", tmp_path / "cache")
     assert not (tmp_path / "out").exists()
 
 
@@ -400,7 +426,7 @@ def test_geotiff_without_crs(tmp_path: Path) -> None:
     build_tiles(tmp_path / "tiles", AOI, tiles.zoom_for_gsd(LAT, 1.0))
     region = make_region(tmp_path, {"file": "nocrs.tif"})
     with pytest.raises(FetchError, match=r"nocrs.tif: GeoTIFF has no CRS"):
-        fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+        run_fetch(region, tmp_path / "out", tmp_path / "cache")
     assert not (tmp_path / "out").exists()
 
 
@@ -411,7 +437,7 @@ def test_local_sar_file_with_metadata(tmp_path: Path, fixtures: Path) -> None:
     x0, y0, _, _ = tiles.tile_range(tuple(AOI), zoom)
     build_tiles(tmp_path / "tiles", AOI, zoom, skip=(x0, y0))
     region = make_region(tmp_path, {"file": "scene.tif", "metadata": "meta.json", "provider": "capella"})
-    out = fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+    out = run_fetch(region, tmp_path / "out", tmp_path / "cache")
     assert os.path.samefile(out / "sar.tif", tmp_path / "scene.tif")
     assert json.loads((out / "sar_metadata.json").read_text())["collect"]["image"]["scale_factor"] > 0
     prov = json.loads((out / "provenance.json").read_text())
@@ -427,22 +453,22 @@ def test_local_sar_file_with_metadata(tmp_path: Path, fixtures: Path) -> None:
 def test_fetch_from_s3_and_http(tmp_path: Path, demo: Path, s3_server, http_dir, monkeypatch) -> None:  # noqa: F811
     url = s3_server.publish(demo, "open-data", prefix="demo")
     base = http_dir(demo)
-    params = {"fetch": {**FAST["fetch"], "s3_endpoint": s3_server.endpoint}}
+    params = dataclasses.replace(FAST, s3_endpoint=s3_server.endpoint)
     region = make_region(tmp_path, {"stac": f"{url}/capella/catalog.json", "polarization": "HH"},
                          eo={"tiles": base + "/tiles/{z}/{x}/{y}.png", "datetime": "2024-06-01"})
-    out = fetch.fetch_region(region, tmp_path / "s3" / "source", tmp_path / "cache", params)
+    out = run_fetch(region, tmp_path / "s3" / "source", tmp_path / "cache", params)
     wdir = demo / "capella/capella-open-data-by-datetime/capella-open-data-2024" / WINNER
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["sar"]["href"] == f"{url}/capella/{wdir.relative_to(demo / 'capella').as_posix()}/{WINNER}.tif"
     assert sha(out / "sar.tif") == sha(wdir / f"{WINNER}.tif") == prov["sar"]["sha256"]
-    cached = fetch.Cache(tmp_path / "cache", Transport()).path_for(prov["sar"]["href"])
+    cached = Cache(tmp_path / "cache", Transport()).path_for(prov["sar"]["href"])
     assert os.path.samefile(out / "sar.tif", cached) and cached.stat().st_nlink >= 2
     assert prov["eo"]["tiles"]["count"] >= 1 and prov["eo"]["tiles"]["missing"] == 0
 
     # the same catalog over https-like loopback HTTP gives the same bytes
     region_http = make_region(tmp_path, {"stac": f"{base}/capella/catalog.json", "polarization": "HH"},
                               eo={"tiles": base + "/tiles/{z}/{x}/{y}.png", "datetime": "2024-06-01"})
-    out_http = fetch.fetch_region(region_http, tmp_path / "http" / "source", tmp_path / "cache", FAST)
+    out_http = run_fetch(region_http, tmp_path / "http" / "source", tmp_path / "cache")
     assert sha(out_http / "sar.tif") == prov["sar"]["sha256"]
     assert (out_http / "eo.tif").read_bytes() == (out / "eo.tif").read_bytes()
 
@@ -451,7 +477,7 @@ def test_fetch_from_s3_and_http(tmp_path: Path, demo: Path, s3_server, http_dir,
         raise AssertionError("downloaded although cached")
 
     monkeypatch.setattr(Transport, "download", no_download)
-    again = fetch.fetch_region(region, tmp_path / "s3b" / "source", tmp_path / "cache", params)
+    again = run_fetch(region, tmp_path / "s3b" / "source", tmp_path / "cache", params)
     assert (again / "provenance.json").read_bytes() == (out / "provenance.json").read_bytes()
 
 
@@ -479,7 +505,7 @@ def test_eo_file_converted_to_uint8_rgb(tmp_path: Path, fixtures: Path) -> None:
     region = make_region(tmp_path, {"file": "x.tif"}, eo={"file": str(src), "datetime": "2016-01-01"},
                          bbox=[w, so, e, n], gsd=0.5)
     dest = tmp_path / "eo.tif"
-    rec = fetch.fetch_eo(region, fetch.Cache(tmp_path / "c", Transport()), fetch.settings(FAST), dest)
+    rec = fetch_eo(region, Cache(tmp_path / "c", Transport()), FAST, dest)
     assert rec["kind"] == "file" and rec["source_sha256"] == sha(src)
     with rasterio.open(dest) as d:
         assert d.count == 3 and d.dtypes == ("uint8",) * 3 and d.crs == crs and d.transform == transform
@@ -509,17 +535,17 @@ def test_eo_from_stac_item(tmp_path: Path) -> None:
     (tmp_path / "eo/item.json").write_text(json.dumps(item))
     region = make_region(tmp_path, {"file": "x.tif"}, eo={"stac": "eo/item.json"})
     dest = tmp_path / "out.tif"
-    rec = fetch.fetch_eo(region, fetch.Cache(tmp_path / "c", Transport()), fetch.settings(FAST), dest)
+    rec = fetch_eo(region, Cache(tmp_path / "c", Transport()), FAST, dest)
     assert rec["kind"] == "stac" and rec["asset"] == "visual" and rec["item_id"] == "eo-1"
     assert rec["datetime"] == "2023-05-05T10:00:00Z"
     assert os.path.samefile(dest, tmp_path / "eo/visual.tif")
     item["assets"]["visual"]["href"] = "../../visual.tif"
     (tmp_path / "eo/item.json").write_text(json.dumps(item))
     with pytest.raises(Unsafe):
-        fetch.fetch_eo(region, fetch.Cache(tmp_path / "c", Transport()), fetch.settings(FAST), tmp_path / "o2.tif")
+        fetch_eo(region, Cache(tmp_path / "c", Transport()), FAST, tmp_path / "o2.tif")
     region_bad = make_region(tmp_path, {"file": "x.tif"}, eo={"stac": "eo/item.json", "asset": "nir"})
     with pytest.raises(FetchError, match="eo.asset 'nir' not among"):
-        fetch.fetch_eo(region_bad, fetch.Cache(tmp_path / "c", Transport()), fetch.settings(FAST), tmp_path / "o3.tif")
+        fetch_eo(region_bad, Cache(tmp_path / "c", Transport()), FAST, tmp_path / "o3.tif")
 
 
 # --------------------------------------------------------------------------- Umbra, STAC API
@@ -540,7 +566,7 @@ def test_umbra_item_end_to_end(tmp_path: Path, fixtures: Path) -> None:
     bbox = [lon - 0.0005, lat - 0.0003, lon + 0.0005, lat + 0.0003]
     build_tiles(tmp_path / "tiles", bbox, tiles.zoom_for_gsd(lat, 1.0))
     region = make_region(tmp_path, {"stac": "umbra/item.json", "provider": "umbra"}, bbox=bbox)
-    out = fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+    out = run_fetch(region, tmp_path / "out", tmp_path / "cache")
     assert not (out / "sar_metadata.json").exists()
     s = json.loads((out / "provenance.json").read_text())["sar"]
     assert s["item_id"] == item["id"] and s["product"] == "GEC" and s["asset"].endswith("_MM.tif")
@@ -601,7 +627,7 @@ def test_stac_api_uses_pystac_client(tmp_path: Path, demo: Path) -> None:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         build_tiles(tmp_path / "tiles", AOI, tiles.zoom_for_gsd(LAT, 1.0))
         region = make_region(tmp_path, {"stac": f"{base}/", "polarization": "HH", "datetime": "2024-01-01/.."})
-        out = fetch.fetch_region(region, tmp_path / "out", tmp_path / "cache", FAST)
+        out = run_fetch(region, tmp_path / "out", tmp_path / "cache")
     finally:
         server.shutdown()
         server.server_close()
@@ -650,10 +676,8 @@ def _handmade(root: Path):
 
 def _find(tmp: Path, stac: str, workers: int, ttl: float = 0, hierarchy: str = "auto", bbox=None, **sar: Any):
     region = make_region(tmp, {"stac": stac, "product": "GEO", "polarization": "HH", **sar}, bbox=bbox)
-    cfg = fetch.settings({"fetch": {**FAST["fetch"], "walk_workers": workers, "catalog_cache_ttl_h": ttl,
-                                    "walk_hierarchy": hierarchy}})
-    cache = fetch.Cache(tmp / "cache", Transport.from_params(cfg))
-    res, _ = fetch.find_sar_items(region, cache, cfg)
+    p = dataclasses.replace(FAST, walk_workers=workers, catalog_cache_ttl_h=ttl, walk_hierarchy=hierarchy)
+    res, _ = find_sar_items(region, Cache(tmp / "cache", Transport.from_params(p)), p)
     return res
 
 
@@ -663,7 +687,7 @@ def _summary(res) -> tuple:
 
 
 def test_link_names_dates_and_products() -> None:
-    span = fetch.name_date_span
+    span = name_date_span
     assert span("capella-open-data-2024-7-9") == (_t("2024-07-09"), _t("2024-07-10"))
     assert span("capella-open-data-2024-07") == (_t("2024-07-01"), _t("2024-08-01"))
     assert span("capella-open-data-2024-12") == (_t("2024-12-01"), _t("2025-01-01"))
@@ -672,9 +696,9 @@ def test_link_names_dates_and_products() -> None:
     for name in ("capella-open-data-by-datetime", "capella-open-data-2024-13", "capella-open-data-2023-2-30",
                  "urban-12345", "CAPELLA_C14_SP_GEO_HH_20240709040329_20240709040358"):
         assert span(name) is None, name
-    assert fetch.link_name("s3://b/stac/x/capella-open-data-2024/catalog.json") == "capella-open-data-2024"
-    assert fetch.link_name(f"https://h/a/{WINNER}/{WINNER}.json") == WINNER
-    filt = fetch.WalkFilter({"product": "GEO", "polarization": "HH", "datetime": "2024-07-01/2024-07-31"}, True)
+    assert link_name("s3://b/stac/x/capella-open-data-2024/catalog.json") == "capella-open-data-2024"
+    assert link_name(f"https://h/a/{WINNER}/{WINNER}.json") == WINNER
+    filt = WalkFilter({"product": "GEO", "polarization": "HH", "datetime": "2024-07-01/2024-07-31"}, True)
     link = {"rel": "child", "href": "s3://b/c/capella-open-data-2024-6-30/catalog.json"}
     assert filt.link_reason(link) == (None, None)  # one day of margin: a collect may straddle midnight
     assert filt.link_reason({**link, "href": "s3://b/c/capella-open-data-2024-6-29/catalog.json"})[0] == "datetime"
@@ -685,15 +709,15 @@ def test_link_names_dates_and_products() -> None:
     vv = WINNER.replace("_HH_", "_VV_")
     assert filt.link_reason({"rel": "item", "href": "s3://b/x.json", "title": vv}) == ("polarization", vv)
     assert filt.link_reason({"rel": "item", "href": "s3://b/x.json"}) == (None, None)  # nothing to tell: read it
-    wanted = fetch.WalkFilter({"product": "GEO"}, True, frozenset([vv]))
+    wanted = WalkFilter({"product": "GEO"}, True, frozenset([vv]))
     assert wanted.link_reason({"rel": "item", "href": "s3://b/x.json", "title": vv}) == (None, vv)  # never pruned
     assert wanted.link_reason(item) == ("ids", WINNER)
     ext = {"temporal": {"interval": [["2020-01-01T00:00:00Z", "2020-12-31T00:00:00Z"]]},
            "spatial": {"bbox": [[0.0, 0.0, 1.0, 1.0]]}}
-    lo, hi = fetch.date_range("2024-01-01/..")
-    assert fetch.extent_outside(ext, lo, hi, None) == "datetime"
-    assert fetch.extent_outside(ext, None, None, (5.0, 5.0, 6.0, 6.0)) == "extent"
-    assert fetch.extent_outside(ext, None, None, (0.5, 0.5, 6.0, 6.0)) is None
+    lo, hi = date_range("2024-01-01/..")
+    assert extent_outside(ext, lo, hi, None) == "datetime"
+    assert extent_outside(ext, None, None, (5.0, 5.0, 6.0, 6.0)) == "extent"
+    assert extent_outside(ext, None, None, (0.5, 0.5, 6.0, 6.0)) is None
 
 
 def test_pruning_counts_with_dates(tmp_path: Path, http_dir) -> None:  # noqa: F811
@@ -775,8 +799,8 @@ def test_fetch_provenance_same_bytes_parallel_and_sequential(
                          eo={"tiles": base + "/tiles/{z}/{x}/{y}.png", "datetime": "2024-06-01"})
     outs = []
     for workers in (1, 16):
-        params = {"fetch": {**FAST["fetch"], "walk_workers": workers, "catalog_cache_ttl_h": 0}}
-        outs.append(fetch.fetch_region(region, tmp_path / f"w{workers}" / "source", tmp_path / f"c{workers}", params))
+        params = dataclasses.replace(FAST, walk_workers=workers, catalog_cache_ttl_h=0)
+        outs.append(run_fetch(region, tmp_path / f"w{workers}" / "source", tmp_path / f"c{workers}", params))
     assert (outs[0] / "provenance.json").read_bytes() == (outs[1] / "provenance.json").read_bytes()
     s = json.loads((outs[0] / "provenance.json").read_text())["sar"]
     assert s["item_id"] == WINNER and s["catalogs_read"] == 4 and s["pruned"] == {"not geocoded": 1, "polarization": 1}
@@ -829,8 +853,8 @@ def test_walk_cache_serves_second_region(tmp_path: Path, http_dir, monkeypatch) 
     _find(tmp_path, stac, 8, ttl=24, datetime="2024-05-01/2024-05-31")
     assert requests == []
     # older than the ttl: walked again
-    real = fetch.time.time
-    monkeypatch.setattr(fetch.time, "time", lambda: real() + 25 * 3600)
+    real = fetch_cache.time.time
+    monkeypatch.setattr(fetch_cache.time, "time", lambda: real() + 25 * 3600)
     requests.clear()
     _find(tmp_path, stac, 8, ttl=24)
     assert len(requests) == 6
@@ -845,7 +869,7 @@ def test_fetch_puts_osm_file_into_source(tmp_path: Path, demo: Path, fixtures: P
     for name in ("Helsinki.osm.pbf", "West-Oakland.osm.bz2"):
         shutil.copy(fixtures / "osm" / name, tmp_path / "osm" / name)
     region = _local_region(tmp_path, demo, osm={"file": "osm/Helsinki.osm.pbf"})
-    out = fetch.fetch_region(region, tmp_path / "pbf" / "source", tmp_path / "cache", FAST)
+    out = run_fetch(region, tmp_path / "pbf" / "source", tmp_path / "cache")
     assert os.path.samefile(out / "osm.osm.pbf", tmp_path / "osm" / "Helsinki.osm.pbf")  # linked, not copied
     rec = json.loads((out / "provenance.json").read_text())["osm"]
     assert rec == {"kind": "file", "source": "osm/Helsinki.osm.pbf", "file": "osm.osm.pbf",
@@ -854,7 +878,7 @@ def test_fetch_puts_osm_file_into_source(tmp_path: Path, demo: Path, fixtures: P
                    "licence": "ODbL-1.0", "attribution": "(c) OpenStreetMap contributors, ODbL 1.0"}
     assert str(tmp_path) not in (out / "provenance.json").read_text()  # the path as the region file writes it
     region = _local_region(tmp_path, demo, osm={"file": "osm/West-Oakland.osm.bz2"})
-    out = fetch.fetch_region(region, tmp_path / "bz2" / "source", tmp_path / "cache", FAST)
+    out = run_fetch(region, tmp_path / "bz2" / "source", tmp_path / "cache")
     rec = json.loads((out / "provenance.json").read_text())["osm"]
     assert (rec["file"], rec["source"]) == ("osm.osm.bz2", "osm/West-Oakland.osm.bz2")
     assert (out / "osm.osm.bz2").read_bytes() == (fixtures / "osm" / "West-Oakland.osm.bz2").read_bytes()
@@ -862,11 +886,11 @@ def test_fetch_puts_osm_file_into_source(tmp_path: Path, demo: Path, fixtures: P
     # a file that is not there, or not an OSM extract, fails the stage naming the field; nothing is written
     region = _local_region(tmp_path, demo, osm={"file": "osm/missing.osm.pbf"})
     with pytest.raises(FetchError, match=r"testregion.yaml: osm.file 'osm/missing.osm.pbf': no such file"):
-        fetch.fetch_region(region, tmp_path / "missing", tmp_path / "cache", FAST)
+        run_fetch(region, tmp_path / "missing", tmp_path / "cache")
     (tmp_path / "osm" / "notes.txt").write_text("x")
     region = _local_region(tmp_path, demo, osm={"file": "osm/notes.txt"})
     with pytest.raises(FetchError, match=r"osm.file: osm/notes.txt: expected an OSM extract"):
-        fetch.fetch_region(region, tmp_path / "txt", tmp_path / "cache", FAST)
+        run_fetch(region, tmp_path / "txt", tmp_path / "cache")
     assert not (tmp_path / "missing").exists() and not (tmp_path / "txt").exists()
 
 
@@ -878,9 +902,8 @@ def test_fetch_saves_overpass_answer_as_osm_xml(
     from pipeline.osm import declared_bounds, read_osm, read_window
 
     region = _local_region(tmp_path, demo, osm={"overpass": True})
-    params = {**FAST, "labels": {"overpass_url": overpass_server, "overpass_timeout": 5, "read_margin_m": 80.0,
-                                 "cache_dir": "cache/osmnx"}}
-    out = fetch.fetch_region(region, tmp_path / "a" / "source", tmp_path / "cache", params)
+    osm = OsmParams(overpass_url=overpass_server, overpass_timeout=5, read_margin_m=80.0, cache_dir="cache/osmnx")
+    out = run_fetch(region, tmp_path / "a" / "source", tmp_path / "cache", FAST, osm)
     assert len(_Overpass.queries) == 1 and (tmp_path / "cache" / "osmnx").is_dir()  # relative to the project
     rec = json.loads((out / "provenance.json").read_text())["osm"]
     bbox = read_window(grid_for_bbox(AOI, 1.0).bounds, 80.0)
@@ -897,7 +920,7 @@ def test_fetch_saves_overpass_answer_as_osm_xml(
     assert by_id.loc["w100", "building"] == "yes" and by_id.loc["r200", "landuse"] == "residential"
     assert by_id.loc["w101", "kind"] == "line" and declared_bounds(out / "osm.osm") == pytest.approx(bbox, abs=1e-7)
     # again: answered from the osmnx cache, same bytes
-    again = fetch.fetch_region(region, tmp_path / "b" / "source", tmp_path / "cache", params)
+    again = run_fetch(region, tmp_path / "b" / "source", tmp_path / "cache", FAST, osm)
     assert len(_Overpass.queries) == 1
     assert (again / "provenance.json").read_bytes() == (out / "provenance.json").read_bytes()
     assert (again / "osm.osm").read_bytes() == (out / "osm.osm").read_bytes()
@@ -907,15 +930,18 @@ def test_labels_read_the_fetched_osm_not_the_region_file(tmp_path: Path, demo: P
     """After fetch, the region file's osm path no longer matters: labels use source/'s copy, checked by sha256."""
     from test_labels import make_grid_dir
 
-    from pipeline.labels import LabelsError, label_region
+    from pipeline.labels.params import LabelsParams
+    from pipeline.labels.stage import LabelsError, label_region
+    from pipeline.layout import GridFiles, LabelFiles
 
     shutil.copy(fixtures / "osm" / "Helsinki.osm.pbf", tmp_path / "helsinki.osm.pbf")
     region = _local_region(tmp_path, demo, osm={"file": "helsinki.osm.pbf"})
     rdir = tmp_path / "data" / "regions" / "testregion"
-    fetch.fetch_region(region, rdir / "source", tmp_path / "cache", FAST)
-    make_grid_dir(rdir / "grid", AOI, 1.0)
-    params = {"labels": {"block_size": 256, "tile_size": 256}}
-    first = label_region(region, rdir / "grid", rdir / "labels", params)
+    source, grid = SourceFiles(rdir / "source"), GridFiles(rdir / "grid")
+    run_fetch(region, source.dir, tmp_path / "cache")
+    make_grid_dir(grid.dir, AOI, 1.0)
+    params = LabelsParams(block_size=256, tile_size=256)
+    first = label_region(region, source, grid, LabelFiles(rdir / "labels"), params, OsmParams())
     report = json.loads((first / "labels.json").read_text())
     assert report["osm"]["source"] == "helsinki.osm.pbf" and report["osm"]["file"] == "osm.osm.pbf"
     assert report["osm"]["sha256"] == sha(fixtures / "osm" / "Helsinki.osm.pbf") and report["osm"]["features"] > 50
@@ -923,12 +949,13 @@ def test_labels_read_the_fetched_osm_not_the_region_file(tmp_path: Path, demo: P
     region = _local_region(tmp_path, demo, osm={"file": "osm/area.osm"})
     write_osm(tmp_path / "osm" / "area.osm")
     (tmp_path / "helsinki.osm.pbf").unlink()
-    second = label_region(load_region(region.path, root=tmp_path), rdir / "grid", rdir / "labels2", params)
+    second = label_region(load_region(region.path, root=tmp_path), source, grid, LabelFiles(rdir / "labels2"), params,
+                          OsmParams())
     for name in ("labels.tif", "zones.tif", "labels.json", "labels.png"):
         assert (second / name).read_bytes() == (first / name).read_bytes(), name
     # a source/ file changed after fetch is refused, naming it
-    (rdir / "source" / "osm.osm.pbf").unlink()
-    shutil.copy(tmp_path / "osm" / "area.osm", rdir / "source" / "osm.osm.pbf")
+    source.osm("osm.osm.pbf").unlink()
+    shutil.copy(tmp_path / "osm" / "area.osm", source.osm("osm.osm.pbf"))
     with pytest.raises(LabelsError, match=r"osm.osm.pbf: sha256 .* differs .*Re-run the fetch stage"):
-        label_region(region, rdir / "grid", rdir / "labels3", params)
+        label_region(region, source, grid, LabelFiles(rdir / "labels3"), params, OsmParams())
     assert not (rdir / "labels3").exists()

@@ -27,10 +27,14 @@ import geopandas as gpd
 from affine import Affine
 from shapely.geometry import LineString, Polygon, box
 
-from pipeline.grid import grid_for_bbox
+from pipeline.grid import grid_for_bbox, utm_crs
+from pipeline.labels.classify import classify, parse_width, sea_features
+from pipeline.labels.params import LabelsParams
+from pipeline.labels.rasterize import rasterize_classes
+from pipeline.labels.stage import LabelsError, label_region, render_png
+from pipeline.layout import GridFiles, LabelFiles, SourceFiles
 from pipeline.legend import LegendError, load_legend, parse_legend
-from pipeline.labels import classify, label_region, parse_width, rasterize_classes, sea_features, utm_crs
-from pipeline.osm import read_osm
+from pipeline.osm import OsmParams, read_osm
 from test_osm import overpass_server  # noqa: F401 - the loopback Overpass server fixture
 
 HELSINKI_BBOX = (24.935, 60.164, 24.953, 60.179)
@@ -356,16 +360,28 @@ def make_grid_dir(path: Path, bbox, gsd: float) -> object:
     return grid
 
 
-def put_source(source_dir: Path, region: SimpleNamespace, params: dict | None = None) -> dict:
+def put_source(source_dir: Path, region: SimpleNamespace, osm: OsmParams | None = None) -> dict:
     """What the fetch stage leaves for labels: source/osm.<suffixes> and provenance.json's osm record."""
     from pipeline.atomic import write_json
-    from pipeline.fetch import Cache, fetch_osm
-    from pipeline.stacio import Transport
+    from pipeline.fetch.cache import Cache
+    from pipeline.fetch.osm import fetch_osm
+    from pipeline.fetch.stacio import Transport
+    from pipeline.layout import SourceFiles
 
     source_dir.mkdir(parents=True, exist_ok=True)
-    rec = fetch_osm(region, Cache(source_dir.parent / "cache", Transport()), params or {}, source_dir)
+    cache = Cache(source_dir.parent / "cache", Transport())
+    rec = fetch_osm(region, cache, osm or OsmParams(), SourceFiles(source_dir))
     write_json(source_dir / "provenance.json", {"osm": rec})
     return rec
+
+
+SMALL_BLOCKS = LabelsParams(block_size=256, tile_size=256)
+
+
+def run_labels(tmp: Path, region: SimpleNamespace, p: LabelsParams = SMALL_BLOCKS, osm: OsmParams = OsmParams(),
+               out: str = "labels") -> Path:
+    """label_region on the tmp/source and tmp/grid that put_source and make_grid_dir write."""
+    return label_region(region, SourceFiles(tmp / "source"), GridFiles(tmp / "grid"), LabelFiles(tmp / out), p, osm)
 
 
 def _region(fixtures: Path, bbox) -> SimpleNamespace:
@@ -378,8 +394,7 @@ def test_label_region_outputs(tmp_path, fixtures):
     grid = make_grid_dir(tmp_path / "grid", OAKLAND_BBOX, 1.0)
     region = _region(fixtures, OAKLAND_BBOX)
     put_source(tmp_path / "source", region)
-    params = {"labels": {"block_size": 256, "tile_size": 256}}
-    out = label_region(region, tmp_path / "grid", tmp_path / "labels", params)
+    out = run_labels(tmp_path, region)
     assert sorted(p.name for p in out.iterdir()) == ["labels.json", "labels.png", "labels.tif", "zones.tif"]
     with rasterio.open(out / "labels.tif") as src:
         lab = src.read(1)
@@ -400,7 +415,7 @@ def test_label_region_outputs(tmp_path, fixtures):
     # zones.tif share of residential equals the vector share within a pixel-edge tolerance
     assert np.mean(zones == 1) == pytest.approx(ur["residential_share"], abs=0.01)
     # same inputs -> same bytes
-    out2 = label_region(region, tmp_path / "grid", tmp_path / "labels2", params)
+    out2 = run_labels(tmp_path, region, out="labels2")
     for name in ("labels.tif", "zones.tif", "labels.json", "labels.png"):
         assert (out / name).read_bytes() == (out2 / name).read_bytes(), name
 
@@ -412,8 +427,7 @@ def test_label_region_helsinki_sea_is_water(tmp_path, fixtures):
     region = SimpleNamespace(name="helsinki", bbox=bbox, gsd_m=2.0, aoi=box(*bbox), path=Path("regions/h.yaml"),
                              osm={"file": "Helsinki.osm.pbf"}, resolve=lambda href: str(fixtures / "osm" / href))
     put_source(tmp_path / "source", region)
-    out = label_region(region, tmp_path / "grid", tmp_path / "labels", {"labels": {"block_size": 256,
-                                                                                   "tile_size": 256}})
+    out = run_labels(tmp_path, region)
     with rasterio.open(out / "labels.tif") as src:
         lab = src.read(1)
     report = json.loads((out / "labels.json").read_text())
@@ -447,8 +461,7 @@ def test_label_region_broken_coastline_is_reported_not_flooded(tmp_path):
     region = SimpleNamespace(name="broken", bbox=bbox, gsd_m=2.0, aoi=box(*bbox), path=tmp_path / "b.yaml",
                              osm={"file": "coast.osm"}, resolve=lambda href: str(tmp_path / href))
     put_source(tmp_path / "source", region)
-    out = label_region(region, tmp_path / "grid", tmp_path / "labels", {"labels": {"block_size": 256,
-                                                                                   "tile_size": 256}})
+    out = run_labels(tmp_path, region)
     sea = json.loads((out / "labels.json").read_text())["sea"]
     assert sea["status"] == "skipped" and "ends" in sea["reason"] and sea["grid_share"] == 0.0
     assert sea["at"] == pytest.approx([24.942, 60.171], abs=1e-6)
@@ -466,33 +479,29 @@ def test_label_region_broken_coastline_is_reported_not_flooded(tmp_path):
 
 
 def test_label_region_rejects_grid_mismatch(tmp_path, fixtures):
-    from pipeline.labels import LabelsError
-
     make_grid_dir(tmp_path / "grid", OAKLAND_BBOX, 1.0)
     other = grid_for_bbox(OAKLAND_BBOX, 2.0)
     (tmp_path / "grid" / "grid.json").write_text(other.to_json())
     put_source(tmp_path / "source", _region(fixtures, OAKLAND_BBOX))
     with pytest.raises(LabelsError, match="sar_db.tif.*not on the grid"):
-        label_region(_region(fixtures, OAKLAND_BBOX), tmp_path / "grid", tmp_path / "labels", {})
+        run_labels(tmp_path, _region(fixtures, OAKLAND_BBOX), LabelsParams())
     assert not (tmp_path / "labels").exists()
 
 
 def test_label_region_needs_the_fetched_osm(tmp_path, fixtures):
     """No source/ osm record (a source/ from before fetch gathered OSM), or its file missing: a clear error."""
-    from pipeline.labels import LabelsError
-
     make_grid_dir(tmp_path / "grid", OAKLAND_BBOX, 1.0)
     region = _region(fixtures, OAKLAND_BBOX)
     with pytest.raises(LabelsError, match=r"source/provenance.json: missing; run the fetch stage"):
-        label_region(region, tmp_path / "grid", tmp_path / "labels", {})
+        run_labels(tmp_path, region, LabelsParams())
     (tmp_path / "source").mkdir()
     (tmp_path / "source" / "provenance.json").write_text(json.dumps({"sar": {}, "eo": {}}))
     with pytest.raises(LabelsError, match=r"provenance.json: no 'osm' record.*re-run the fetch stage"):
-        label_region(region, tmp_path / "grid", tmp_path / "labels", {})
+        run_labels(tmp_path, region, LabelsParams())
     rec = put_source(tmp_path / "source", region)
     (tmp_path / "source" / rec["file"]).unlink()
     with pytest.raises(LabelsError, match=r"source/osm.osm.bz2: missing; provenance.json names it"):
-        label_region(region, tmp_path / "grid", tmp_path / "labels", {})
+        run_labels(tmp_path, region, LabelsParams())
     assert not (tmp_path / "labels").exists()
 
 
@@ -500,18 +509,14 @@ def test_label_region_from_fetched_overpass_answer(tmp_path, overpass_server):  
     """An Overpass region: labels come from source/osm.osm offline; a read window beyond what was asked is refused."""
     from test_osm import BBOX, _Overpass
 
-    from pipeline.labels import LabelsError
-
     make_grid_dir(tmp_path / "grid", BBOX, 1.0)
     region = SimpleNamespace(name="op", bbox=BBOX, gsd_m=1.0, aoi=box(*BBOX), path=tmp_path / "op.yaml",
                              osm={"overpass": True}, root=tmp_path)
-    params = {"labels": {"overpass_url": overpass_server, "overpass_timeout": 5, "cache_dir": "osmnx",
-                         "block_size": 256, "tile_size": 256}}
-    rec = put_source(tmp_path / "source", region, params)
+    rec = put_source(tmp_path / "source", region, OsmParams(overpass_url=overpass_server, overpass_timeout=5,
+                                                            cache_dir="osmnx"))
     assert rec["kind"] == "overpass" and len(_Overpass.queries) == 1
-    # offline from here: the server is not asked again, whatever the labels params say about it
-    params["labels"]["overpass_url"] = "http://127.0.0.1:9/api"
-    out = label_region(region, tmp_path / "grid", tmp_path / "labels", params)
+    # offline from here: the server is not asked again, whatever the osm params say about it
+    out = run_labels(tmp_path, region, osm=OsmParams(overpass_url="http://127.0.0.1:9/api"))
     report = json.loads((out / "labels.json").read_text())
     assert len(_Overpass.queries) == 1
     assert report["osm"]["kind"] == "overpass" and report["osm"]["source"] == "overpass"
@@ -522,30 +527,28 @@ def test_label_region_from_fetched_overpass_answer(tmp_path, overpass_server):  
     grid = grid_for_bbox(BBOX, 1.0)
     r, c = rasterio.transform.rowcol(grid.transform, 24.9403, 60.17025)  # inside building way 100
     assert lab[r, c] == 1 and (lab == 2).any()  # the building, the residential multipolygon
-    params["labels"]["read_margin_m"] = 200.0  # wider than the window fetched with the default 60 m
+    wider = OsmParams(read_margin_m=200.0)  # wider than the window fetched with the default 60 m
     with pytest.raises(LabelsError, match=r"read window .* not inside the Overpass query bbox.*re-run the fetch"):
-        label_region(region, tmp_path / "grid", tmp_path / "labels2", params)
+        run_labels(tmp_path, region, osm=wider, out="labels2")
 
 
 def test_procedural_osm_file_is_not_credited_to_openstreetmap(tmp_path):
     """The demo's procedural rural file says it is not OSM data: labels.json, tags and PNG credit it as it says."""
-    from pipeline import demo
-    from pipeline.labels import render_png
+    from pipeline.demo.rural import PROCEDURAL_NOTICE, write_procedural_osm
 
     bbox = (17.585, 59.905, 17.589, 59.907)
     make_grid_dir(tmp_path / "grid", bbox, 2.0)
-    osm = demo.write_procedural_osm(tmp_path / "rural.osm", bbox, 20.0, 7)
+    osm = write_procedural_osm(tmp_path / "rural.osm", bbox, 20.0, 7)
     region = SimpleNamespace(name="rural", bbox=bbox, gsd_m=2.0, aoi=box(*bbox), path=tmp_path / "rural.yaml",
                              osm={"file": "rural.osm"}, resolve=lambda href: str(tmp_path / href))
     put_source(tmp_path / "source", region)
-    params = {"labels": {"block_size": 256, "tile_size": 256}}
-    out = label_region(region, tmp_path / "grid", tmp_path / "labels", params)
+    out = run_labels(tmp_path, region)
     report = json.loads((out / "labels.json").read_text())
-    assert report["attribution"] == demo.PROCEDURAL_NOTICE and report["licence"] == "unknown"
+    assert report["attribution"] == PROCEDURAL_NOTICE and report["licence"] == "unknown"
     assert "OpenStreetMap" not in report["attribution"] and osm.is_file()
     with rasterio.open(out / "labels.tif") as a, rasterio.open(out / "zones.tif") as z:
-        assert a.tags()["attribution"] == z.tags()["attribution"] == demo.PROCEDURAL_NOTICE
+        assert a.tags()["attribution"] == z.tags()["attribution"] == PROCEDURAL_NOTICE
     legend = load_legend()
     png = (out / "labels.png").read_bytes()
-    assert png == render_png(out / "labels.tif", legend, 1600, "rural", demo.PROCEDURAL_NOTICE)
+    assert png == render_png(out / "labels.tif", legend, 1600, "rural", PROCEDURAL_NOTICE)
     assert png != render_png(out / "labels.tif", legend, 1600, "rural")  # default: the OSM credit

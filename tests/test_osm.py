@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from servers import dead_port  # noqa: F401 - pytest fixture
 
-from pipeline.labels import classify
+from pipeline.labels.classify import classify
 from pipeline.osm import (
     OsmError,
+    OsmParams,
     data_source,
     declared_bounds,
     overpass_xml,
@@ -84,8 +85,8 @@ def overpass_server():
 
 
 def test_overpass_through_osmnx_with_cache(overpass_server, tmp_path):
-    params = {"labels": {"overpass_url": overpass_server, "overpass_timeout": 5, "cache_dir": str(tmp_path / "cache")}}
-    feats = read_osm("overpass", BBOX, params=params)
+    p = OsmParams(overpass_url=overpass_server, overpass_timeout=5, cache_dir=str(tmp_path / "cache"))
+    feats = read_osm("overpass", BBOX, p=p)
     assert len(_Overpass.queries) == 1 and "landuse" in _Overpass.queries[0] and "highway" in _Overpass.queries[0]
     by_id = feats.gdf.set_index("osm_id")
     assert by_id.loc["w100", "building"] == "yes" and by_id.loc["w100", "kind"] == "area"
@@ -93,16 +94,16 @@ def test_overpass_through_osmnx_with_cache(overpass_server, tmp_path):
     assert by_id.loc["r200", "landuse"] == "residential" and by_id.loc["r200", "kind"] == "area"
     classes = classify(feats).groupby("class_id")["width_m"].max()
     assert classes.loc[8] == 14.0 and set(classes.index) == {1, 2, 8}
-    again = read_osm("overpass", BBOX, params=params)  # answered from the osmnx cache
+    again = read_osm("overpass", BBOX, p=p)  # answered from the osmnx cache
     assert len(_Overpass.queries) == 1 and len(again) == len(feats)
 
 
 def test_overpass_unreachable_fails_fast_with_clear_error(tmp_path, dead_port):
     port = dead_port  # bound, never listening: connection refused at once, and no one else can take it
-    params = {"labels": {"overpass_url": f"http://127.0.0.1:{port}/api", "overpass_timeout": 2,
-                         "overpass_rate_limit": False, "cache_dir": str(tmp_path)}}
+    p = OsmParams(overpass_url=f"http://127.0.0.1:{port}/api", overpass_timeout=2, overpass_rate_limit=False,
+                  cache_dir=str(tmp_path))
     with pytest.raises(OsmError, match="overpass:.*failed"):
-        read_osm("overpass", BBOX, params=params)
+        read_osm("overpass", BBOX, p=p)
 
 
 def test_clipped_extract_is_repaired_or_skipped_and_counted(fixtures):
@@ -151,11 +152,11 @@ def test_data_source_credits_osm_unless_the_file_says_otherwise(fixtures, tmp_pa
     src = data_source(own)
     assert (src.attribution, src.licence) == ("(c) Survey team", "CC0-1.0")
     # the demo's procedural scenes say they are not OSM data, and get no OSM credit
-    from pipeline import demo
+    from pipeline.demo.rural import PROCEDURAL_NOTICE, write_procedural_osm
 
-    procedural = demo.write_procedural_osm(tmp_path / "rural.osm", (17.585, 59.905, 17.588, 59.907), 10.0, 1)
+    procedural = write_procedural_osm(tmp_path / "rural.osm", (17.585, 59.905, 17.588, 59.907), 10.0, 1)
     src = data_source(procedural)
-    assert src is not OSM and src.attribution == demo.PROCEDURAL_NOTICE and src.licence == "unknown"
+    assert src is not OSM and src.attribution == PROCEDURAL_NOTICE and src.licence == "unknown"
     assert len(read_osm(procedural, None)) > 0  # the notice does not disturb GDAL's OSM driver
 
 
@@ -204,11 +205,11 @@ def test_overpass_answer_as_osm_xml_is_deterministic_and_complete(tmp_path):
 def test_overpass_error_remark_is_refused(overpass_server, tmp_path):
     """Overpass reports a timeout as HTTP 200 with partial data and a remark: never taken as complete."""
     _Overpass.remark = "runtime error: Query timed out in \"query\" at line 1 after 181 seconds."
-    params = {"labels": {"overpass_url": overpass_server, "overpass_timeout": 5, "cache_dir": str(tmp_path)}}
+    p = OsmParams(overpass_url=overpass_server, overpass_timeout=5, cache_dir=str(tmp_path))
     with pytest.raises(OsmError, match=r"answered for bbox .* with a remark \(incomplete data\): runtime error: Query timed out"):
-        read_osm("overpass", BBOX, params=params)
+        read_osm("overpass", BBOX, p=p)
     _Overpass.remark = None  # the incomplete answer was not cached: the next query asks again
-    assert len(read_osm("overpass", BBOX, params=params)) == 3 and len(_Overpass.queries) == 2
+    assert len(read_osm("overpass", BBOX, p=p)) == 3 and len(_Overpass.queries) == 2
 
 
 def test_source_name_and_read_window():

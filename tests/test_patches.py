@@ -11,14 +11,21 @@ import pytest
 import rasterio
 
 from pipeline.grid import grid_for_bbox
-from pipeline.patches import PatchError, gap_days, patch_origins, patch_region, urban_class
-from pipeline.splits import audit
+from pipeline.layout import GridFiles, LabelFiles, RegistrationFiles, SourceFiles
+from pipeline.params import ParamsError, parse_section
+from pipeline.patches import PatchError, PatchesParams, gap_days, patch_origins, patch_region, urban_class
+from pipeline.splits import SplitsParams, audit
 from pipeline.store import IMAGE_ARRAYS, META_ARRAYS, read_class_hist, read_meta, store_attrs, store_stats
 
-PARAMS = {
-    "patches": {"size": 64, "stride": 32, "min_valid": 0.9, "shard_patches": 16},
-    "splits": {"block_patches": 3, "seed": 1, "tolerance": 0.2},
-}
+PATCHES = {"size": 64, "stride": 32, "min_valid": 0.9, "shard_patches": 16}
+SPLITS = SplitsParams(block_patches=3, seed=1, tolerance=0.2)
+
+
+def run(name: str, region_dir: Path, store: Path, **patches) -> dict:
+    """The patches stage on a region directory laid out like data/regions/NAME (params as params.yaml gives them)."""
+    return patch_region(name, SourceFiles(region_dir / "source"), RegistrationFiles(region_dir / "registration"),
+                        GridFiles(region_dir / "grid"), LabelFiles(region_dir / "labels"), store,
+                        parse_section(PatchesParams, {**PATCHES, **patches}, "params.yaml"), SPLITS)
 
 
 def _write(path: Path, data: np.ndarray, grid, dtype: str, nodata=None, tags=None) -> None:
@@ -81,7 +88,7 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("region")
     region_dir = make_region_dir(root / "r")
     store = root / "patches.zarr"
-    report = patch_region("testregion", region_dir, store, PARAMS)
+    report = run("testregion", region_dir, store)
     return region_dir, store, report
 
 
@@ -180,7 +187,7 @@ def test_xarray_gives_named_dimensions(built):
 def test_same_inputs_same_bytes(built, tmp_path):
     region_dir, store, _ = built
     again = tmp_path / "again.zarr"
-    patch_region("testregion", region_dir, again, PARAMS)
+    run("testregion", region_dir, again)
     files = sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for f in files:
@@ -192,23 +199,23 @@ def test_bad_inputs_fail_clearly_and_write_nothing(tmp_path):
     out = tmp_path / "p.zarr"
     os.remove(region_dir / "labels" / "labels.tif")
     with pytest.raises(PatchError, match="labels.tif: missing"):
-        patch_region("x", region_dir, out, PARAMS)
+        run("x", region_dir, out)
     assert not out.exists() and not list(tmp_path.glob(".p.zarr*"))
     # a raster not on the region grid
     other = make_region_dir(tmp_path / "o", bbox=(24.93, 60.16, 24.9360, 60.1625))
     (region_dir / "labels" / "labels.tif").write_bytes((other / "labels" / "labels.tif").read_bytes())
     with pytest.raises(PatchError, match=r"labels\.tif: \d+x\d+ px; expected the grid's"):
-        patch_region("x", region_dir, out, PARAMS)
-    with pytest.raises(PatchError, match="patches.compression_level"):
-        patch_region("x", region_dir, out, {"patches": {"compression_level": {"dem": 1}}})
-    with pytest.raises(PatchError, match="patches.min_valid"):
-        patch_region("x", region_dir, out, {"patches": {"min_valid": 2}})
+        run("x", region_dir, out)
+    with pytest.raises(ParamsError, match="params.yaml: patches.compression_level"):
+        run("x", region_dir, out, compression_level={"dem": 1})
+    with pytest.raises(ParamsError, match="params.yaml: patches.min_valid"):
+        run("x", region_dir, out, min_valid=2)
     assert not out.exists()
 
 
 def test_no_valid_patch_gives_an_empty_store(tmp_path):
     region_dir = make_region_dir(tmp_path / "r", bbox=(24.93, 60.16, 24.9345, 60.1625))
-    report = patch_region("x", region_dir, tmp_path / "p.zarr", {**PARAMS, "patches": {**PARAMS["patches"], "min_valid": 1.0, "size": 400}})
+    report = run("x", region_dir, tmp_path / "p.zarr", min_valid=1.0, size=400)
     assert report["counts"] == {"train": 0, "val": 0, "test": 0}
     assert len(read_meta(tmp_path / "p.zarr")) == 0
 

@@ -44,7 +44,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         params["demo"]["regions"][name]["bbox"] = bbox
     params["splits"]["block_patches"] = 2
     params["fetch"]["cache_dir"] = str(root / ".cache")
-    params["labels"]["cache_dir"] = str(root / ".cache" / "osmnx")
+    params["osm"]["cache_dir"] = str(root / ".cache" / "osmnx")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     assert main(["--root", str(root), "-q", "run"]) == 0
     return root

@@ -29,12 +29,6 @@ def test_sha256_file_of_a_real_fixture_and_an_empty_file(fixtures: Path, tmp_pat
     assert pv.sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
 
 
-def test_stacio_still_offers_the_same_hash() -> None:
-    from pipeline import stacio
-
-    assert stacio.sha256_file is pv.sha256_file
-
-
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -97,10 +91,10 @@ def test_fetch_records_use_the_registry() -> None:
     """fetch's provenance 'sar' licence fields come from the registry, or the region file for local data."""
     from types import SimpleNamespace
 
-    from pipeline import fetch
+    from pipeline.fetch import sar
 
     region = SimpleNamespace(attribution="(c) Region owner")
     capella = pv.SOURCES["capella"]
-    assert fetch._licence("capella", region) == {"licence": "CC-BY-4.0", "attribution": capella.attribution}
-    assert fetch._licence("mine", region) == {"licence": "unknown", "attribution": "(c) Region owner"}
-    assert fetch._licence("mine", SimpleNamespace(attribution="")) == {"licence": "unknown", "attribution": ""}
+    assert sar._licence("capella", region) == {"licence": "CC-BY-4.0", "attribution": capella.attribution}
+    assert sar._licence("mine", region) == {"licence": "unknown", "attribution": "(c) Region owner"}
+    assert sar._licence("mine", SimpleNamespace(attribution="")) == {"licence": "unknown", "attribution": ""}

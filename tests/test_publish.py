@@ -1,4 +1,4 @@
-"""Tests for pipeline.publish: GeoParquet index, statistics, plots and the STAC collection.
+"""Tests for pipeline.publish (index, stats, stac, stage): GeoParquet index, statistics, plots and the STAC collection.
 
 The patch stores are written with the project's own writer (pipeline.store), on real region
 grids (pipeline.grid) with the project's real legend. Image arrays are
@@ -16,16 +16,15 @@ import pytest
 import zarr
 
 from pipeline.grid import grid_for_bbox
+from pipeline.layout import DatasetFiles, RegionLayout
 from pipeline.legend import load_legend
+from pipeline.params import ParamsError, parse_section
+from pipeline.publish.index import PublishError, legend_classes, read_store_meta
+from pipeline.publish.params import PublishParams
+from pipeline.publish.stac import check_stac
+from pipeline.publish.stage import publish
+from pipeline.publish.stats import geodesic_area_km2
 from pipeline.store import create_store, write_meta, write_store
-from pipeline.publish import (
-    PublishError,
-    check_stac,
-    geodesic_area_km2,
-    legend_classes,
-    publish,
-    read_store_meta,
-)
 
 P, STRIDE = 32, 16  # patch size and stride in pixels (small, so image arrays stay tiny)
 N_CLASSES = 25
@@ -136,7 +135,7 @@ def corrupt_image_arrays(store: Path) -> None:
 def project(tmp_path_factory) -> dict:
     """Two regions laid out as in the project (data/patches/NAME.zarr, data/regions/NAME/), published once."""
     root = tmp_path_factory.mktemp("proj")
-    stores, arrays = [], {}
+    stores, arrays, registrations, labels = [], {}, {}, {}
     specs = [
         # Paris-like urban region, full coverage; Charleston-like rural one with a hole in the middle.
         ("paris", (2.3300, 48.8500, 2.3420, 48.8580), 5.0, 1, "urban", "2024-07-09T04:03:29Z", "2022-05-01", set()),
@@ -144,24 +143,26 @@ def project(tmp_path_factory) -> dict:
          "2019-03-10", {(r, c) for r in (2, 3, 4) for c in (2, 3, 4)}),
     ]  # fmt: skip
     for name, bbox, gsd, seed, urban, sar_dt, eo_dt, drop in specs:
-        store = root / "data" / "patches" / f"{name}.zarr"
+        region = RegionLayout(root / "data", name)
         arrays[name] = write_test_store(
-            store, name, bbox, gsd, seed=seed, urban=urban, sar_datetime=sar_dt, eo_datetime=eo_dt, drop=drop
+            region.store, name, bbox, gsd, seed=seed, urban=urban, sar_datetime=sar_dt, eo_datetime=eo_dt, drop=drop
         )
-        rdir = root / "data" / "regions" / name
-        (rdir / "labels").mkdir(parents=True)
-        (rdir / "labels" / "labels.png").write_bytes(b"\x89PNG fake")
-        corrupt_image_arrays(store)
-        stores.append(store)
-    (root / "data" / "regions" / "paris" / "registration").mkdir()
-    (root / "data" / "regions" / "paris" / "registration" / "registration.json").write_text(
+        region.labels.dir.mkdir(parents=True)
+        region.labels.png.write_bytes(b"\x89PNG fake")
+        corrupt_image_arrays(region.store)
+        stores.append(region.store)
+        registrations[name] = region.registration  # charleston-rural's record file does not exist
+        labels[name] = region.labels
+    registrations["paris"].dir.mkdir()
+    registrations["paris"].record.write_text(
         json.dumps({"applied": True, "flagged": False, "confidence": 0.9, "model": "translation",
                     "shift_m": {"east": -1.5, "north": 2.0}, "tie_points": [[1, 2]]})  # fmt: skip
     )
     out_dir, stac_dir = root / "data" / "dataset", root / "stac" / "dataset"
-    stats = publish(stores, out_dir, stac_dir, {"publish": {"id": "sareo-test", "version": "1.2.3"}})
+    params = PublishParams(id="sareo-test", version="1.2.3")
+    stats = publish(stores, registrations, DatasetFiles(out_dir), stac_dir, params, labels=labels)
     return {"root": root, "stores": stores, "arrays": arrays, "specs": specs, "out": out_dir, "stac": stac_dir,
-            "stats": stats}  # fmt: skip
+            "stats": stats, "registrations": registrations, "labels": labels, "params": params}  # fmt: skip
 
 
 def test_index_opens_in_geopandas_with_crs_and_footprints(project) -> None:
@@ -356,8 +357,8 @@ def _tree_bytes(*dirs: Path) -> dict[str, bytes]:
 
 def test_output_bytes_are_identical_on_two_runs(project) -> None:
     first = _tree_bytes(project["out"], project["stac"])
-    params = {"publish": {"id": "sareo-test", "version": "1.2.3"}}
-    publish(project["stores"][::-1], project["out"], project["stac"], params)
+    publish(project["stores"][::-1], project["registrations"], DatasetFiles(project["out"]), project["stac"],
+            project["params"], labels=project["labels"])  # fmt: skip
     second = _tree_bytes(project["out"], project["stac"])
     assert first.keys() == second.keys() and len(first) >= 6
     for k in first:
@@ -374,16 +375,30 @@ def test_bad_inputs_name_the_store_and_field(project, tmp_path) -> None:
     del g["valid_share"]
     with pytest.raises(PublishError, match=r"patches.zarr.*valid_share"):
         read_store_meta(store)
+    out = DatasetFiles(tmp_path / "o")
     with pytest.raises(PublishError, match="more than one store"):
-        publish([project["stores"][0]] * 2, tmp_path / "o", tmp_path / "s", {})
-    with pytest.raises(PublishError, match="unknown key"):
-        publish(project["stores"], tmp_path / "o", tmp_path / "s", {"publish": {"licence": "x"}})
+        publish([project["stores"][0]] * 2, {}, out, tmp_path / "s", PublishParams())
     store2 = tmp_path / "bad2" / "patches.zarr"
     write_test_store(store2, "bad2", (10.0, 50.0, 10.004, 50.003), 5.0, seed=3, urban="suburban",
                      sar_datetime="2024-01-01T00:00:00Z", eo_datetime="2023-01-01")  # fmt: skip
     with pytest.raises(PublishError, match=r"bad2/patches.zarr: array 'urban_rural' has class\(es\) \['suburban'\]"):
-        publish([store2], tmp_path / "o", tmp_path / "s", {})
+        publish([store2], {}, out, tmp_path / "s", PublishParams())
     assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
+
+
+def test_params_are_checked_and_name_the_key() -> None:
+    assert parse_section(PublishParams, None) == PublishParams()
+    p = parse_section(PublishParams, {"splits": ["train", "test"], "gap_bins_days": [0, 7],
+                                      "license_links": [{"href": "https://x.org/l", "title": "L"}]})  # fmt: skip
+    assert p.splits == ("train", "test") and p.gap_bins_days == (0.0, 7.0) and p.license_links[0].title == "L"
+    with pytest.raises(ParamsError, match=r"publish\.licence: unknown key; did you mean 'license'"):
+        parse_section(PublishParams, {"licence": "x"})
+    with pytest.raises(ParamsError, match=r"publish\.id: 'a b' must be letters"):
+        parse_section(PublishParams, {"id": "a b"})
+    with pytest.raises(ValueError, match="^splits: must name at least one split"):
+        PublishParams(splits=())
+    with pytest.raises(ValueError, match="^gap_bins_days: .* strictly increasing"):
+        PublishParams(gap_bins_days=(0.0, 30.0, 30.0))
 
 
 def test_store_without_patches_is_left_out(project, tmp_path) -> None:
@@ -393,8 +408,9 @@ def test_store_without_patches_is_left_out(project, tmp_path) -> None:
                      drop={(i, j) for i in range(99) for j in range(99)}, images=False)  # fmt: skip
     assert read_store_meta(empty).n == 0
     with pytest.raises(PublishError, match="none of the 1 stores holds a patch"):
-        publish([empty], tmp_path / "o", tmp_path / "s", {})
-    stats = publish([empty, project["stores"][0]], tmp_path / "data" / "dataset", tmp_path / "stac" / "dataset", {})
+        publish([empty], {}, DatasetFiles(tmp_path / "o"), tmp_path / "s", PublishParams())
+    stats = publish([empty, project["stores"][0]], {}, DatasetFiles(tmp_path / "data" / "dataset"),
+                    tmp_path / "stac" / "dataset", PublishParams())  # fmt: skip
     assert list(stats["patches"]["by_region"]) == ["paris"]
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import main, sync_index
+from pipeline.cli import main, sync
+from pipeline.layout import ProjectLayout
 from pipeline.regions import RegionError, load_region, load_regions
 
 GOOD = {
@@ -108,7 +109,7 @@ def test_sync_writes_index_and_cli_reports_errors(tmp_path: Path, capsys: pytest
     write(tmp_path, GOOD)
     write(tmp_path, variant(name="lyon", osm={"file": "osm/lyon.osm.pbf"}, eo={"file": "/data/eo.tif",
                                                                           "datetime": "2020-01-01"}), name="lyon")
-    assert sync_index(tmp_path) == ["lyon", "paris"]
+    assert sync(ProjectLayout.at(tmp_path)) == ["lyon", "paris"]
     index = yaml.safe_load((tmp_path / "regions.index.yaml").read_text())["regions"]
     # local files become DVC inputs of the region's fetch stage; remote ones fall back to the region file
     assert index["lyon"] == {"osm": "osm/lyon.osm.pbf", "eo": "/data/eo.tif", "sar": "regions/lyon.yaml",
@@ -123,7 +124,7 @@ def test_sync_writes_index_and_cli_reports_errors(tmp_path: Path, capsys: pytest
 
 def test_repository_regions_valid_and_index_in_sync(root: Path) -> None:
     """The committed regions all validate and regions.index.yaml lists exactly them."""
-    from pipeline.cli import local_inputs
+    from pipeline.dvcfiles import local_inputs
 
     regions = load_regions(root / "regions")
     index = yaml.safe_load((root / "regions.index.yaml").read_text())["regions"]
@@ -132,7 +133,7 @@ def test_repository_regions_valid_and_index_in_sync(root: Path) -> None:
 
 def test_cli_separates_user_errors_from_bugs() -> None:
     from pipeline.cli import is_user_error
-    from pipeline.stacio import FetchError
+    from pipeline.fetch.stacio import FetchError
 
     assert is_user_error(FetchError("https://x/catalog.json: unreachable after 3 tries"))  # a RuntimeError
     assert is_user_error(RegionError("regions/x.yaml: gsd_m: ...")) and is_user_error(FileNotFoundError("x"))
@@ -145,3 +146,33 @@ def test_bad_params_file_is_one_clear_line(tmp_path: Path, capsys: pytest.Captur
     assert main(["--root", str(tmp_path), "validate"]) == 2
     err = capsys.readouterr().err
     assert "params.yaml: not valid YAML" in err and "Traceback" not in err
+
+
+def test_misspelt_param_is_one_line_naming_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's example: `patches: {strid: 128}` fails before any work, naming params.yaml and the key."""
+    write(tmp_path, GOOD)
+    (tmp_path / "params.yaml").write_text("patches: {strid: 128}\n")
+    assert main(["--root", str(tmp_path), "validate"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"sareo: error: {tmp_path / 'params.yaml'}: patches.strid: unknown key; did you mean 'stride'?"
+    for text, expect in (("pachtes: {}\n", "pachtes: unknown section; did you mean 'patches'?"),
+                         ("patches: {stride: fast}\n", "patches.stride: expected int, got 'fast'"),
+                         ("splits: {ratios: [0.5, 0.5, 0.5]}\n", "splits.ratios: [0.5, 0.5, 0.5]; expected three"),
+                         ("coregister: {model: homography}\n", "coregister.model: expected 'translation'")):
+        (tmp_path / "params.yaml").write_text(text)
+        assert main(["--root", str(tmp_path), "validate"]) == 2
+        assert expect in capsys.readouterr().err, text
+
+
+def test_repository_params_are_all_known_and_documented(root: Path) -> None:
+    """params.yaml parses against the typed sections, and every key of every section has a doc line."""
+    from pipeline.params import load_params, section_docs
+    from pipeline.stages import PARAM_SECTIONS
+
+    params = load_params(root / "params.yaml", PARAM_SECTIONS)
+    data = yaml.safe_load((root / "params.yaml").read_text())
+    assert set(data) == {c.section for c in PARAM_SECTIONS}
+    for cls in PARAM_SECTIONS:
+        assert params[cls] is not None
+        missing = [k for k, _, doc in section_docs(cls) if not doc]
+        assert not missing, f"{cls.section}: undocumented keys {missing}"

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from shapely.geometry import LineString, box
 
-from pipeline.labels import classify
-from pipeline.urban import urban_rural
+from pipeline.labels.classify import classify
+from pipeline.labels.params import LabelsParams
+from pipeline.labels.urban import urban_rural
 
 # A ~1 km x 1 km AOI near Helsinki (the equal-area CRS makes shares independent of latitude).
 W, S = 24.90, 60.20
@@ -44,7 +45,7 @@ def test_nonresidential_share_and_overlap_counts_once():
     assert r["residential_share"] == pytest.approx(0.15, abs=0.002)  # the overlap counts as N only
     assert r["class"] == "urban"
     # thresholds come from params
-    r = urban_rural(features(rows), AOI, {"labels": {"nonres_share": 0.10}})
+    r = urban_rural(features(rows), AOI, LabelsParams(nonres_share=0.10))
     assert r["class"] == "rural"
 
 

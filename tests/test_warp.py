@@ -17,10 +17,12 @@ from rasterio.windows import Window
 
 from pipeline.calibrate import calibration_for, dn_to_linear, linear_to_db
 from pipeline.grid import Grid, grid_for_bbox
+from pipeline.layout import GridFiles, RegistrationFiles, SourceFiles
 from pipeline.regions import Region
 from pipeline.warp import (
     WarpError,
     grid_of,
+    GridParams,
     grid_region,
     open_sar,
     open_source,
@@ -32,7 +34,7 @@ from pipeline.warp import (
 
 LON, LAT = 24.9412345, 60.1701234  # the bright target (central Helsinki)
 GEO_META = "capella/CAPELLA_C14_SP_GEO_HH_20240709040329_20240709040358_extended.json"
-SMALL = {"grid": {"block_size": 256, "tile_size": 256, "threads": 2}}
+SMALL = GridParams(block_size=256, tile_size=256, threads=2)
 
 
 def _gauss(cols: np.ndarray, rows: np.ndarray, c0: float, r0: float, sigma: float) -> np.ndarray:
@@ -120,7 +122,7 @@ def gridded(tmp_path_factory, fixtures):
     tmp = tmp_path_factory.mktemp("grid")
     src = make_source(tmp, fixtures)
     reg = region(tmp)
-    grid_region(reg, src, None, tmp / "grid", SMALL)
+    grid_region(reg, SourceFiles(src), None, GridFiles(tmp / "grid"), SMALL)
     return tmp, src, reg
 
 
@@ -176,10 +178,10 @@ def test_block_warp_has_no_seams(tmp_path, fixtures):
     """Speckled scene warped in 128 px blocks == an exact one-shot bilinear reference, and == 512 px blocks."""
     src = make_source(tmp_path, fixtures, speckle=True, zero_strip=False)
     grid = grid_of(region(tmp_path))
-    sar = open_sar(src)
+    sar = open_sar(SourceFiles(src))
     out = {}
     for block in (128, 512):
-        cfg = {"grid": {"block_size": block, "tile_size": 128, "strip_px": 64}}
+        cfg = GridParams(block_size=block, tile_size=128, strip_px=64)
         write_sar_grid(sar, grid, tmp_path / f"b{block}.tif", cfg)
         with rasterio.open(tmp_path / f"b{block}.tif") as ds:
             out[block] = ds.read(1)
@@ -199,7 +201,7 @@ def test_block_warp_has_no_seams(tmp_path, fixtures):
 
 def test_output_is_byte_identical_across_runs(gridded, tmp_path):
     tmp, src, reg = gridded
-    grid_region(reg, src, None, tmp_path / "again", SMALL)
+    grid_region(reg, SourceFiles(src), None, GridFiles(tmp_path / "again"), SMALL)
     for name in ("grid.json", "sar_db.tif", "eo.tif", "quicklook.png"):
         assert (tmp / "grid" / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
 
@@ -226,7 +228,7 @@ def test_registration_correction_moves_the_sar(tmp_path, fixtures):
     regjson = tmp_path / "registration.json"
     regjson.write_text(json.dumps({"applied": True, "sar_crs": "EPSG:32635",
                                    "correction": [1, 0, 3.0, 0, 1, -2.0]}))
-    db = read_sar_block(src, grid, Window(0, 0, grid.width, grid.height), regjson)
+    db = read_sar_block(SourceFiles(src), grid, Window(0, 0, grid.width, grid.height), RegistrationFiles(regjson.parent))
     col, row = peak_centroid(10 ** (db / 10))
     to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32635", always_xy=True)
     x, y = to_utm.transform(LON, LAT)
@@ -235,7 +237,7 @@ def test_registration_correction_moves_the_sar(tmp_path, fixtures):
     assert np.hypot(col - ec, row - er) < 0.1
     # not applied => identity
     regjson.write_text(json.dumps({"applied": False, "correction": [1, 0, 3.0, 0, 1, -2.0]}))
-    db0 = read_sar_block(src, grid, Window(0, 0, grid.width, grid.height), regjson)
+    db0 = read_sar_block(SourceFiles(src), grid, Window(0, 0, grid.width, grid.height), RegistrationFiles(regjson.parent))
     col0, row0 = peak_centroid(10 ** (db0 / 10))
     assert np.hypot(col0 - col, row0 - row) > 5  # 3.6 m = 7 px at 0.5 m
 
@@ -245,7 +247,7 @@ def test_rotated_source_aligns(tmp_path, fixtures):
     src = make_source(tmp_path, fixtures, rotation_deg=-76.0, zero_strip=False)
     reg = region(tmp_path, half_deg=0.0008)
     grid = grid_of(reg)
-    sar = open_sar(src)
+    sar = open_sar(SourceFiles(src))
     db = warp_sar_block(sar, grid.transform, grid.shape)
     col, row = peak_centroid(10 ** (db / 10))
     ec, er = grid.lonlat_to_pixel(LON, LAT)
@@ -257,7 +259,7 @@ def test_linear_power_averaging_is_unbiased(tmp_path, fixtures):
     src = make_source(tmp_path, fixtures, speckle=True, zero_strip=False)
     reg = region(tmp_path, gsd=2.0)  # 4x coarser than the source: 'average' is chosen
     grid = grid_of(reg)
-    sar = open_sar(src, params={})
+    sar = open_sar(SourceFiles(src))
     db = warp_sar_block(sar, grid.transform, grid.shape, Resampling.average)
     x0, y0 = grid.lonlat_to_pixel(LON, LAT)
     far = np.hypot(*np.meshgrid(np.arange(grid.width) + 0.5 - x0, np.arange(grid.height) + 0.5 - y0)) > 10
@@ -272,7 +274,7 @@ def test_linear_power_averaging_is_unbiased(tmp_path, fixtures):
 
 def test_source_window_is_bounded(tmp_path, fixtures):
     src = make_source(tmp_path, fixtures)
-    sar = open_sar(src)
+    sar = open_sar(SourceFiles(src))
     grid = grid_of(region(tmp_path))
     win = source_window(sar, grid.window_transform(0, 0), (32, 32))
     assert win is not None and win.width < 60 and win.height < 60
@@ -294,10 +296,10 @@ def test_bad_registration_is_refused(tmp_path, fixtures):
     regjson = tmp_path / "registration.json"
     regjson.write_text(json.dumps({"applied": True, "correction": [1, 0, "x"]}))
     with pytest.raises(WarpError, match="correction: expected 6 numbers"):
-        open_sar(src, regjson)
+        open_sar(SourceFiles(src), RegistrationFiles(regjson.parent))
     regjson.write_text(json.dumps({"applied": True, "sar_crs": "EPSG:32634", "correction": [1, 0, 0, 0, 1, 0]}))
     with pytest.raises(WarpError, match="sar_crs"):
-        open_sar(src, regjson)
+        open_sar(SourceFiles(src), RegistrationFiles(regjson.parent))
 
 
 def test_umbra_is_relative_db(tmp_path, fixtures):
@@ -306,7 +308,7 @@ def test_umbra_is_relative_db(tmp_path, fixtures):
     src.mkdir()
     shutil.copy(fixtures / "umbra" / "umbra_mount_yasur.tiff", src / "sar.tif")
     (src / "provenance.json").write_text(json.dumps({"sar": {"provider": "umbra", "product": "GEC"}}))
-    sar = open_sar(src)
+    sar = open_sar(SourceFiles(src))
     assert sar.cal is not None and not sar.cal.calibrated
     assert sar.cal == calibration_for(None, "umbra", "GEC")
     with rasterio.open(src / "sar.tif") as ds:
@@ -323,23 +325,23 @@ def test_umbra_is_relative_db(tmp_path, fixtures):
 
 def test_failed_stage_leaves_previous_grid_untouched(gridded, tmp_path, monkeypatch):
     """A crash after the SAR is written (here: in the quick look) must not leave a half grid/."""
-    import pipeline.quicklook
+    import pipeline.warp
 
     _, src, reg = gridded
     dest = tmp_path / "grid"
-    grid_region(reg, src, None, dest, SMALL)
+    grid_region(reg, SourceFiles(src), None, GridFiles(dest), SMALL)
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full while writing the quick look")
 
-    monkeypatch.setattr(pipeline.quicklook, "side_by_side", boom)
+    monkeypatch.setattr(pipeline.warp, "side_by_side", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        grid_region(reg, src, None, dest, SMALL)
+        grid_region(reg, SourceFiles(src), None, GridFiles(dest), SMALL)
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid"]  # no temporary left behind
     with pytest.raises(RuntimeError):
-        grid_region(reg, src, None, tmp_path / "fresh", SMALL)
+        grid_region(reg, SourceFiles(src), None, GridFiles(tmp_path / "fresh"), SMALL)
     assert not (tmp_path / "fresh").exists()
 
 
@@ -353,7 +355,7 @@ def test_polygon_aoi_masks_outside_pixels(gridded, tmp_path):
     w, s, e, n = reg.bbox
     tri = Polygon([(w, s), (e, s), (w, n)])  # lower-left half of the bbox
     preg = dataclasses.replace(reg, aoi_geojson=mapping(tri))
-    grid = grid_region(preg, src, None, tmp_path / "grid", SMALL)
+    grid = grid_region(preg, SourceFiles(src), None, GridFiles(tmp_path / "grid"), SMALL)
     with rasterio.open(tmp_path / "grid" / "sar_db.tif") as s_ds, rasterio.open(tmp_path / "grid" / "eo.tif") as e_ds:
         sar, eo_ok = s_ds.read(1), e_ds.read(4) > 0
     with rasterio.open(Path(gridded[0]) / "grid" / "sar_db.tif") as full:  # the bbox run of the same source

@@ -26,22 +26,19 @@ import pyproj
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from pipeline.labels.params import LabelsParams
+
 log = logging.getLogger("sareo.urban")
 
-DEFAULTS: dict[str, Any] = {
-    "residential_share": 0.25,
-    "nonres_share": 0.05,
-    "coverage_threshold": 0.5,
-    "fallback_building_share": 0.10,
-    "fallback_road_density_km_per_km2": 10.0,
-}
-
 COVER_KEYS = ("landuse", "natural", "leisure")
+# The LabelsParams fields of the rule, reported in labels.json's urban_rural.thresholds (sorted).
+THRESHOLDS = ("coverage_threshold", "fallback_building_share", "fallback_road_density_km_per_km2", "nonres_share",
+              "residential_share")
 
 
-def _params(params: dict[str, Any] | None) -> dict[str, Any]:
-    section = (params or {}).get("labels", {}) or {}
-    return {k: section.get(k, v) for k, v in DEFAULTS.items()}
+def thresholds(p: LabelsParams) -> dict[str, float]:
+    """The rule's thresholds as labels.json reports them."""
+    return {k: getattr(p, k) for k in sorted(THRESHOLDS)}
 
 
 def equal_area_crs(aoi: BaseGeometry) -> pyproj.CRS:
@@ -62,20 +59,21 @@ def zone_frames(classified: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, gpd.Geo
 
 
 def urban_rural(
-    classified: gpd.GeoDataFrame, aoi: BaseGeometry, params: dict[str, Any] | None = None,
+    classified: gpd.GeoDataFrame, aoi: BaseGeometry, p: LabelsParams | None = None,
     sea: gpd.GeoDataFrame | None = None,
 ) -> dict[str, Any]:
     """Decide urban/rural for ``aoi`` (lon/lat polygon) from classified OSM features (EPSG:4326).
 
     ``classified`` needs columns geometry, kind, role, key, density, length_m (as
-    ``pipeline.labels.classify`` returns); ``sea`` holds sea polygons (``labels.sea_features``),
+    ``pipeline.labels.classify.classify`` returns); ``sea`` holds sea polygons (``sea_features``),
     which are taken out of the area every share is measured against. Returns the decision with
     every share behind it.
     """
-    p = _params(params)
+    p = p or LabelsParams()
     for col in ("kind", "role", "key", "density", "length_m"):
         if col not in classified:
-            raise ValueError(f"urban_rural: classified features lack column {col!r} (use pipeline.labels.classify)")
+            raise ValueError(f"urban_rural: classified features lack column {col!r} "
+                             "(use pipeline.labels.classify.classify)")
     crs = equal_area_crs(aoi)
     aoi_ea = gpd.GeoSeries([aoi], crs="EPSG:4326").to_crs(crs).iloc[0]
     if aoi_ea.area <= 0:
@@ -91,7 +89,7 @@ def urban_rural(
                 "land_area_km2": 0.0, "aoi_area_km2": round(float(total_area / 1e6), 6),
                 "residential_share": 0.0, "nonres_share": 0.0, "landuse_coverage": 0.0, "fallback_used": False,
                 "building_share": 0.0, "road_density_km_per_km2": 0.0,
-                "thresholds": {k: p[k] for k in sorted(DEFAULTS)}, "crs": crs.srs}
+                "thresholds": thresholds(p), "crs": crs.srs}
     gdf = classified.to_crs(crs) if classified.crs is not None else classified.set_crs("EPSG:4326").to_crs(crs)
     gdf = gdf[gdf.geometry.intersects(aoi_ea)]
     areas = gdf[gdf["kind"] == "area"]
@@ -114,12 +112,12 @@ def urban_rural(
         road_km = 0.0
     road_density = road_km / (aoi_area / 1e6)
 
-    by_landuse = residential_share >= p["residential_share"] or nonres_share >= p["nonres_share"]
-    fallback_used = coverage < p["coverage_threshold"] and not by_landuse
+    by_landuse = residential_share >= p.residential_share or nonres_share >= p.nonres_share
+    fallback_used = coverage < p.coverage_threshold and not by_landuse
     if fallback_used:
         urban = (
-            building_share >= p["fallback_building_share"]
-            or road_density >= p["fallback_road_density_km_per_km2"]
+            building_share >= p.fallback_building_share
+            or road_density >= p.fallback_road_density_km_per_km2
         )
         basis = "fallback: building share / road density (landuse coverage too low)"
     else:
@@ -138,7 +136,7 @@ def urban_rural(
         "land_area_km2": round(float(aoi_area / 1e6), 6),
         "sea_share": round(float(sea_share), 6),
         "shares_of": "land (AOI minus sea)",
-        "thresholds": {k: p[k] for k in sorted(DEFAULTS)},
+        "thresholds": thresholds(p),
         "crs": crs.srs,
     }
     log.info(

@@ -1,11 +1,12 @@
-"""Read bytes from local paths, file://, http(s):// and anonymous s3:// with retries.
+"""Transport: read bytes from local paths, file://, http(s):// and anonymous s3:// with retries.
 
 Capella and Umbra publish *static* STAC catalogs in public S3 buckets. pystac reads local
 files and plain URLs only, so :class:`SareoStacIO` plugs :class:`Transport` into pystac.
 One transport does everything remote for the fetch stage (catalog JSON, assets, tiles), so
 retries, timeouts, the S3 endpoint override and the error messages are the same everywhere.
+Walking a catalog is :mod:`pipeline.fetch.walk`'s job; this module only moves bytes.
 
-Href arithmetic (:func:`join_href`, :func:`is_within`) is done here rather than with
+Href arithmetic (:func:`join_href`, :func:`is_within`, :func:`check_href`) is done here rather than with
 ``pystac.utils.make_absolute_href``, which silently clamps ``../`` at the bucket or file-system
 root: a catalog that points outside its own root must be *refused*, not quietly re-rooted.
 """
@@ -23,18 +24,16 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import pystac
 from pystac.stac_io import DefaultStacIO
 
-from pipeline.provenance import sha256_file  # noqa: F401 - re-exported: the fetch cache's hash lives there
+from pipeline.fetch.params import FetchParams
 
 log = logging.getLogger("sareo.stacio")
 
@@ -131,6 +130,20 @@ def is_within(href: str, root_dir: str) -> bool:
     return _canonical(href).startswith(_canonical(root_dir).rstrip("/") + "/")
 
 
+def check_href(raw: str, base: str, root_dir: str) -> str:
+    """Resolve ``raw`` against ``base``.
+
+    Refuses relative hrefs that leave ``root_dir`` and local files named by remote catalogs.
+    """
+    resolved = join_href(base, raw)
+    relative = scheme(raw) == "" and (not raw.startswith("/") or is_remote(base))  # '/x' is relative in a URL
+    if relative and not is_within(resolved, root_dir):
+        raise Unsafe(f"{raw!r} in {base}: resolves to {resolved}, outside the catalog root {root_dir}")
+    if is_remote(base) and not is_remote(resolved):
+        raise Unsafe(f"{raw!r} in {base}: a remote catalog may not point at local file {resolved}")
+    return resolved
+
+
 # --------------------------------------------------------------------------- transport
 
 
@@ -143,23 +156,20 @@ class Transport:
     and a pipeline that silently used someone's credentials would not be reproducible.
     """
 
-    retries: int = 3
-    backoff_s: float = 0.5
-    timeout_s: float = 30.0
+    # the defaults are FetchParams' (a dataclass field's class attribute is its default)
+    retries: int = FetchParams.retries
+    backoff_s: float = FetchParams.backoff_s
+    timeout_s: float = FetchParams.timeout_s
     s3_endpoint: str | None = None
-    s3_region: str = "us-west-2"
+    s3_region: str = FetchParams.s3_region
 
     @classmethod
-    def from_params(cls, section: dict[str, Any]) -> Transport:
+    def from_params(cls, p: FetchParams) -> Transport:
+        """The transport of ``p``; without ``s3_endpoint``, $SAREO_S3_ENDPOINT, else $AWS_ENDPOINT_URL."""
         env = os.environ
-        endpoint = section.get("s3_endpoint") or env.get("SAREO_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL")
-        return cls(
-            retries=int(section.get("retries", cls.retries)),
-            backoff_s=float(section.get("backoff_s", cls.backoff_s)),
-            timeout_s=float(section.get("timeout_s", cls.timeout_s)),
-            s3_endpoint=endpoint or None,
-            s3_region=str(section.get("s3_region", cls.s3_region)),
-        )
+        endpoint = p.s3_endpoint or env.get("SAREO_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL")
+        return cls(retries=p.retries, backoff_s=p.backoff_s, timeout_s=p.timeout_s, s3_endpoint=endpoint or None,
+                   s3_region=p.s3_region)
 
     # -- retry loop ---------------------------------------------------------------------
 
@@ -322,70 +332,6 @@ class SareoStacIO(DefaultStacIO):
         raise FetchError(f"{dest}: the fetch stage never writes catalogs")
 
 
-# --------------------------------------------------------------------------- static catalog walk
-#
-# A static catalog is a tree of small JSON documents; over S3/HTTPS each costs a round trip, so a
-# sequential walk of Capella's thousands of items takes minutes. The walk below reads documents
-# with a bounded thread pool but *yields* them in the order of a sequential depth-first walk, so
-# results, counts and errors do not depend on which request finished first. What to follow is a
-# pure policy (``expand``) supplied by the caller; parsed documents are kept in a memo that the
-# caller may persist (a walk cache).
-
-
-def parse_node(doc: dict[str, Any], href: str, resolve: Callable[[str, str], str]) -> dict[str, Any]:
-    """What the walk keeps of a STAC document: items without their links, catalogs as their
-    child/item links (hrefs resolved and checked by ``resolve(raw, base)``) plus id/title/extent."""
-    if doc.get("type") == "Feature":
-        return {k: v for k, v in doc.items() if k != "links"}
-    links = []
-    for ln in doc.get("links", []):
-        if isinstance(ln, dict) and ln.get("rel") in ("child", "item") and ln.get("href"):
-            link = {"rel": ln["rel"], "href": resolve(str(ln["href"]), href)}
-            if ln.get("title"):
-                link["title"] = str(ln["title"])
-            links.append(link)
-    node: dict[str, Any] = {"type": doc.get("type", "Catalog"), "id": doc.get("id"), "links": links}
-    for key in ("title", "extent"):
-        if doc.get(key) is not None:
-            node[key] = doc[key]
-    return node
-
-
-class CatalogReader:
-    """Parsed catalog documents by href: from ``memo`` if there, else read through the transport.
-
-    Thread-safe; ``fetched`` counts documents actually read (for logs and benchmarks, never for
-    outputs: a cached walk reads nothing but must write the same provenance).
-    """
-
-    def __init__(self, transport: Transport, resolve: Callable[[str, str], str],
-                 memo: dict[str, dict[str, Any]] | None = None) -> None:
-        self.transport = transport
-        self.resolve = resolve
-        self.memo: dict[str, dict[str, Any]] = dict(memo or {})
-        self.fetched = 0
-        self._lock = threading.Lock()
-
-    def cached(self, href: str) -> dict[str, Any] | None:
-        return self.memo.get(href)
-
-    def seed(self, href: str, doc: dict[str, Any]) -> dict[str, Any]:
-        """Add an already read document (the root, read to tell a STAC API from a static catalog)."""
-        node = parse_node(doc, href, self.resolve)
-        with self._lock:
-            self.memo[href] = node
-        return node
-
-    def get(self, href: str) -> dict[str, Any]:
-        node = self.memo.get(href)
-        if node is not None:
-            return node
-        doc = load_json(href, self.transport)
-        with self._lock:
-            self.fetched += 1
-        return self.seed(href, doc)
-
-
 def load_json(href: str, transport: Transport) -> dict[str, Any]:
     """A STAC JSON object; errors name the href."""
     text = transport.read_bytes(href).decode("utf-8", errors="replace")
@@ -396,149 +342,3 @@ def load_json(href: str, transport: Transport) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise FetchError(f"{href}: expected a STAC object, got {type(data).__name__}")
     return data
-
-
-@dataclass(frozen=True)
-class Expansion:
-    """Which links of a catalog to follow, in walk order, as (href, id hint); and why others were not."""
-
-    kept: tuple[tuple[str, str | None], ...] = ()
-    pruned: tuple[tuple[str, int], ...] = ()
-
-
-@dataclass
-class WalkStats:
-    """Documents the walk used (from the network or the memo) and links it did not follow, by reason."""
-
-    catalogs: int = 0
-    items: int = 0
-    pruned: Counter = field(default_factory=Counter)
-
-
-class _Prefetch:
-    """Reads documents ahead of the depth-first replay with a bounded thread pool.
-
-    A finished read schedules its kept children at once (breadth-first fan-out), so the pool
-    stays busy; the replay only waits for the next document in depth-first order. With one
-    worker nothing is read ahead: the replay reads each document itself.
-    """
-
-    def __init__(self, reader: CatalogReader, expand: Callable[[str, dict[str, Any]], Expansion], workers: int):
-        self.reader, self.expand = reader, expand
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="walk") if workers > 1 else None
-        self.futures: dict[str, Future] = {}
-        self.expanded: dict[str, Expansion] = {}
-        self.hints: set[str] = set()
-        self.lock = threading.Lock()
-        self.stopped = False
-
-    def _expansion(self, href: str, node: dict[str, Any]) -> Expansion:
-        exp = self.expanded.get(href)
-        if exp is None:
-            exp = Expansion() if node.get("type") == "Feature" else self.expand(href, node)
-            self.expanded[href] = exp
-        return exp
-
-    def want(self, href: str, hint: str | None = None, force: bool = False) -> None:
-        """Schedule ``href``; documents already in the memo are expanded here, their children scheduled.
-
-        An item whose id hint was scheduled under another href is not read ahead (the replay will
-        most likely skip it as a duplicate); ``force`` (the replay needs it now) reads it anyway.
-        """
-        if self.pool is None:
-            return
-        todo = [(href, hint)]
-        while todo:
-            h, hn = todo.pop()
-            node = self.reader.cached(h)
-            with self.lock:
-                if h in self.futures or self.stopped or (hn in self.hints and not force):
-                    continue
-                if hn is not None:
-                    self.hints.add(hn)
-                fut: Future = Future()
-                if node is None:
-                    fut = self.pool.submit(self._read, h)
-                self.futures[h] = fut
-            if node is not None:
-                try:
-                    exp = self._expansion(h, node)
-                except Exception as exc:  # noqa: BLE001 - raised again when the replay gets here
-                    fut.set_exception(exc)
-                    continue
-                fut.set_result(node)
-                todo.extend(reversed(exp.kept))
-            force = False
-
-    def _read(self, href: str) -> dict[str, Any]:
-        node = self.reader.get(href)
-        exp = self._expansion(href, node)
-        for child, hint in exp.kept:
-            self.want(child, hint)
-        return node
-
-    def get(self, href: str) -> tuple[dict[str, Any], Expansion]:
-        if self.pool is None:
-            node = self.reader.get(href)
-        else:
-            self.want(href, force=True)
-            node = self.futures[href].result()
-        return node, self._expansion(href, node)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            with self.lock:
-                self.stopped = True
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def walk_tree(
-    root: str,
-    reader: CatalogReader,
-    expand: Callable[[str, dict[str, Any]], Expansion],
-    workers: int = 16,
-    want_ids: set[str] | None = None,
-    stats: WalkStats | None = None,
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (item href, item node) in sequential depth-first link order, reading ahead in parallel.
-
-    Each href is visited once (dedupe by resolved href), each item id yielded once (first in
-    walk order wins; a link whose id hint was already yielded is not even read). With
-    ``want_ids`` the walk stops once all were yielded. Counts and errors come from this
-    deterministic replay, so they are the same for any ``workers`` and any completion order;
-    an unreadable document fails the walk only if the replay reaches it.
-    """
-    stats = stats if stats is not None else WalkStats()
-    pre = _Prefetch(reader, expand, int(workers))
-    stack: list[tuple[str, str | None]] = [(root, None)]
-    seen: set[str] = set()
-    yielded: set[str] = set()
-    try:
-        while stack:
-            href, hint = stack.pop()
-            if href in seen or (hint is not None and hint in yielded):
-                stats.pruned["duplicate"] += 1
-                continue
-            seen.add(href)
-            node, exp = pre.get(href)
-            if node.get("type") == "Feature":
-                stats.items += 1
-                if stats.items % 500 == 0:
-                    log.info("walk %s: %d catalogs, %d items so far", root, stats.catalogs, stats.items)
-                item_id = str(node.get("id"))
-                if item_id in yielded:
-                    stats.pruned["duplicate"] += 1
-                    continue
-                yielded.add(item_id)
-                yield href, node
-                if want_ids and want_ids <= yielded:
-                    return
-                continue
-            stats.catalogs += 1
-            for reason, n in exp.pruned:
-                stats.pruned[reason] += n
-            for child, hint in exp.kept:
-                pre.want(child, hint)
-            stack.extend(reversed(exp.kept))
-    finally:
-        pre.close()

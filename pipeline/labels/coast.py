@@ -15,7 +15,6 @@ inside its own edge) are extended straight to the border first.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,11 +25,10 @@ import shapely.errors
 from shapely.geometry import LineString, MultiLineString, Polygon
 from shapely.geometry.base import BaseGeometry
 
-DEFAULTS: dict[str, Any] = {
-    "snap_m": 50.0,  # extend coastline ends this close to the clip border onto it
-    "mixed_tolerance": 0.01,  # a face may have at most this share of its coastline voting the other way
-}
+from pipeline.grid import metres_per_degree
+from pipeline.labels.params import LabelsParams
 
+MIXED_TOLERANCE = 0.01  # a face may have at most this share of its coastline voting the other way
 _EPS = 1e-4  # planar units (metres in sea_lonlat): "on the line" for noded edges
 
 
@@ -103,8 +101,8 @@ def _connector(p: tuple[float, float], bounds: tuple[float, float, float, float]
 def sea_planar(
     lines: Sequence[LineString],
     bounds: tuple[float, float, float, float],
-    snap: float = DEFAULTS["snap_m"],
-    mixed_tolerance: float = DEFAULTS["mixed_tolerance"],
+    snap: float = LabelsParams.coast_snap_m,
+    mixed_tolerance: float = MIXED_TOLERANCE,
 ) -> SeaResult:
     """Sea inside the rectangle ``bounds`` (w, s, e, n) from directed coastline lines, in planar units."""
     w, s, e, n = bounds
@@ -182,19 +180,11 @@ def sea_planar(
     return SeaResult(sea, "ok", "", bounds, len(parts), len(faces), int(is_water.sum()), snapped)
 
 
-def metres_per_degree(lat: float) -> tuple[float, float]:
-    """(east, north) metres per degree at latitude ``lat`` on the WGS84 ellipsoid (local scale)."""
-    phi = math.radians(lat)
-    my = 111_132.954 - 559.822 * math.cos(2 * phi) + 1.175 * math.cos(4 * phi)
-    mx = 111_412.84 * math.cos(phi) - 93.5 * math.cos(3 * phi) + 0.118 * math.cos(5 * phi)
-    return mx, my
-
-
 def sea_lonlat(
     lines: Sequence[LineString],
     bounds_list: Sequence[tuple[float, float, float, float]],
-    snap_m: float = DEFAULTS["snap_m"],
-    mixed_tolerance: float = DEFAULTS["mixed_tolerance"],
+    snap_m: float = LabelsParams.coast_snap_m,
+    mixed_tolerance: float = MIXED_TOLERANCE,
 ) -> SeaResult:
     """Sea polygons in lon/lat: tries each clip rectangle (lon/lat bounds) in turn, first success wins.
 

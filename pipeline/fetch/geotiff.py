@@ -1,0 +1,76 @@
+"""GeoTIFF checks and conversion: a downloaded raster must be usable before it lands in ``source/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.fetch.stacio import FetchError
+
+
+def check_geotiff(path: Path, what: str, aoi=None) -> dict[str, Any]:
+    """Open ``path``; require a CRS (and overlap with ``aoi`` if given). Returns a small summary."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+    from rasterio.warp import transform_bounds
+    from shapely.geometry import box
+
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise FetchError(f"{what}: GeoTIFF has no CRS; cannot place it on the map")
+            if src.transform.is_identity:
+                raise FetchError(f"{what}: GeoTIFF has no geotransform")
+            bounds = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+            info = {"crs": src.crs.to_string(), "width": src.width, "height": src.height, "count": src.count,
+                    "dtype": src.dtypes[0], "bounds_lonlat": [round(b, 9) for b in bounds]}
+    except RasterioIOError as exc:
+        raise FetchError(f"{what}: not a readable GeoTIFF ({exc})") from None
+    if aoi is not None and not box(*bounds).intersects(aoi):
+        raise FetchError(f"{what}: image bounds {info['bounds_lonlat']} do not intersect the AOI {aoi.bounds}")
+    return info
+
+
+def to_uint8_rgb(src_path: Path, dest: Path, bands: list[int] | None, what: str, block: int = 1024) -> None:
+    """Write ``src_path`` as 3-band uint8 with an internal mask, block by block, in its own CRS.
+
+    Non-uint8 data is stretched linearly between the 2nd and 98th percentiles of a decimated
+    read (deterministic); one band is repeated into grey RGB.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(src_path) as src:
+        sel = bands or ([1, 2, 3] if src.count >= 3 else [1])
+        if max(sel) > src.count:
+            raise FetchError(f"{what}: eo.bands {sel} but the image has {src.count} band(s)")
+        rgb = (sel * 3)[:3] if len(sel) == 1 else sel
+        if len(rgb) != 3:
+            raise FetchError(f"{what}: eo.bands must name 1 or 3 bands, got {sel}")
+        scale = None
+        if src.dtypes[0] != "uint8":
+            f = max(1, max(src.width, src.height) // 1024)
+            shape = (len(sel), max(1, src.height // f), max(1, src.width // f))
+            sample = src.read(sel, out_shape=shape, masked=True).astype("float64")
+            vals = sample.compressed()
+            if vals.size == 0:
+                raise FetchError(f"{what}: image holds no valid pixels")
+            lo, hi = np.percentile(vals, [2, 98])
+            scale = (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
+        profile = {"driver": "GTiff", "width": src.width, "height": src.height, "count": 3, "dtype": "uint8",
+                   "crs": src.crs, "transform": src.transform, "tiled": True, "blockxsize": 256,
+                   "blockysize": 256, "compress": "deflate", "predictor": 2, "photometric": "RGB"}
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(dest, "w", **profile) as dst:
+            for r in range(0, src.height, block):
+                for c in range(0, src.width, block):
+                    win = Window(c, r, min(block, src.width - c), min(block, src.height - r))
+                    data = src.read(rgb, window=win)
+                    if scale is not None:
+                        lo, hi = scale
+                        data = np.clip((data.astype("float32") - lo) * (255.0 / (hi - lo)), 0, 255)
+                        data = data.round().astype("uint8")
+                    mask = src.dataset_mask(window=win)
+                    dst.write(data, window=win)
+                    dst.write_mask(mask, window=win)

@@ -1,0 +1,64 @@
+"""The fetch stage: one SAR product, one EO image and the OSM input per region, gathered once, with provenance.
+
+Everything remote goes through one :class:`~pipeline.fetch.stacio.Transport` (retries, timeouts,
+anonymous S3) into the download cache, and is hardlinked from there into ``source/``, which
+appears atomically. Every external input of a region then sits in ``source/`` with a checksum,
+so the later stages are offline.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.atomic import atomic_path, write_json
+from pipeline.fetch.cache import Cache
+from pipeline.fetch.eo import fetch_eo
+from pipeline.fetch.osm import fetch_osm
+from pipeline.fetch.params import FetchParams
+from pipeline.fetch.sar import fetch_sar
+from pipeline.fetch.stacio import Transport, is_remote, local_path
+from pipeline.layout import SourceFiles
+from pipeline.osm import OsmParams
+from pipeline.regions import Region
+
+log = logging.getLogger("sareo.fetch")
+
+
+def fetch_region(region: Region, out: SourceFiles, cache: Path, p: FetchParams, osm: OsmParams) -> Path:
+    """Write ``out`` (sar, sar_metadata?, eo, osm.*, provenance), all or nothing; returns ``out.dir``.
+
+    ``cache`` is the download cache directory, already resolved by the caller.
+    """
+    store = Cache(Path(cache).absolute(), Transport.from_params(p))
+    with atomic_path(out.dir) as tmp:
+        tmp.mkdir()
+        t = out.at(tmp)
+        sar_rec = fetch_sar(region, store, p, t)
+        eo_rec = fetch_eo(region, store, p, t.eo)
+        osm_rec = fetch_osm(region, store, osm, t)
+        prov = {"region": region.name, "sar": _portable_rec(sar_rec, region), "eo": _portable_rec(eo_rec, region),
+                "osm": osm_rec}
+        write_json(t.provenance, prov)
+    log.info("fetch %s: wrote %s", region.name, out.dir)
+    return out.dir
+
+
+def portable(href: str | None, region: Region) -> str | None:
+    """A local href inside the project as a project-relative path, so provenance is the same in every clone."""
+    if href is None or is_remote(href):
+        return href
+    p = local_path(href)
+    try:
+        return p.absolute().relative_to(region.root.absolute()).as_posix()
+    except ValueError:
+        return href
+
+
+def _portable_rec(rec: dict[str, Any], region: Region) -> dict[str, Any]:
+    """``rec`` with its local hrefs (also in its metadata record) made portable."""
+    out = {k: portable(v, region) if k in ("href", "item_href", "catalog", "source") else v for k, v in rec.items()}
+    if isinstance(rec.get("metadata"), dict):
+        out["metadata"] = _portable_rec(rec["metadata"], region)
+    return out

@@ -1,0 +1,211 @@
+"""Where every file lives: the one place that spells the paths between stages.
+
+A stage receives the file sets it reads and the one it writes (e.g. :class:`GridFiles`),
+never a region directory to look around in. Each file set is rooted at a directory and can be
+re-rooted at a temporary one (:meth:`at`), which is how stages write their outputs atomically.
+``dvc.yaml`` is generated from the same objects (see :mod:`pipeline.stages`), so a path cannot
+differ between the code and the build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+F = TypeVar("F", bound="_Files")
+
+INDEX_FILE = "regions.index.yaml"
+
+
+@dataclass(frozen=True)
+class _Files:
+    """A stage's directory; subclasses name the files in it."""
+
+    dir: Path
+
+    def at(self: F, directory: Path) -> F:
+        """The same file set rooted at ``directory`` (a temporary stage directory, say)."""
+        return dataclasses.replace(self, dir=Path(directory))
+
+
+@dataclass(frozen=True)
+class SourceFiles(_Files):
+    """What fetch writes: the region's inputs as downloaded, with their provenance."""
+
+    @property
+    def sar(self) -> Path:
+        return self.dir / "sar.tif"
+
+    @property
+    def sar_metadata(self) -> Path:
+        return self.dir / "sar_metadata.json"
+
+    @property
+    def eo(self) -> Path:
+        return self.dir / "eo.tif"
+
+    @property
+    def provenance(self) -> Path:
+        return self.dir / "provenance.json"
+
+    def osm(self, name: str) -> Path:
+        """The gathered OSM input ``name`` (``osm.osm``, ``osm.osm.pbf``...; provenance records which)."""
+        return self.dir / name
+
+
+@dataclass(frozen=True)
+class RegistrationFiles(_Files):
+    """What register writes: the correction and a picture of it."""
+
+    @property
+    def record(self) -> Path:
+        return self.dir / "registration.json"
+
+    @property
+    def overlay(self) -> Path:
+        return self.dir / "overlay.png"
+
+
+@dataclass(frozen=True)
+class GridFiles(_Files):
+    """What grid writes: the region grid and both images warped onto it."""
+
+    @property
+    def grid(self) -> Path:
+        return self.dir / "grid.json"
+
+    @property
+    def sar_db(self) -> Path:
+        return self.dir / "sar_db.tif"
+
+    @property
+    def eo(self) -> Path:
+        return self.dir / "eo.tif"
+
+    @property
+    def quicklook(self) -> Path:
+        return self.dir / "quicklook.png"
+
+
+@dataclass(frozen=True)
+class LabelFiles(_Files):
+    """What labels writes: the class raster, the urban zones and the report."""
+
+    @property
+    def labels(self) -> Path:
+        return self.dir / "labels.tif"
+
+    @property
+    def zones(self) -> Path:
+        return self.dir / "zones.tif"
+
+    @property
+    def report(self) -> Path:
+        return self.dir / "labels.json"
+
+    @property
+    def png(self) -> Path:
+        return self.dir / "labels.png"
+
+
+@dataclass(frozen=True)
+class DatasetFiles(_Files):
+    """What publish writes beside the stores."""
+
+    @property
+    def index(self) -> Path:
+        return self.dir / "index.parquet"
+
+    @property
+    def stats(self) -> Path:
+        return self.dir / "stats.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.dir / "plots"
+
+
+@dataclass(frozen=True)
+class RegionLayout:
+    """Every stage directory of one region (``data/regions/NAME/...``) and its patch store."""
+
+    data: Path
+    name: str
+
+    @property
+    def dir(self) -> Path:
+        return self.data / "regions" / self.name
+
+    @property
+    def source(self) -> SourceFiles:
+        return SourceFiles(self.dir / "source")
+
+    @property
+    def registration(self) -> RegistrationFiles:
+        return RegistrationFiles(self.dir / "registration")
+
+    @property
+    def grid(self) -> GridFiles:
+        return GridFiles(self.dir / "grid")
+
+    @property
+    def labels(self) -> LabelFiles:
+        return LabelFiles(self.dir / "labels")
+
+    @property
+    def store(self) -> Path:
+        return self.data / "patches" / f"{self.name}.zarr"
+
+
+@dataclass(frozen=True)
+class ProjectLayout:
+    """The project: region files, parameters, the data directory and the published dataset."""
+
+    root: Path
+    data: Path
+
+    @classmethod
+    def at(cls, root: str | Path, data: str | Path | None = None) -> ProjectLayout:
+        r = Path(root)
+        return cls(r, Path(data) if data is not None else r / "data")
+
+    @property
+    def regions_dir(self) -> Path:
+        return self.root / "regions"
+
+    def region_file(self, name: str) -> Path:
+        return self.regions_dir / f"{name}.yaml"
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def index_file(self) -> Path:
+        return self.root / INDEX_FILE
+
+    def region(self, name: str) -> RegionLayout:
+        return RegionLayout(self.data, name)
+
+    @property
+    def patches_dir(self) -> Path:
+        return self.data / "patches"
+
+    @property
+    def demo(self) -> Path:
+        return self.data / "demo"
+
+    @property
+    def dataset(self) -> DatasetFiles:
+        return DatasetFiles(self.data / "dataset")
+
+    @property
+    def stac(self) -> Path:
+        return self.root / "stac" / "dataset"
+
+    def cache(self, cache_dir: str | Path) -> Path:
+        """A cache directory from params: relative paths are relative to the project root."""
+        p = Path(cache_dir)
+        return p if p.is_absolute() else self.root / p

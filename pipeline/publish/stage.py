@@ -1,0 +1,87 @@
+"""The publish stage: patch stores in, the dataset index, statistics, plots and STAC collection out.
+
+Outputs are byte-identical for the same inputs: stores are sorted by region, JSON keys are
+sorted, every datetime comes from the data (never "now"), and both output directories are
+written into a temporary sibling and renamed into place whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.atomic import atomic_path, dumps_json
+from pipeline.layout import DatasetFiles, GridFiles, LabelFiles, RegistrationFiles
+from pipeline.publish.index import PublishError, patch_table, read_store_meta, store_legend
+from pipeline.publish.params import PublishParams
+from pipeline.publish.stac import RegionFiles, build_collection, check_stac, stac_documents
+from pipeline.publish.stats import dataset_stats, region_footprints, write_plots
+
+log = logging.getLogger("sareo.publish")
+
+
+def publish(
+    stores: Sequence[Path],
+    registrations: Mapping[str, RegistrationFiles],
+    out: DatasetFiles,
+    stac_dir: Path,
+    p: PublishParams,
+    *,
+    grids: Mapping[str, GridFiles] | None = None,
+    labels: Mapping[str, LabelFiles] | None = None,
+) -> dict[str, Any]:
+    """Write ``out`` (index, stats, plots) and ``stac_dir`` (collection.json, one item per region).
+
+    ``registrations``, ``grids`` and ``labels`` map a region name to the files its item links
+    to; a region without an entry, or whose file does not exist, simply lacks that asset.
+    Both directories are replaced whole and atomically. Returns the statistics written.
+    """
+    stac_dir = Path(stac_dir)
+    if not stores:
+        raise PublishError("publish: no patch stores given")
+    metas = sorted((read_store_meta(s) for s in stores), key=lambda m: m.region)
+    for m in metas:
+        if m.n == 0:
+            log.warning("%s: store has no patches; region %s is left out of the dataset", m.path, m.region)
+    metas = [m for m in metas if m.n > 0]
+    if not metas:
+        raise PublishError(f"publish: none of the {len(stores)} stores holds a patch")
+    names = [m.region for m in metas]
+    dup = sorted({r for r in names if names.count(r) > 1})
+    if dup:
+        raise PublishError(f"publish: region(s) {dup} appear in more than one store: {[str(m.path) for m in metas]}")
+    n_classes = {m.arrays["class_hist"].shape[1] for m in metas}
+    if len(n_classes) != 1:
+        raise PublishError(f"publish: stores disagree on the number of classes in class_hist: {sorted(n_classes)}")
+    classes = store_legend(metas, n_classes.pop())
+    gdf = patch_table(metas, classes, out.index.parent, p.splits)
+    log.info("indexed %d patches from %d stores", len(gdf), len(metas))
+    footprints = region_footprints(gdf)
+    stats = dataset_stats(gdf, classes, footprints, p)
+    regions = {
+        name: RegionFiles(registrations.get(name), (grids or {}).get(name), (labels or {}).get(name))
+        for name in names
+    }
+    # Everything that can fail on bad data runs before the first output is replaced.
+    collection = build_collection(metas, gdf, stats, footprints, classes, p, out, stac_dir, regions)
+    docs = stac_documents(collection, stac_dir)
+
+    with atomic_path(out.dir) as tmp:
+        tmp.mkdir()
+        t = out.at(tmp)
+        gdf.to_parquet(t.index, index=False, compression="zstd")
+        t.stats.write_text(dumps_json(stats), encoding="utf-8")
+        write_plots(stats, t.plots, p.plot_dpi, p.splits)
+    log.info("wrote %s", out.dir)
+    with atomic_path(stac_dir) as tmp:
+        for rel, doc in docs.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(dumps_json(doc), encoding="utf-8")
+        # tmp is a sibling of stac_dir, so relative hrefs resolve the same from both.
+        problems = check_stac(tmp / "collection.json")
+        if problems:
+            raise PublishError("STAC links do not resolve:\n  " + "\n  ".join(problems))
+    log.info("wrote %s (%d items)", stac_dir, len(docs) - 1)
+    return stats
