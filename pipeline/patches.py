@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-import pipeline
+from pipeline import __version__
 from pipeline.atomic import atomic_path
 from pipeline.documents import read_json
 from pipeline.grid import Grid
@@ -415,7 +415,7 @@ def _attrs(
                        "sar_grid_tags": sar_tags, "inputs_sha256": hashes},  # fmt: skip
         "licences": licences(provenance, labels_json),
         "attribution": attribution_lines(provenance, labels_json),
-        "software": {"name": "sareo", "version": pipeline.__version__},
+        "software": {"name": "sareo", "version": __version__},
         "params": {"patches": dataclasses.asdict(p), "splits": dataclasses.asdict(sp)},
         "patch_order": PATCH_ORDER,
         "layers": {
