@@ -4,7 +4,8 @@ Generates a synthetic catalog in Capella Open Data's layout (root -> by-datetime
 month -> day -> items, plus a by-product-type hierarchy linking the same item files, and a
 by-use-case subset), serves it over the loopback HTTP server of tests/servers.py with an
 artificial latency per request (a remote bucket's round trip), and times
-``pipeline.fetch.sar.find_sar_items`` (the catalog part of the fetch stage) for:
+``pipeline.fetch.sar.find_sar_items`` (the catalog part of the fetch stage, on the region's one
+source) for:
 
   1. walk_workers=1 (sequential), no date filter
   2. walk_workers=16 (parallel), no date filter
@@ -220,7 +221,7 @@ def main() -> None:
 
     from pipeline.fetch.cache import Cache
     from pipeline.fetch.params import FetchParams
-    from pipeline.fetch.sar import find_sar_items
+    from pipeline.fetch.sar import find_sar_items, region_sources
     from pipeline.fetch.stacio import Transport
 
     items = synthetic_items(args.items)
@@ -250,7 +251,7 @@ def main() -> None:
             if not args.no_reference:
                 runs.append(("reference: sequential, all hierarchies", 1, {}, (24.945, 60.17), 0, "all"))
             print(f"{'run':42s} {'wall s':>8s} {'requests':>9s} {'catalogs':>9s} {'items':>6s} "
-                  f"{'pruned':>7s} {'items/s':>9s} {'cat.items/s':>12s}")
+                  f"{'pruned':>7s} {'scenes':>7s} {'items/s':>9s} {'cat.items/s':>12s}")
             results = {}
             for name, workers, sar, centre, ttl, hier in runs:
                 region = _region(tmp, "bench", stac, centre, **sar)
@@ -259,16 +260,17 @@ def main() -> None:
                 cache = Cache(tmp / "cache", Transport.from_params(p))
                 requests.clear()
                 t = time.perf_counter()
-                found, _ = find_sar_items(region, cache, p)
+                found, _ = find_sar_items(region, region_sources(region)[0], cache, p)
                 wall = time.perf_counter() - t
                 pruned = sum(found.pruned.values())
-                results[name] = (found.candidates[0].facts.id, found.read, found.catalogs, found.pruned)
+                results[name] = ([c.facts.id for c in found.candidates], found.read, found.catalogs, found.pruned)
                 print(f"{name:42s} {wall:8.2f} {len(requests):9d} {found.catalogs:9d} {found.read:6d} {pruned:7d} "
-                      f"{found.read / wall:9.0f} {args.items / wall:12.0f}")
+                      f"{len(found.candidates):7d} {found.read / wall:9.0f} {args.items / wall:12.0f}")
             same = results["sequential, no date filter"] == results["parallel, no date filter"] and \
                 results["sequential, date filter (1 month)"] == results["parallel, date filter (1 month)"]
             print(f"parallel results identical to sequential: {same}")
-            print("items/s: items read per second; cat.items/s: catalog size / wall time (what a region 'costs')")
+            print("scenes: matching items (every one is a scene of the region); items/s: items read per second; "
+                  "cat.items/s: catalog size / wall time (what a region 'costs')")
 
 
 if __name__ == "__main__":

@@ -581,10 +581,46 @@ def _identity_record(sar_crs: str, reason: str) -> dict[str, Any]:
 def register_region(
     region: Any, source: SourceFiles, out: RegistrationFiles, p: CoregisterParams | None = None
 ) -> dict[str, Any]:
-    """Estimate the SAR offset of one region and write registration.json and overlay.png (atomically).
+    """Register every scene of the region on its own; write ``out`` atomically.
 
-    Reads the fetched SAR and EO in windows on the region grid (or a coarser one,
-    ``working_gsd_m``); returns the record written to registration.json.
+    Each scene gets ``scenes/ID/registration.json`` and ``overlay.png``; the region's
+    ``registration.json`` summarises them (per scene: applied, flagged, confidence, shift) and its
+    ``overlay.png`` is the first scene's. Returns the summary.
+    """
+    import shutil
+
+    from pipeline.scenes import read_scenes
+
+    p = p or CoregisterParams()
+    scenes = read_scenes(source)
+    with atomic_path(out.dir) as tmp:
+        tmp.mkdir()
+        t = out.at(tmp)
+        records = {}
+        for sc in scenes:
+            log.info("%s: registering scene %s", region.name, sc.id)
+            records[sc.id] = register_scene(region, sc.files, t.scene(sc.id), p)
+        summary = {
+            "region": region.name,
+            "scenes": {k: {f: r.get(f) for f in ("applied", "flagged", "confidence", "model", "reason", "shift_m",
+                                                  "correction")} for k, r in records.items()},
+            "applied": sum(bool(r["applied"]) for r in records.values()),
+            "flagged": sum(bool(r["flagged"]) for r in records.values()),
+            "attribution": records[scenes[0].id]["attribution"],
+        }
+        shutil.copyfile(t.scene(scenes[0].id).overlay, t.overlay)
+        write_json(t.record, summary)
+    return summary
+
+
+def register_scene(
+    region: Any, source: SourceFiles, out: RegistrationFiles, p: CoregisterParams | None = None
+) -> dict[str, Any]:
+    """Estimate the SAR offset of one scene and write its registration.json and overlay.png into ``out.dir``.
+
+    Reads the scene's SAR and EO in windows on the region grid (or a coarser one,
+    ``working_gsd_m``); returns the record written to registration.json. The caller makes the
+    directory appear atomically (the region's registration/ as a whole).
     """
     import rasterio
 
@@ -663,22 +699,20 @@ def register_region(
     else:
         after = before
         title = f"after: NOT applied ({'flagged' if record['flagged'] else 'disabled'})"
-    with atomic_path(out.dir) as tmp:  # registration/ appears whole or not at all
-        tmp.mkdir()
-        t = out.at(tmp)
-        _render_overlay(
-            checkerboard(before[2], before[3], before[0], before[1]),
-            checkerboard(after[2], after[3], after[0], after[1]), title, t.overlay,
-        )
-        if p.record_timing:
-            secs = time.perf_counter() - t_start
-            mpx = grid.width * grid.height / 1e6
-            record["timing"] = {
-                "seconds": round(secs, 2),
-                "megapixels": round(mpx, 3),
-                "seconds_per_megapixel": round(secs / max(mpx, 1e-9), 3),
-            }
-        write_json(t.record, record)
+    out.dir.mkdir(parents=True, exist_ok=True)
+    _render_overlay(
+        checkerboard(before[2], before[3], before[0], before[1]),
+        checkerboard(after[2], after[3], after[0], after[1]), title, out.overlay,
+    )
+    if p.record_timing:
+        secs = time.perf_counter() - t_start
+        mpx = grid.width * grid.height / 1e6
+        record["timing"] = {
+            "seconds": round(secs, 2),
+            "megapixels": round(mpx, 3),
+            "seconds_per_megapixel": round(secs / max(mpx, 1e-9), 3),
+        }
+    write_json(out.record, record)
     log.info("%s: applied=%s flagged=%s confidence=%.2f shift_m=%s (%s)", region.name, record["applied"],
              record["flagged"], record["confidence"], record["shift_m"], record["reason"])
     return record

@@ -154,7 +154,9 @@ def local_inputs(region: Region, root: Path) -> dict[str, str]:
     own = region.path.resolve().relative_to(root.resolve()).as_posix()
     slots = {"demo": "data/demo" if region.demo else own}  # only demo regions read the demo stage's output
     for slot, (section, key) in INPUT_SLOTS.items():
-        href = getattr(region, section).get(key)
+        # the SAR slots take the first local SAR file of the region's sources (one slot each: DVC's foreach)
+        specs = region.sar if section == "sar" else (getattr(region, section),)
+        href = next((spec.get(key) for spec in specs if spec.get(key)), None)
         if not href or "://" in str(href):
             slots[slot] = own
             continue

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyproj
 from affine import Affine
 
@@ -135,3 +136,17 @@ def grid_for_bbox(bbox: tuple[float, float, float, float], gsd_m: float) -> Grid
     if width * height > 2_000_000_000:
         raise GridError(f"bbox {bbox} at {gsd_m} m makes a {width}x{height} grid; that is too large for one region")
     return Grid(Affine(xres, 0.0, c0 * xres, 0.0, -yres, r0 * yres), width, height, float(gsd_m))
+
+
+def aoi_mask(aoi: Any, grid: Grid, window: Any) -> np.ndarray | None:
+    """True where a block's pixel centres fall inside a polygon AOI (lon/lat); None for no polygon.
+
+    A region given as a GeoJSON polygon gets the polygon's bbox as its grid; pixels outside the
+    polygon become no data here, so labels (255) and patches (dropped) follow the polygon too.
+    """
+    if aoi is None:
+        return None
+    from rasterio.features import geometry_mask
+
+    return geometry_mask([aoi], out_shape=(int(window.height), int(window.width)),
+                         transform=grid.window_transform(window.row_off, window.col_off), invert=True)

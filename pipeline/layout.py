@@ -29,10 +29,19 @@ class _Files:
         """The same file set rooted at ``directory`` (a temporary stage directory, say)."""
         return dataclasses.replace(self, dir=Path(directory))
 
+    def scene(self: F, scene_id: str) -> F:
+        """The same file set for one SAR scene of the region: ``DIR/scenes/SCENE_ID/``."""
+        return dataclasses.replace(self, dir=self.dir / "scenes" / scene_id)
+
 
 @dataclass(frozen=True)
 class SourceFiles(_Files):
-    """What fetch writes: the region's inputs as downloaded, with their provenance."""
+    """What fetch writes: the region's inputs as downloaded, with their provenance.
+
+    The region's directory holds the OSM input, the region EO and ``provenance.json`` (OSM, EO and
+    the scene list); each SAR scene has its own complete set under ``scene(ID)``: sar.tif,
+    sar_metadata.json, eo.tif (its EO: the region's, hardlinked, or its own) and provenance.json.
+    """
 
     @property
     def sar(self) -> Path:
@@ -57,7 +66,8 @@ class SourceFiles(_Files):
 
 @dataclass(frozen=True)
 class RegistrationFiles(_Files):
-    """What register writes: the correction and a picture of it."""
+    """What register writes: per scene (``scene(ID)``) the correction and a picture of it; for the
+    region a summary record of all scenes and the first scene's overlay."""
 
     @property
     def record(self) -> Path:
@@ -70,7 +80,8 @@ class RegistrationFiles(_Files):
 
 @dataclass(frozen=True)
 class GridFiles(_Files):
-    """What grid writes: the region grid and both images warped onto it."""
+    """What grid writes: the region grid and the region EO warped onto it; per scene (``scene(ID)``)
+    its SAR in dB on the same grid (and its own EO when it has one), with a quick look."""
 
     @property
     def grid(self) -> Path:

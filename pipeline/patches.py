@@ -18,7 +18,7 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -29,8 +29,9 @@ from pipeline.grid import Grid
 from pipeline.layout import GridFiles, LabelFiles, RegistrationFiles, SourceFiles
 from pipeline.params import param
 from pipeline.provenance import attribution_lines, licences, parse_datetime, sha256_file
+from pipeline.scenes import Scene, SceneError, read_scenes
 from pipeline.splits import SPLITS, SplitsParams, split_patches
-from pipeline.store import N_CLASSES, PATCH_ORDER, create_store, write_meta
+from pipeline.store import LABEL_NODATA, N_CLASSES, PATCH_ORDER, create_store, write_meta
 
 log = logging.getLogger("sareo.patches")
 
@@ -45,6 +46,8 @@ class PatchesParams:
     shard_patches: int = param(256, "patches per shard file (chunk = one patch)")
     compression_level: int | dict[str, int] = param(3, "zstd level; an int or per layer {sar: .., eo: .., label: ..}")
     band_pixels: int = param(16_000_000, "pixels per layer read at once in the validity pass (bounds memory)")
+    flagged_registration: Literal["keep", "drop"] = param(
+        "keep", "patches of a scene whose registration is flagged: keep (marked registration_flagged) or drop")
 
     def __post_init__(self) -> None:
         for key in ("size", "stride", "shard_patches", "band_pixels"):
@@ -115,27 +118,39 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "y")
 
 
-def _open_layers(gridded: GridFiles, labels: LabelFiles, grid: Grid) -> dict[str, Any]:
-    """Open the grid rasters and check they sit on the region grid."""
+def _open_raster(path: Path, grid: Grid, bands: int = 1):
+    """Open a grid raster and check it sits on the region grid."""
     import rasterio
 
-    files = {"sar": gridded.sar_db, "eo": gridded.eo, "label": labels.labels, "zones": labels.zones}
-    out = {}
-    for name, f in files.items():
-        if not f.is_file():
-            if name == "zones":
-                log.warning("%s: missing; residential/nonres shares will be NaN", f)
-                continue
-            raise PatchError(f"{f}: missing (expected per docs/DESIGN.md)")
-        ds = rasterio.open(f)
-        out[name] = ds
-        if (ds.height, ds.width) != grid.shape:
-            raise PatchError(f"{f}: {ds.width}x{ds.height} px; expected the grid's {grid.width}x{grid.height}")
-        if not ds.transform.almost_equals(grid.transform):
-            raise PatchError(f"{f}: transform {tuple(ds.transform)[:6]} is not the grid's {tuple(grid.transform)[:6]}")
-    if out["eo"].count < 3:
-        raise PatchError(f"{files['eo']}: {out['eo'].count} band(s); expected RGB + band 4 valid mask")
+    if not path.is_file():
+        raise PatchError(f"{path}: missing (expected per docs/DESIGN.md)")
+    ds = rasterio.open(path)
+    if (ds.height, ds.width) != grid.shape:
+        ds.close()
+        raise PatchError(f"{path}: {ds.width}x{ds.height} px; expected the grid's {grid.width}x{grid.height}")
+    if not ds.transform.almost_equals(grid.transform):
+        ds.close()
+        raise PatchError(f"{path}: transform {tuple(ds.transform)[:6]} is not the grid's {tuple(grid.transform)[:6]}")
+    if ds.count < bands:
+        ds.close()
+        raise PatchError(f"{path}: {ds.count} band(s); expected RGB + band 4 valid mask")
+    return ds
+
+
+def _open_labels(labels: LabelFiles, grid: Grid) -> dict[str, Any]:
+    """The region's label and zone rasters (zones optional: shares are then NaN)."""
+    out = {"label": _open_raster(labels.labels, grid)}
+    if labels.zones.is_file():
+        out["zones"] = _open_raster(labels.zones, grid)
+    else:
+        log.warning("%s: missing; residential/nonres shares will be NaN", labels.zones)
     return out
+
+
+def _open_scene(gridded: GridFiles, scene_id: str, grid: Grid) -> dict[str, Any]:
+    """One scene's SAR on the grid and its EO (its own, else the region's)."""
+    sg = gridded.scene(scene_id)
+    return {"sar": _open_raster(sg.sar_db, grid), "eo": _open_raster(sg.eo if sg.eo.is_file() else gridded.eo, grid, 4)}
 
 
 def _eo_valid(ds, window) -> np.ndarray:
@@ -229,19 +244,17 @@ class _SegmentWriter:
 
 
 def cut_patches(
-    layers: dict[str, Any], rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, index: np.ndarray, writer, size: int
-) -> dict[str, np.ndarray]:
+    layers: dict[str, Any], rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, index: np.ndarray, writer, size: int,
+    derived: dict[str, np.ndarray],
+) -> None:
     """Read one window per patch row and layer, cut its patches, hand them to ``writer``.
 
-    Returns class_hist, residential_share and nonres_share in store order (``index`` maps
-    each input patch to its store position).
+    Fills ``derived`` (class_hist, residential_share, nonres_share, arrays in store order) at the
+    store positions ``index`` gives for each input patch.
     """
     from rasterio.windows import Window
 
-    n = len(rows)
-    hist = np.zeros((n, N_CLASSES), np.int32)
-    res = np.full(n, np.nan, np.float32)
-    nonres = np.full(n, np.nan, np.float32)
+    hist, res, nonres = derived["class_hist"], derived["residential_share"], derived["nonres_share"]
     urows = np.unique(rows)
     npx = float(size * size)
     for step, r in enumerate(urows):
@@ -252,6 +265,8 @@ def cut_patches(
         sar = layers["sar"].read(1, window=win)
         eo = layers["eo"].read((1, 2, 3), window=win)
         lab = layers["label"].read(1, window=win)
+        # the labels cover the AOI; a patch has no label where its own scene's SAR or EO has no data
+        lab[~(np.isfinite(sar) & _eo_valid(layers["eo"], win))] = LABEL_NODATA
         zones = layers["zones"].read(1, window=win) if "zones" in layers else None
         for p in sel:
             x = int(cols[p]) - c0
@@ -265,7 +280,6 @@ def cut_patches(
                 res[i], nonres[i] = (z[1] / land, z[2] / land) if land > 0 else (0.0, 0.0)
         if step % 20 == 0 or step == len(urows) - 1:
             log.info("cut: patch row %d/%d", step + 1, len(urows))
-    return {"class_hist": hist, "residential_share": res, "nonres_share": nonres}
 
 
 # ---------------------------------------------------------------- stage
@@ -274,10 +288,12 @@ def cut_patches(
 def patch_region(region: Any, source: SourceFiles, registration: RegistrationFiles | None, gridded: GridFiles,
                  labels: LabelFiles, out_store: str | os.PathLike[str], p: PatchesParams | None = None,
                  sp: SplitsParams | None = None) -> dict[str, Any]:
-    """Build ``out_store`` (the region's patches.zarr) from the gridded images and the labels.
+    """Build ``out_store`` (the region's patches.zarr): every scene's patches on the region grid.
 
-    Returns the splits report. Raises PatchError for unusable inputs and if the audit finds a
-    leak under the ``blocks`` method.
+    Patches are cut per scene where that scene has enough valid SAR and EO; the split is drawn
+    once over the ground cells of all scenes, so the same ground has the same split in every
+    scene. Returns the splits report. Raises PatchError for unusable inputs and if the audit
+    finds a leak under the ``blocks`` method.
     """
     p = p or PatchesParams()
     sp = sp or SplitsParams()
@@ -289,57 +305,116 @@ def patch_region(region: Any, source: SourceFiles, registration: RegistrationFil
         grid = Grid.from_dict(read_json(grid_json, PatchError, missing=MISSING) or {})
     except (KeyError, TypeError, ValueError) as exc:
         raise PatchError(f"{grid_json}: not a grid (Grid.to_dict()): {exc}") from exc
+    try:
+        scenes = read_scenes(source)
+    except SceneError as exc:
+        raise PatchError(str(exc)) from None
     provenance = read_json(source.provenance, PatchError, missing=MISSING) or {}
     labels_json = read_json(labels.report, PatchError, required=False) or {}
-    record = None if registration is None else read_json(registration.record, PatchError, required=False)
+    summary = None if registration is None else read_json(registration.record, PatchError, required=False)
+    records = {sc.id: (None if registration is None else
+                       read_json(registration.scene(sc.id).record, PatchError, required=False)) for sc in scenes}
     inputs = [gridded.grid, labels.report, source.provenance] + ([registration.record] if registration else [])
 
-    layers = _open_layers(gridded, labels, grid)
+    label_layers = _open_labels(labels, grid)
+    opened: list[dict[str, Any]] = []
     try:
-        # pass 1: which patches have enough valid data
+        # pass 1, per scene: which patch positions have enough valid data there
         cell = math.gcd(size, stride)
-        rows, cols = patch_origins(grid.height, grid.width, size, stride)
-        tables = valid_tables(layers, grid.height, grid.width, cell, p.band_pixels)
+        rows0, cols0 = patch_origins(grid.height, grid.width, size, stride)
         npx = float(size * size)
-        sar_share = box_counts(tables["sar"], rows, cols, size, cell) / npx
-        eo_share = box_counts(tables["eo"], rows, cols, size, cell) / npx
-        both_share = box_counts(tables["both"], rows, cols, size, cell) / npx
-        del tables
-        ok = (sar_share >= p.min_valid) & (eo_share >= p.min_valid)
-        rows, cols, both_share = rows[ok], cols[ok], both_share[ok]
-        log.info("%s: %d of %d patch positions pass min_valid %.2f", name, int(ok.sum()), len(ok), p.min_valid)
+        per_scene = []
+        skipped: dict[str, str] = {}
+        for sc in scenes:
+            flagged = bool((records[sc.id] or {}).get("flagged"))
+            if flagged and p.flagged_registration == "drop":
+                skipped[sc.id] = "registration flagged (patches.flagged_registration: drop)"
+                log.warning("%s: scene %s dropped: its registration is flagged", name, sc.id)
+                continue
+            layers = _open_scene(gridded, sc.id, grid)
+            opened.append(layers)
+            tables = valid_tables(layers, grid.height, grid.width, cell, p.band_pixels)
+            sar_share = box_counts(tables["sar"], rows0, cols0, size, cell) / npx
+            eo_share = box_counts(tables["eo"], rows0, cols0, size, cell) / npx
+            both_share = box_counts(tables["both"], rows0, cols0, size, cell) / npx
+            del tables
+            ok = (sar_share >= p.min_valid) & (eo_share >= p.min_valid)
+            log.info("%s: scene %s: %d of %d patch positions pass min_valid %.2f", name, sc.id, int(ok.sum()),
+                     len(ok), p.min_valid)
+            per_scene.append((sc, layers, rows0[ok], cols0[ok], both_share[ok], flagged))
 
-        # splits, then store order: split, row, col
-        result = split_patches(rows, cols, size, stride, sp)
+        # splits: once over the union of ground cells, so a cell has one split in every scene
+        if per_scene:
+            cells = np.unique(np.concatenate([np.stack([r, c], 1) for _, _, r, c, _, _ in per_scene]), axis=0)
+        else:
+            cells = np.zeros((0, 2), np.int64)
+        result = split_patches(cells[:, 0], cells[:, 1], size, stride, sp)
         if sp.method != "random" and not result.report["audit"]["passed"]:
             raise PatchError(f"{name}: split audit failed: {result.report['audit']}")
-        keep = result.kept
-        rows, cols, codes, both_share = rows[keep], cols[keep], result.split[keep], both_share[keep]
-        order = np.lexsort((cols, rows, codes))
+        cell_code = {(int(r), int(c)): int(s) for (r, c), s in zip(cells.tolist(), result.split.tolist())}
+
+        chosen = []  # (scene index, rows, cols, codes, valid share)
+        for k, (sc, layers, rows, cols, both, flagged) in enumerate(per_scene):
+            codes = np.array([cell_code[(int(r), int(c))] for r, c in zip(rows, cols)], np.int64)
+            keep = codes >= 0
+            chosen.append((k, rows[keep], cols[keep], codes[keep], both[keep]))
+        scene_of = np.concatenate([np.full(len(c[1]), c[0], np.int64) for c in chosen]) if chosen else np.zeros(0, int)
+        rows = np.concatenate([c[1] for c in chosen]) if chosen else np.zeros(0, np.int64)
+        cols = np.concatenate([c[2] for c in chosen]) if chosen else np.zeros(0, np.int64)
+        codes = np.concatenate([c[3] for c in chosen]) if chosen else np.zeros(0, np.int64)
+        both_share = np.concatenate([c[4] for c in chosen]) if chosen else np.zeros(0, np.float32)
+        # store order: split, scene, row, col
+        order = np.lexsort((cols, rows, scene_of, codes))
         index = np.empty(len(order), np.int64)
         index[order] = np.arange(len(order))
         n = len(order)
         starts = [int((codes < s).sum()) for s in range(3)]
+        report = {**result.report, "cells": int(len(cells)), "patches": n,
+                  "per_scene": {per_scene[k][0].id: {s: int(((scene_of == k) & (codes == i)).sum())
+                                                    for i, s in enumerate(SPLITS)} for k in range(len(per_scene))},
+                  "scenes_skipped": skipped}
 
-        attrs = _attrs(name, grid, labels_json, provenance, record, inputs, result.report, p, sp,
-                       dict(sorted(layers["sar"].tags().items())))  # fmt: skip
+        scene_info = [_scene_info(sc, records[sc.id], p.flagged_registration) for sc in scenes]
+        attrs = _attrs(name, grid, labels_json, provenance, summary, scene_info, inputs, report, p, sp,
+                       {sc.id: dict(sorted(layers["sar"].tags().items())) for sc, layers, *_ in per_scene})
         with atomic_path(out_store) as tmp:
             group = create_store(tmp, n, size=size, shard_patches=p.shard_patches, level=p.compression_level,
                                  attrs=attrs)  # fmt: skip
             writer = _SegmentWriter(group, starts, n, p.shard_patches, size)
+            derived = {"class_hist": np.zeros((n, N_CLASSES), np.int32),
+                       "residential_share": np.full(n, np.nan, np.float32),
+                       "nonres_share": np.full(n, np.nan, np.float32)}
             try:
-                derived = cut_patches(layers, rows, cols, codes, index, writer, size)
+                for k, (sc, layers, *_rest) in enumerate(per_scene):
+                    sel = np.flatnonzero(scene_of == k)
+                    cut_patches({**layers, **label_layers}, rows[sel], cols[sel], codes[sel], index[sel], writer,
+                                size, derived)
             finally:
                 writer.close()
             meta = _meta(name, grid, rows[order], cols[order], codes[order], both_share[order], size,
-                         provenance, labels_json, layers["sar"])  # fmt: skip
+                         [per_scene[k][0] for k in scene_of[order]] if n else [],
+                         [per_scene[k][5] for k in scene_of[order]] if n else [], provenance, labels_json,
+                         [per_scene[k][1]["sar"] for k in scene_of[order]] if n else [])
             meta.update(derived)
             write_meta(group, meta)
     finally:
-        for ds in layers.values():
+        for ds in label_layers.values():
             ds.close()
-    log.info("%s: wrote %d patches to %s (%s)", name, n, out_store, result.report["counts"])
-    return result.report
+        for layers in opened:
+            for ds in layers.values():
+                ds.close()
+    log.info("%s: wrote %d patches of %d scene(s) to %s (%s)", name, n, len(per_scene), out_store, report["counts"])
+    return report
+
+
+def _scene_info(sc: Scene, record: dict[str, Any] | None, policy: str) -> dict[str, Any]:
+    """A scene as the store's attributes describe it: what it is and how its registration went."""
+    reg = None
+    if record is not None:
+        reg = {k: record.get(k) for k in ("applied", "flagged", "confidence", "model", "shift_m", "correction")}
+    return {"id": sc.id, "item_id": sc.item_id, "provider": sc.provider, "product": sc.product,
+            "polarization": sc.polarization, "datetime": sc.datetime, "calibrated": bool(sc.record.get("calibrated")),
+            "registration": reg, "flagged_registration_policy": policy}
 
 
 def _meta(
@@ -350,20 +425,30 @@ def _meta(
     codes: np.ndarray,
     valid_share: np.ndarray,
     size: int,
+    scenes: list[Scene],
+    flagged: list[bool],
     provenance: dict[str, Any],
     labels_json: dict[str, Any],
-    sar_ds,
+    sar_ds: list[Any],
 ) -> dict[str, Any]:
     """Per-patch metadata in store order (footprints from the grid's affine transform)."""
     t = grid.transform
     lon0, lon1 = t.c + t.a * cols, t.c + t.a * (cols + size)
     lat0, lat1 = t.f + t.e * (rows + size), t.f + t.e * rows
-    sar, eo = provenance.get("sar") or {}, provenance.get("eo") or {}
+    eo = provenance.get("eo") or {}
     n = len(rows)
-    tags = sar_ds.tags()
-    calibrated = _truthy(tags.get("calibrated", tags.get("CALIBRATED", "false")))
+    calibrated = {}
+    for sc, ds in zip(scenes, sar_ds):
+        if sc.id not in calibrated:
+            tags = ds.tags()
+            calibrated[sc.id] = _truthy(tags.get("calibrated", tags.get("CALIBRATED", "false")))
+    cells = [f"{name}_r{r}_c{c}" for r, c in zip(rows.tolist(), cols.tolist())]
+
+    def col(values: list[Any], dtype: Any) -> np.ndarray:
+        return np.array(values, dtype=dtype) if n else np.zeros(0, dtype=dtype)
+
     return {
-        "id": np.array([f"{name}_r{r}_c{c}" for r, c in zip(rows.tolist(), cols.tolist())], dtype=object),
+        "id": col([f"{name}_{sc.id}_r{r}_c{c}" for sc, r, c in zip(scenes, rows.tolist(), cols.tolist())], object),
         "row": rows.astype(np.int32),
         "col": cols.astype(np.int32),
         "lon_min": lon0,
@@ -373,14 +458,19 @@ def _meta(
         "lon": (lon0 + lon1) / 2,
         "lat": (lat0 + lat1) / 2,
         "gsd_m": np.full(n, grid.gsd_m, np.float32),
-        "sar_datetime": np.full(n, str(sar.get("datetime") or ""), dtype=object),
+        "sar_datetime": col([sc.datetime for sc in scenes], object),
         "eo_datetime": np.full(n, str(eo.get("datetime") or ""), dtype=object),
-        "gap_days": np.full(n, gap_days(sar.get("datetime"), eo.get("datetime")), np.float32),
-        "sar_item": np.full(n, str(sar.get("item_id") or ""), dtype=object),
-        "calibrated": np.full(n, calibrated, bool),
+        "gap_days": col([gap_days(sc.datetime, eo.get("datetime")) for sc in scenes], np.float32),
+        "sar_item": col([str(sc.item_id or "") for sc in scenes], object),
+        "calibrated": col([calibrated[sc.id] for sc in scenes], bool),
         "split": np.array(SPLITS, dtype=object)[codes.astype(np.int64)] if n else np.zeros(0, dtype=object),
         "urban_rural": np.full(n, urban_class(labels_json), dtype=object),
         "valid_share": valid_share.astype(np.float32),
+        "scene": col([sc.id for sc in scenes], object),
+        "provider": col([sc.provider for sc in scenes], object),
+        "polarization": col([sc.polarization for sc in scenes], object),
+        "cell": col(cells, object),
+        "registration_flagged": col(flagged, bool),
     }
 
 
@@ -390,11 +480,12 @@ def _attrs(
     labels_json: dict[str, Any],
     provenance: dict[str, Any],
     registration: dict[str, Any] | None,
+    scenes: list[dict[str, Any]],
     inputs: list[Path],
     splits_report: dict[str, Any],
     p: PatchesParams,
     sp: SplitsParams,
-    sar_tags: dict[str, str],
+    sar_tags: dict[str, dict[str, str]],
 ) -> dict[str, Any]:
     """Root attributes: everything needed to cite, reproduce and interpret the store."""
     ur = labels_json.get("urban_rural")
@@ -402,7 +493,7 @@ def _attrs(
     urban["class"] = urban_class(labels_json)
     reg = None
     if registration is not None:
-        reg = {k: registration.get(k) for k in ("applied", "flagged", "confidence", "model", "shift_m", "correction")}
+        reg = {k: registration.get(k) for k in ("applied", "flagged", "scenes")}
     # keyed by stage directory and file name ("grid/grid.json"): no absolute paths in the store
     hashes = {f"{f.parent.name}/{f.name}": sha256_file(f) for f in inputs if f.is_file()}
     return {
@@ -411,7 +502,8 @@ def _attrs(
         "grid": grid.to_dict(),
         "legend": _legend(labels_json),
         "splits": splits_report,
-        "provenance": {"sar": provenance.get("sar"), "eo": provenance.get("eo"), "registration": reg,
+        "scenes": scenes,
+        "provenance": {"scenes": provenance.get("scenes") or [], "eo": provenance.get("eo"), "registration": reg,
                        "sar_grid_tags": sar_tags, "inputs_sha256": hashes},  # fmt: skip
         "licences": licences(provenance, labels_json),
         "attribution": attribution_lines(provenance, labels_json),
@@ -421,7 +513,7 @@ def _attrs(
         "layers": {
             "sar": "sigma0 in dB (float32), NaN = no data; calibrated per patch flag",
             "eo": "RGB uint8",
-            "label": "class id uint8 (legend), 255 = no data",
+            "label": "class id uint8 (legend), 255 = no data (none mapped, or no SAR/EO in the patch's scene)",
         },
     }
 

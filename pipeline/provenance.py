@@ -70,6 +70,12 @@ def sar_attribution(sar: Mapping[str, Any], provider: str | None = None, default
     return str(sar.get("attribution") or (src.attribution if src else default))
 
 
+def _sar_records(provenance: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The SAR records of a provenance document: a region's scene list, or one scene's ``sar``."""
+    scenes = provenance.get("scenes")
+    return list(scenes) if isinstance(scenes, list) and scenes else [provenance.get("sar") or {}]
+
+
 def attribution_lines(
     provenance: Mapping[str, Any], labels: Mapping[str, Any] | None = None, *, with_labels: bool = True
 ) -> list[str]:
@@ -77,8 +83,8 @@ def attribution_lines(
 
     Labels are credited as labels.json says (its source may not be OpenStreetMap), else to OSM.
     """
-    sar, eo = provenance.get("sar") or {}, provenance.get("eo") or {}
-    lines = [f"SAR: {sar_attribution(sar)}"]
+    eo = provenance.get("eo") or {}
+    lines = [f"SAR: {'; '.join(dict.fromkeys(sar_attribution(s) for s in _sar_records(provenance)))}"]
     eo_attr = eo.get("attribution") or eo.get("source")
     if eo_attr:
         lines.append(f"EO: {eo_attr}")
@@ -89,10 +95,13 @@ def attribution_lines(
 
 def licences(provenance: Mapping[str, Any], labels: Mapping[str, Any] | None = None) -> dict[str, str]:
     """SPDX licence ids of the SAR, EO and label data (``'unknown'`` where nobody said)."""
-    sar, eo = provenance.get("sar") or {}, provenance.get("eo") or {}
-    src = sar_source(sar.get("provider"))
+    eo = provenance.get("eo") or {}
+    sar = []
+    for rec in _sar_records(provenance):
+        src = sar_source(rec.get("provider"))
+        sar.append(str(rec.get("licence") or (src.licence if src else UNKNOWN)))
     return {
-        "sar": str(sar.get("licence") or (src.licence if src else UNKNOWN)),
+        "sar": ", ".join(dict.fromkeys(sar)) or UNKNOWN,
         "eo": str(eo.get("licence") or UNKNOWN),
         "labels": str((labels or {}).get("licence") or OSM.licence),
     }

@@ -41,22 +41,8 @@ SCHEMA: dict[str, Any] = {
             },
         },
         "gsd_m": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
-        "sar": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "stac": {"type": "string", "minLength": 1},
-                "ids": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-                "product": {"type": "string"},
-                "polarization": {"type": "string", "enum": ["HH", "VV", "HV", "VH"]},
-                "mode": {"type": "string", "enum": ["SP", "SM", "SS"]},
-                "datetime": _DATE_RANGE,
-                "max_items": {"type": "integer", "minimum": 1},
-                "file": {"type": "string", "minLength": 1},
-                "metadata": {"type": "string", "minLength": 1},
-                "provider": {"type": "string", "enum": ["capella", "umbra"]},
-            },
-        },
+        # one source mapping, or a list of them (several catalogs / providers); see SAR_SOURCE
+        "sar": {"type": ["object", "array"], "minItems": 1},
         "eo": {
             "type": "object",
             "additionalProperties": False,
@@ -86,6 +72,26 @@ SCHEMA: dict[str, Any] = {
 }
 
 
+# One SAR source: a catalog (static or API) with filters, or a local file. Every matching scene is used.
+SAR_SOURCE: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "stac": {"type": "string", "minLength": 1},
+        "ids": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "product": {"type": "string"},
+        "polarization": {"type": "string", "enum": ["HH", "VV", "HV", "VH", "any"]},
+        "mode": {"type": "string", "enum": ["SP", "SM", "SS"]},
+        "datetime": _DATE_RANGE,
+        "min_coverage": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "max_items": {"type": "integer", "minimum": 1},
+        "file": {"type": "string", "minLength": 1},
+        "metadata": {"type": "string", "minLength": 1},
+        "provider": {"type": "string", "enum": ["capella", "umbra"]},
+    },
+}
+
+
 class RegionError(ValueError):
     """A region file that cannot be used; the message names the file and the field."""
 
@@ -97,7 +103,7 @@ class Region:
     name: str
     bbox: tuple[float, float, float, float]
     gsd_m: float
-    sar: dict[str, Any]
+    sar: tuple[dict[str, Any], ...]  # the SAR sources, each with its product filled in (default GEO)
     eo: dict[str, Any]
     osm: dict[str, Any]
     path: Path
@@ -123,9 +129,10 @@ class Region:
         return shape(self.aoi_geojson) if self.aoi_geojson else box(*self.bbox)
 
 
-def _field_path(err: jsonschema.ValidationError) -> str:
+def _field_path(err: jsonschema.ValidationError, prefix: str = "") -> str:
     parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in err.absolute_path]
-    return ".".join(parts).replace(".[", "[") or "(top level)"
+    path = ".".join(parts).replace(".[", "[")
+    return (f"{prefix}.{path}" if path else prefix) if prefix else (path or "(top level)")
 
 
 def _explain(err: jsonschema.ValidationError) -> str:
@@ -147,10 +154,45 @@ def _explain(err: jsonschema.ValidationError) -> str:
 
 
 def _one_of(data: dict[str, Any], section: str, keys: tuple[str, ...], where: str) -> str:
-    given = [k for k in keys if data[section].get(k) not in (None, False)]
+    given = [k for k in keys if data.get(k) not in (None, False)]
     if len(given) != 1:
         raise RegionError(f"{where}: {section}: give exactly one source of {', '.join(keys)} (got {given or 'none'})")
     return given[0]
+
+
+def sar_sources(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The region's SAR sources as a list (a single mapping is a list of one)."""
+    sar = data["sar"]
+    return [sar] if isinstance(sar, dict) else list(sar)
+
+
+def _source_where(data: dict[str, Any], i: int) -> str:
+    """How a message names SAR source ``i``: ``sar`` for a single mapping, ``sar[i]`` in a list."""
+    return "sar" if isinstance(data["sar"], dict) else f"sar[{i}]"
+
+
+def _validate_sar(data: dict[str, Any], where: str) -> None:
+    for i, src in enumerate(sar_sources(data)):
+        at = _source_where(data, i)
+        if not isinstance(src, dict):
+            raise RegionError(f"{where}: {at}: expected a mapping (stac: ... or file: ...), got {type(src).__name__}")
+        errors = sorted(jsonschema.Draft202012Validator(SAR_SOURCE).iter_errors(src), key=lambda e: list(e.absolute_path))
+        if errors:
+            raise RegionError(f"{where}: {_field_path(errors[0], at)}: {_explain(errors[0])}")
+        kind = _one_of(src, at, ("stac", "file"), where)
+        product = str(src.get("product", "GEO")).upper()
+        if product in NOT_GEOCODED:
+            raise RegionError(f"{where}: {at}.product: {product!r} is not geocoded; use GEO or GEC")
+        if product not in ("GEO", "GEC"):
+            raise RegionError(f"{where}: {at}.product: {product!r} is not a known product; use GEO or GEC")
+        if kind == "file":
+            for key in ("ids", "min_coverage", "max_items", "mode"):
+                if key in src:
+                    raise RegionError(f"{where}: {at}.{key}: only meaningful with {at}.stac, not with {at}.file")
+        elif "metadata" in src:
+            raise RegionError(f"{where}: {at}.metadata: only meaningful with {at}.file")
+        if "datetime" in src:
+            _check_dates(src["datetime"], f"{where}: {at}.datetime")
 
 
 def _check_dates(value: str, where: str) -> None:
@@ -170,18 +212,9 @@ def validate(data: Any, where: str) -> None:
     if errors:
         e = errors[0]
         raise RegionError(f"{where}: {_field_path(e)}: {_explain(e)}")
-    sar_src = _one_of(data, "sar", ("stac", "file"), where)
-    _one_of(data, "eo", ("tiles", "stac", "file"), where)
-    _one_of(data, "osm", ("file", "overpass"), where)
-    product = str(data["sar"].get("product", "GEO")).upper()
-    if product in NOT_GEOCODED:
-        raise RegionError(f"{where}: sar.product: {product!r} is not geocoded; use GEO or GEC")
-    if product not in ("GEO", "GEC"):
-        raise RegionError(f"{where}: sar.product: {product!r} is not a known product; use GEO or GEC")
-    if sar_src == "file" and "ids" in data["sar"]:
-        raise RegionError(f"{where}: sar.ids: only meaningful with sar.stac, not with sar.file")
-    if "datetime" in data["sar"]:
-        _check_dates(data["sar"]["datetime"], f"{where}: sar.datetime")
+    _validate_sar(data, where)
+    _one_of(data["eo"], "eo", ("tiles", "stac", "file"), where)
+    _one_of(data["osm"], "osm", ("file", "overpass"), where)
     if "datetime" in data["eo"]:
         _check_dates(data["eo"]["datetime"], f"{where}: eo.datetime")
     if ("tiles" in data["eo"] or "file" in data["eo"]) and "datetime" not in data["eo"]:
@@ -235,8 +268,7 @@ def load_region(path: str | Path, root: str | Path | None = None) -> Region:
 
         geojson = data["aoi"]["geojson"]
         bbox = tuple(float(v) for v in shape(geojson).bounds)
-    sar = {"product": "GEO", **data["sar"]}
-    sar["product"] = str(sar["product"]).upper()
+    sar = tuple({**src, "product": str(src.get("product", "GEO")).upper()} for src in sar_sources(data))
     return Region(
         name=data["name"],
         bbox=bbox,  # type: ignore[arg-type]

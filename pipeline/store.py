@@ -20,7 +20,8 @@ import numpy as np
 from pipeline.atomic import atomic_path, dumps_json
 
 N_CLASSES = 25
-PATCH_ORDER = "split (train, val, test), then row, then col"
+LABEL_NODATA = 255  # label value of pixels without a label (or without data in the patch's scene)
+PATCH_ORDER = "split (train, val, test), then scene (oldest first), then row, then col"
 
 # name: (dtype, dimension names after "patch", fill value)
 IMAGE_ARRAYS: dict[str, tuple[str, tuple[str, ...], Any]] = {
@@ -52,6 +53,12 @@ META_ARRAYS: dict[str, str] = {
     "residential_share": "float32",
     "nonres_share": "float32",
     "valid_share": "float32",
+    # the scene a patch was cut from; `cell` is the same for every scene's patch of the same ground
+    "scene": "str",
+    "provider": "str",
+    "polarization": "str",
+    "cell": "str",
+    "registration_flagged": "bool",
 }
 HIST_ARRAY = "class_hist"  # (patch, class) int32: pixel count per class id 0..24
 
@@ -132,12 +139,16 @@ def write_meta(group, meta: Mapping[str, Any]) -> None:
     unknown = sorted(set(meta) - set(META_ARRAYS) - {HIST_ARRAY})
     if unknown:
         raise StoreError(f"write_meta: unknown metadata field(s) {unknown}; schema: {list(META_ARRAYS)}")
+    import zarr
+
     for name, dtype in META_ARRAYS.items():
         values = np.asarray(meta[name], dtype=object if dtype == "str" else dtype)
         if values.shape != (n,):
             raise StoreError(f"write_meta: {name} has shape {values.shape}; expected ({n},)")
         if n:
-            group[name][:] = values.astype(str) if dtype == "str" else values
+            # every array gets its chunk, even all-default ones: a missing chunk is then damage, not a default
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                group[name][:] = values.astype(str) if dtype == "str" else values
     hist = np.asarray(meta[HIST_ARRAY], dtype="int32")
     if hist.shape != (n, N_CLASSES):
         raise StoreError(f"write_meta: {HIST_ARRAY} has shape {hist.shape}; expected ({n}, {N_CLASSES})")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from pipeline.calibrate import (
     linear_to_db,
 )
 from pipeline.documents import read_json
-from pipeline.grid import Grid, grid_for_bbox, metres_per_degree
+from pipeline.grid import Grid, aoi_mask, grid_for_bbox, metres_per_degree
 from pipeline.layout import GridFiles, RegistrationFiles, SourceFiles
 from pipeline.params import param
 from pipeline.quicklook import side_by_side
@@ -182,7 +183,7 @@ def open_sar(source: SourceFiles, registration: RegistrationFiles | None = None,
         raise WarpError(f"{path}: data type {src.dtype}; expected UInt16 (Capella GEO/GEC) or uint8 (Umbra GEC)")
     sar_prov = _provenance(source).get("sar") or {}
     provider = _sar_provider(sar_prov, region)
-    product = sar_prov.get("product") or (getattr(region, "sar", None) or {}).get("product") or "GEO"
+    product = sar_prov.get("product") or "GEO"
     meta_path = source.sar_metadata
     metadata = read_json(meta_path, CalibrationError, required=False)
     calibration = calibration_for(metadata, provider, product, str(meta_path), cal)
@@ -389,20 +390,6 @@ def _profile(grid: Grid, p: GridParams, **kw: Any) -> dict[str, Any]:
     return prof
 
 
-def aoi_mask(aoi: Any, grid: Grid, window: Window) -> np.ndarray | None:
-    """True where a block's pixel centres fall inside a polygon AOI (lon/lat); None for no polygon.
-
-    A region given as a GeoJSON polygon gets the polygon's bbox as its grid; pixels outside the
-    polygon become no data here, so labels (255) and patches (dropped) follow the polygon too.
-    """
-    if aoi is None:
-        return None
-    from rasterio.features import geometry_mask
-
-    return geometry_mask([aoi], out_shape=(int(window.height), int(window.width)),
-                         transform=grid.window_transform(window.row_off, window.col_off), invert=True)
-
-
 def write_sar_grid(sar: SarSource, grid: Grid, dest: str | Path, p: GridParams | None = None,
                    tags: dict[str, str] | None = None, aoi: Any = None) -> dict[str, Any]:
     """Warp the whole SAR onto ``grid`` block by block into a float32 dB GeoTIFF (atomic). Returns stats.
@@ -483,36 +470,61 @@ def _provenance(source: SourceFiles) -> dict[str, Any]:
 
 
 def _sar_provider(sar_prov: dict[str, Any], region: Any) -> str:
-    """The SAR provider: as fetched (provenance.json), else as the region file says, else Capella."""
-    return sar_prov.get("provider") or (getattr(region, "sar", None) or {}).get("provider") or "capella"
+    """The SAR provider as fetched (the scene's provenance.json), else Capella."""
+    return sar_prov.get("provider") or "capella"
 
 
 def grid_region(region: Any, source: SourceFiles, registration: RegistrationFiles | None, out: GridFiles,
                 p: GridParams | None = None, cal: CalibrateParams | None = None) -> Grid:
-    """Stage entry point: grid/grid.json, grid/sar_db.tif, grid/eo.tif, grid/quicklook.png.
+    """Stage entry point: grid.json and the region EO on the grid; each scene's SAR (dB) on the same grid.
 
-    ``registration`` None (or its record absent or not applied) keeps the SAR georeferencing as published.
+    Every image is warped once: each scene's SAR (with its own registration correction, when
+    applied) into ``scenes/ID/sar_db.tif``; the region's EO into ``eo.tif``; a scene with an EO of
+    its own (a different file) gets ``scenes/ID/eo.tif``. The whole grid/ appears at once.
+    ``registration`` None (or a scene's record absent or not applied) keeps that SAR as published.
     """
+    from pipeline.scenes import read_scenes
+
     p = p or GridParams()
     grid = grid_of(region)
-    prov = _provenance(source)
-    sar = open_sar(source, registration, region, cal)
-    eo = open_source(source.eo)
-    if eo.dtype != "uint8":
-        raise WarpError(f"{eo.path}: data type {eo.dtype}; expected uint8 RGB")
-    sar_attr = sar_attribution(prov.get("sar") or {}, _sar_provider(prov.get("sar") or {}, region), default="CC BY 4.0")
-    eo_attr = (prov.get("eo") or {}).get("attribution") or region.attribution or ""
-    log.info("grid %s: %dx%d px at %g m", region.name, grid.width, grid.height, grid.gsd_m)
+    scenes = read_scenes(source)
+    region_eo = open_source(source.eo)
+    region_eo_sha = (_provenance(source).get("eo") or {}).get("sha256")
+    polygon = region.aoi if getattr(region, "aoi_geojson", None) else None  # a bbox AOI is the grid itself
+    log.info("grid %s: %dx%d px at %g m, %d scene(s)", region.name, grid.width, grid.height, grid.gsd_m, len(scenes))
     with atomic_path(out.dir) as tmp:  # the whole grid/ appears at once, or not at all
         tmp.mkdir()
         t = out.at(tmp)
         write_json(t.grid, grid.to_dict())
-        polygon = region.aoi if getattr(region, "aoi_geojson", None) else None  # a bbox AOI is the grid itself
-        write_sar_grid(sar, grid, t.sar_db, p,
-                       {"region": region.name, "attribution": sar_attr, "registration_applied":
-                        "true" if load_correction(registration) is not None else "false"}, aoi=polygon)
-        write_eo_grid(eo, grid, t.eo, p, {"region": region.name, "attribution": eo_attr}, aoi=polygon)
-        credits = "; ".join(a for a in (sar_attr, eo_attr) if a)
-        side_by_side(t.sar_db, t.eo, t.quicklook,
-                     max_size=p.quicklook_max_size, title=f"{region.name}  SAR | EO   {credits}")
+        eo_attr = _write_eo(region_eo, _provenance(source), region, grid, t.eo, p, polygon)
+        for k, sc in enumerate(scenes):
+            st = t.scene(sc.id)
+            st.dir.mkdir(parents=True)
+            prov = _provenance(sc.files)
+            reg = registration.scene(sc.id) if registration is not None else None
+            sar = open_sar(sc.files, reg, region, cal)
+            sar_prov = prov.get("sar") or {}
+            sar_attr = sar_attribution(sar_prov, _sar_provider(sar_prov, region), default="CC BY 4.0")
+            write_sar_grid(sar, grid, st.sar_db, p,
+                           {"region": region.name, "scene": sc.id, "attribution": sar_attr, "registration_applied":
+                            "true" if load_correction(reg) is not None else "false"}, aoi=polygon)
+            eo_path, attr = t.eo, eo_attr
+            if (prov.get("eo") or {}).get("sha256") != region_eo_sha:  # the scene has an EO of its own
+                eo_path = st.eo
+                attr = _write_eo(open_source(sc.files.eo), prov, region, grid, eo_path, p, polygon)
+            credits = "; ".join(a for a in (sar_attr, attr) if a)
+            side_by_side(st.sar_db, eo_path, st.quicklook, max_size=p.quicklook_max_size,
+                         title=f"{region.name} {sc.id}  SAR | EO   {credits}")
+            if k == 0:
+                shutil.copyfile(st.quicklook, t.quicklook)
     return grid
+
+
+def _write_eo(eo: Source, prov: dict[str, Any], region: Any, grid: Grid, dest: Path, p: GridParams,
+              polygon: Any) -> str:
+    """Warp one EO image onto the grid; returns its attribution."""
+    if eo.dtype != "uint8":
+        raise WarpError(f"{eo.path}: data type {eo.dtype}; expected uint8 RGB")
+    attr = (prov.get("eo") or {}).get("attribution") or region.attribution or ""
+    write_eo_grid(eo, grid, dest, p, {"region": region.name, "attribution": attr}, aoi=polygon)
+    return attr

@@ -141,7 +141,7 @@ def test_register_region_recovers_map_offset(atlanta, tmp_path: Path) -> None:
     offset = (7.3, -4.6)  # the SAR shows things 7.3 m east and 4.6 m south of where they are
     region = make_source(atlanta, tmp_path, offset)
     params = dataclasses.replace(FAST, record_timing=False)
-    rec = cr.register_region(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "registration"),
+    rec = cr.register_scene(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "registration"),
                              params)
     assert rec["applied"] and not rec["flagged"], rec["reason"]
     assert rec["model"] == "translation"
@@ -163,13 +163,13 @@ def test_register_region_recovers_map_offset(atlanta, tmp_path: Path) -> None:
         assert png.format == "PNG" and png.width > 2 * png.height - 50
     # same inputs and params, same bytes
     first = (tmp_path / "registration" / "registration.json").read_bytes()
-    cr.register_region(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "registration"), params)
+    cr.register_scene(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "registration"), params)
     assert (tmp_path / "registration" / "registration.json").read_bytes() == first
 
 
 def test_register_region_unrelated_keeps_georeferencing(atlanta, tmp_path: Path) -> None:
     region = make_source(atlanta, tmp_path, (5.0, 5.0), related=False, size=512)
-    rec = cr.register_region(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "out"),
+    rec = cr.register_scene(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "out"),
                              dataclasses.replace(FAST, record_timing=True))
     assert rec["flagged"] and not rec["applied"]
     assert rec["correction"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -180,7 +180,7 @@ def test_register_region_unrelated_keeps_georeferencing(atlanta, tmp_path: Path)
 
 def test_disabled_writes_identity(atlanta, tmp_path: Path) -> None:
     region = make_source(atlanta, tmp_path, (3.0, 0.0), size=256)
-    rec = cr.register_region(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "out"),
+    rec = cr.register_scene(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "out"),
                              cr.CoregisterParams(enabled=False))
     assert not rec["applied"] and rec["model"] == "none"
     assert "disabled" in rec["reason"]
@@ -238,7 +238,7 @@ def test_fit_prefers_translation_and_uses_affine_only_when_supported() -> None:
 def test_bad_inputs_raise_clear_errors(tmp_path: Path) -> None:
     region = Region(name="x", bbox=(0, 0, 0.01, 0.01), gsd_m=1.0, sar={}, eo={}, osm={}, path=tmp_path, root=tmp_path)
     with pytest.raises(cr.RegistrationError, match="sar.tif: missing"):
-        cr.register_region(region, SourceFiles(tmp_path), RegistrationFiles(tmp_path / "out"))
+        cr.register_scene(region, SourceFiles(tmp_path), RegistrationFiles(tmp_path / "out"))
     with pytest.raises(ParamsError, match=r"params.yaml: coregister.tile_sise: unknown key; did you mean 'tile_size'\?"):
         parse_section(cr.CoregisterParams, {"tile_sise": 100}, "params.yaml")
     with pytest.raises(ParamsError, match=re.escape("coregister.model: expected 'translation' | 'affine' | 'auto', got 'homography'")):

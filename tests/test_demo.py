@@ -307,10 +307,11 @@ def test_eo_and_sar_dates_differ_in_region_files(cfg: DemoParams) -> None:
     for name, r in REGIONS.items():
         reg = load_region(ROOT / "regions" / f"{name}.yaml")
         sar_day = parse_item_id(r.item_id)["start"].date()
-        if "ids" in reg.sar:  # selected by id, or by filters that admit the demo item's date
-            assert reg.demo and reg.sar["ids"] == [r.item_id]
+        (sar,) = reg.sar
+        if "ids" in sar:  # selected by id, or by filters that admit the demo item's date
+            assert reg.demo and sar["ids"] == [r.item_id]
         else:
-            start, end = reg.sar["datetime"].split("/")
+            start, end = sar["datetime"].split("/")
             assert reg.demo and start <= sar_day.isoformat() <= end
         assert tuple(reg.bbox) == r.bbox
         assert reg.eo["tiles"] == f"data/demo/tiles/{name}/{{z}}/{{x}}/{{y}}.png"

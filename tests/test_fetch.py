@@ -1,12 +1,15 @@
 """The fetch stage on a tiny Capella-layout static catalog, read locally, over loopback HTTP and
-from a loopback moto S3 server; asset classification on the real Umbra STAC item."""
+from a loopback moto S3 server; asset classification on the real Umbra STAC item; every matching
+scene of a region (several catalogs and providers) laid out under ``source/scenes/ID/``."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,7 @@ from pipeline.fetch.items import (
     select_metadata_asset,
 )
 from pipeline.fetch.params import FetchParams
-from pipeline.fetch.sar import find_sar_items
+from pipeline.fetch.sar import find_sar_items, region_sources, scene_dir_name, select_scenes
 from pipeline.fetch.stacio import FetchError, Transport, Unsafe, check_href, join_href
 from pipeline.fetch.stage import fetch_region
 from pipeline.fetch.walk import WalkFilter, extent_outside, link_name, name_date_span
@@ -46,12 +49,16 @@ from pipeline.layout import SourceFiles
 from pipeline.osm import OsmParams
 from pipeline.provenance import parse_datetime
 from pipeline.regions import load_region
+from pipeline.scenes import read_scenes
 
 LON, LAT = 24.945, 60.17
 AOI = [LON - 0.001, LAT - 0.0005, LON + 0.001, LAT + 0.0005]
 EPSG = 32635
 FAST = FetchParams(retries=1, backoff_s=0.01, timeout_s=5, workers=2)
-WINNER = "CAPELLA_C14_SP_GEO_HH_20240709040329_20240709040358"
+WINNER = "CAPELLA_C14_SP_GEO_HH_20240709040329_20240709040358"  # the newest GEO HH item covering the AOI
+OLDER = "CAPELLA_C13_SP_GEO_HH_20230101120000_20230101120010"  # an older GEO HH item covering it too
+VV = "CAPELLA_C13_SP_GEO_VV_20240901000000_20240901000010"  # GEO VV, covering it
+UMBRA = "83ae479c-ad36-4878-8b59-f67f78642489"  # the real Umbra item of tests/data/umbra
 
 
 def sha(p: Path) -> str:
@@ -63,22 +70,55 @@ def run_fetch(region, out: Path, cache: Path, p: FetchParams = FAST, osm: OsmPar
     return fetch_region(region, SourceFiles(out), cache, p, osm)
 
 
-def _geotiff(path: Path, centre: tuple[float, float], seed: int, crs: int | None = EPSG) -> list[list[float]]:
-    """A 80x80 UInt16 GeoTIFF at 5 m around ``centre`` (lon, lat), nodata 0; returns its lon/lat ring."""
+def provenance(out: Path) -> dict[str, Any]:
+    return json.loads((out / "provenance.json").read_text())
+
+
+def scene_ids(out: Path) -> list[str]:
+    """The scene ids of a fetched source/ in stored order (from its provenance), checked against its folders."""
+    ids = [s["scene"] for s in provenance(out)["scenes"]]
+    assert sorted(p.name for p in (out / "scenes").iterdir()) == sorted(ids)
+    return ids
+
+
+def scene_rec(out: Path, scene: str) -> dict[str, Any]:
+    """One scene's record in source/provenance.json (the same as in the scene's own provenance.json)."""
+    rec = next(s for s in provenance(out)["scenes"] if s["scene"] == scene)
+    own = json.loads((out / "scenes" / scene / "provenance.json").read_text())
+    assert own == {"region": "testregion", "scene": scene, "sar": rec, "eo": provenance(out)["eo"]}
+    return rec
+
+
+def demo_item_dir(demo: Path, item_id: str) -> Path:
+    """Where the demo catalog holds a Capella item (by-datetime, its year)."""
+    year = parse_capella_id(item_id)["start"][:4]
+    return demo / "capella/capella-open-data-by-datetime" / f"capella-open-data-{year}" / item_id
+
+
+def _square(centre: tuple[float, float]) -> tuple[float, float, list[list[float]]]:
+    """The UTM centre of ``centre`` (lon, lat) and the lon/lat ring of the 400 m square around it."""
     to_utm = Transformer.from_crs("EPSG:4326", f"EPSG:{EPSG}", always_xy=True)
     x, y = to_utm.transform(*centre)
+    back = Transformer.from_crs(f"EPSG:{EPSG}", "EPSG:4326", always_xy=True)
+    corners = [(x - 200, y + 200), (x + 200, y + 200), (x + 200, y - 200), (x - 200, y - 200), (x - 200, y + 200)]
+    return x, y, [list(back.transform(*c)) for c in corners]
+
+
+def _geotiff(path: Path, centre: tuple[float, float], seed: int, crs: int | None = EPSG,
+             dtype: str = "uint16") -> list[list[float]]:
+    """A 80x80 GeoTIFF (UInt16, or UInt8 as Umbra's GEC) at 5 m around ``centre`` (lon, lat), nodata 0;
+    returns its lon/lat ring."""
+    x, y, ring = _square(centre)
     transform = from_origin(x - 200, y + 200, 5, 5)
-    data = np.random.default_rng(seed).integers(1, 4000, (1, 80, 80), dtype=np.uint16)
+    data = np.random.default_rng(seed).integers(1, 4000 if dtype == "uint16" else 255, (1, 80, 80), dtype=dtype)
     data[:, :5, :5] = 0
-    profile = {"driver": "GTiff", "width": 80, "height": 80, "count": 1, "dtype": "uint16", "nodata": 0,
+    profile = {"driver": "GTiff", "width": 80, "height": 80, "count": 1, "dtype": dtype, "nodata": 0,
                "transform": transform}
     if crs:
         profile["crs"] = f"EPSG:{crs}"
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
-    back = Transformer.from_crs(f"EPSG:{EPSG}", "EPSG:4326", always_xy=True)
-    corners = [(x - 200, y + 200), (x + 200, y + 200), (x + 200, y - 200), (x - 200, y - 200), (x - 200, y + 200)]
-    return [list(back.transform(*c)) for c in corners]
+    return ring
 
 
 def _item(root: Path, sub: str, item_id: str, centre: tuple[float, float], seed: int) -> dict[str, Any]:
@@ -183,8 +223,8 @@ def write_osm(path: Path) -> Path:
     return path
 
 
-def make_region(tmp: Path, sar: dict[str, Any], eo: dict[str, Any] | None = None, bbox: list[float] | None = None,
-                gsd: float = 1.0, osm: dict[str, Any] | None = None):
+def make_region(tmp: Path, sar: dict[str, Any] | list[dict[str, Any]], eo: dict[str, Any] | None = None,
+                bbox: list[float] | None = None, gsd: float = 1.0, osm: dict[str, Any] | None = None):
     (tmp / "regions").mkdir(exist_ok=True)
     if osm is None:
         osm = {"file": "osm/area.osm"}
@@ -297,24 +337,38 @@ def test_cache_names_stay_inside(tmp_path: Path, href: str) -> None:
 def test_fetch_local_catalog(tmp_path: Path, demo: Path) -> None:
     region = _local_region(tmp_path, demo)
     out = run_fetch(region, tmp_path / "out" / "source", tmp_path / "cache")
-    wdir = demo / "capella/capella-open-data-by-datetime/capella-open-data-2024" / WINNER
-    assert sorted(p.name for p in out.iterdir()) == ["eo.tif", "osm.osm", "provenance.json", "sar.tif",
-                                                     "sar_metadata.json"]
-    assert os.path.samefile(out / "sar.tif", wdir / f"{WINNER}.tif")  # hardlinked, not copied
+    assert sorted(p.name for p in out.iterdir()) == ["eo.tif", "osm.osm", "provenance.json", "scenes"]
     assert os.path.samefile(out / "osm.osm", tmp_path / "osm" / "area.osm")
-    assert (out / "sar_metadata.json").read_bytes() == (wdir / f"{WINNER}_extended.json").read_bytes()
-    prov = json.loads((out / "provenance.json").read_text())
-    s = prov["sar"]
-    assert s["item_id"] == WINNER and s["sha256"] == sha(wdir / f"{WINNER}.tif")
-    assert s["bytes"] == (wdir / f"{WINNER}.tif").stat().st_size
-    assert s["provider"] == "capella" and s["product"] == "GEO" and s["polarization"] == "HH"
-    assert s["licence"] == "CC-BY-4.0" and "Capella" in s["attribution"]
-    assert [c["item_id"] for c in s["candidates"]] == [WINNER, "CAPELLA_C13_SP_GEO_HH_20230101120000_20230101120010"]
-    # the SLC and the VV item are pruned from their link's Capella id, unread; the far one is read
-    assert s["rejected"] == {"outside AOI": 1} and s["pruned"] == {"not geocoded": 1, "polarization": 1}
-    assert s["items_read"] == 3 and s["catalogs_read"] == 4 and s["coverage"] == 1.0
-    # local paths are recorded relative to the project root, so every clone writes the same bytes
-    assert s["catalog"] == "capella/catalog.json" and s["href"] == f"{wdir.relative_to(demo)}/{WINNER}.tif"
+    prov = provenance(out)
+    assert sorted(prov) == ["eo", "osm", "region", "scenes"] and prov["region"] == "testregion"
+    # WINNER and the older GEO HH item both cover the AOI: both are scenes, oldest first
+    assert scene_ids(out) == [OLDER, WINNER]
+    for s in prov["scenes"]:
+        sid, sdir = s["scene"], out / "scenes" / s["scene"]
+        idir = demo_item_dir(demo, sid)
+        assert sorted(p.name for p in sdir.iterdir()) == ["eo.tif", "provenance.json", "sar.tif", "sar_metadata.json"]
+        assert os.path.samefile(sdir / "sar.tif", idir / f"{sid}.tif")  # hardlinked, not copied
+        assert os.path.samefile(sdir / "eo.tif", out / "eo.tif")  # the region's EO, linked into each scene
+        assert (sdir / "sar_metadata.json").read_bytes() == (idir / f"{sid}_extended.json").read_bytes()
+        assert scene_rec(out, sid) == s  # the scene's own provenance.json holds the same record and the EO's
+        assert s["item_id"] == sid and s["sha256"] == sha(idir / f"{sid}.tif") and s["source"] == "sar"
+        assert s["bytes"] == (idir / f"{sid}.tif").stat().st_size
+        assert s["provider"] == "capella" and s["product"] == "GEO" and s["polarization"] == "HH"
+        assert s["licence"] == "CC-BY-4.0" and "Capella" in s["attribution"] and s["calibrated"] is True
+        assert s["metadata"]["sha256"] == sha(idir / f"{sid}_extended.json")
+        # the source's ranking: both cover the AOI fully, the newest first
+        assert [c["item_id"] for c in s["candidates"]] == [WINNER, OLDER] and s["candidates_total"] == 2
+        # the SLC and the VV item are pruned from their link's Capella id, unread; the far one is read
+        assert s["rejected"] == {"outside AOI": 1} and s["pruned"] == {"not geocoded": 1, "polarization": 1}
+        assert s["items_read"] == 3 and s["catalogs_read"] == 4 and s["coverage"] == 1.0
+        # local paths are recorded relative to the project root, so every clone writes the same bytes
+        assert s["catalog"] == "capella/catalog.json" and s["href"] == f"{idir.relative_to(demo)}/{sid}.tif"
+    assert prov["scenes"][0]["datetime"] == "2023-01-01T12:00:00Z"
+    assert prov["scenes"][1]["datetime"] == "2024-07-09T04:03:29Z"
+    # what the later stages read: the same scenes, in the same order, with their files
+    scenes = read_scenes(SourceFiles(out))
+    assert [(sc.id, sc.item_id, sc.polarization) for sc in scenes] == [(OLDER, OLDER, "HH"), (WINNER, WINNER, "HH")]
+    assert all(sc.files.sar == out / "scenes" / sc.id / "sar.tif" for sc in scenes)
     e = prov["eo"]
     assert e["kind"] == "tiles" and e["zoom"] == tiles.zoom_for_gsd(LAT, 1.0) and e["tiles"]["missing"] == 0
     assert e["sha256"] == sha(out / "eo.tif") and e["datetime"] == "2024-06-01"
@@ -323,19 +377,22 @@ def test_fetch_local_catalog(tmp_path: Path, demo: Path) -> None:
         assert (eo.dataset_mask() == 255).all()
     # same inputs, same bytes; nothing else written beside out/
     again = run_fetch(region, tmp_path / "again" / "source", tmp_path / "cache")
-    for name in ("provenance.json", "eo.tif"):
-        assert (again / name).read_bytes() == (out / name).read_bytes()
+    for name in ["provenance.json", "eo.tif"] + [f"scenes/{i}/{f}" for i in (OLDER, WINNER)
+                                                  for f in ("provenance.json", "sar.tif", "sar_metadata.json")]:
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["source"]
 
 
 def test_filters_datetime_ids_and_slc(tmp_path: Path, demo: Path) -> None:
-    older = "CAPELLA_C13_SP_GEO_HH_20230101120000_20230101120010"
     region = _local_region(tmp_path, demo, datetime="2022-01-01/2023-12-31")
     out = run_fetch(region, tmp_path / "a", tmp_path / "cache")
-    assert json.loads((out / "provenance.json").read_text())["sar"]["item_id"] == older
-    region = _local_region(tmp_path, demo, ids=[older])
+    assert scene_ids(out) == [OLDER]  # WINNER is outside the dates
+    # the 2024 year catalog starts within the one-day margin of the range's end, so it is read; its four
+    # item links are pruned by the dates in their Capella ids: only the 2023 item is read
+    assert (scene_rec(out, OLDER)["pruned"], scene_rec(out, OLDER)["items_read"]) == ({"datetime": 4}, 1)
+    region = _local_region(tmp_path, demo, ids=[OLDER])
     out = run_fetch(region, tmp_path / "b", tmp_path / "cache")
-    assert json.loads((out / "provenance.json").read_text())["sar"]["item_id"] == older
+    assert scene_ids(out) == [OLDER]
     region = _local_region(tmp_path, demo, ids=["CAPELLA_C13_SP_SLC_HH_20240801000000_20240801000010"])
     with pytest.raises(FetchError, match=r"SLC_HH_2024.*product SLC is not geocoded"):
         run_fetch(region, tmp_path / "c", tmp_path / "cache")
@@ -345,9 +402,12 @@ def test_filters_datetime_ids_and_slc(tmp_path: Path, demo: Path) -> None:
         run_fetch(region, tmp_path / "d", tmp_path / "cache")
     region = _local_region(tmp_path, demo, datetime="2025-01-02/..")
     # both year catalogs end (with the one-day margin) before the range: pruned by their names, no item read
-    with pytest.raises(FetchError, match=r"no item matches region testregion.*0 items read, rejected by none; "
-                                         r"links pruned unread: datetime: 2"):
+    with pytest.raises(FetchError, match=r"region testregion: no SAR scene matches; sar .*capella/catalog.json: "
+                                         r"no item matches \(product GEO, polarization HH, datetime 2025-01-02/\.\., "
+                                         r"min_coverage > 0\); 0 items read, rejected by none; "
+                                         r"links pruned unread: datetime: 2$"):
         run_fetch(region, tmp_path / "e", tmp_path / "cache")
+    assert not (tmp_path / "e").exists()
 
 
 def test_aoi_without_items(tmp_path: Path, demo: Path) -> None:
@@ -405,7 +465,8 @@ def test_checksum_mismatch(tmp_path: Path, demo: Path, s3_server) -> None:  # no
     item_path.write_text(json.dumps(item))
     s3_server.publish(tmp_path / "capella", "badsum")
     out = run_fetch(region, tmp_path / "out", tmp_path / "cache", params)
-    assert sha(out / "sar.tif") == good
+    assert scene_ids(out) == [OLDER, WINNER]
+    assert sha(out / "scenes" / WINNER / "sar.tif") == good == scene_rec(out, WINNER)["sha256"]
 
 
 def test_asset_escaping_root_refused(tmp_path: Path, demo: Path) -> None:
@@ -438,10 +499,16 @@ def test_local_sar_file_with_metadata(tmp_path: Path, fixtures: Path) -> None:
     build_tiles(tmp_path / "tiles", AOI, zoom, skip=(x0, y0))
     region = make_region(tmp_path, {"file": "scene.tif", "metadata": "meta.json", "provider": "capella"})
     out = run_fetch(region, tmp_path / "out", tmp_path / "cache")
-    assert os.path.samefile(out / "sar.tif", tmp_path / "scene.tif")
-    assert json.loads((out / "sar_metadata.json").read_text())["collect"]["image"]["scale_factor"] > 0
-    prov = json.loads((out / "provenance.json").read_text())
-    assert prov["sar"]["sha256"] == sha(tmp_path / "scene.tif") and prov["eo"]["tiles"]["missing"] == 1
+    assert scene_ids(out) == ["file-scene"]  # a local file is one scene, named after the file's stem
+    sdir = out / "scenes" / "file-scene"
+    assert sorted(p.name for p in sdir.iterdir()) == ["eo.tif", "provenance.json", "sar.tif", "sar_metadata.json"]
+    assert os.path.samefile(sdir / "sar.tif", tmp_path / "scene.tif")
+    assert os.path.samefile(sdir / "eo.tif", out / "eo.tif")
+    assert json.loads((sdir / "sar_metadata.json").read_text())["collect"]["image"]["scale_factor"] > 0
+    prov, rec = provenance(out), scene_rec(out, "file-scene")
+    assert rec["sha256"] == sha(tmp_path / "scene.tif") and prov["eo"]["tiles"]["missing"] == 1
+    assert rec["item_id"] is None and rec["href"] == "scene.tif" and rec["provider"] == "capella"
+    assert rec["metadata"] == {"href": "meta.json", "sha256": sha(tmp_path / "meta.json")}
     with rasterio.open(out / "eo.tif") as eo:
         mask = eo.dataset_mask()
     assert (mask[:256, :256] == 0).all() and (mask == 255).sum() == mask.size - 256 * 256
@@ -457,19 +524,26 @@ def test_fetch_from_s3_and_http(tmp_path: Path, demo: Path, s3_server, http_dir,
     region = make_region(tmp_path, {"stac": f"{url}/capella/catalog.json", "polarization": "HH"},
                          eo={"tiles": base + "/tiles/{z}/{x}/{y}.png", "datetime": "2024-06-01"})
     out = run_fetch(region, tmp_path / "s3" / "source", tmp_path / "cache", params)
-    wdir = demo / "capella/capella-open-data-by-datetime/capella-open-data-2024" / WINNER
-    prov = json.loads((out / "provenance.json").read_text())
-    assert prov["sar"]["href"] == f"{url}/capella/{wdir.relative_to(demo / 'capella').as_posix()}/{WINNER}.tif"
-    assert sha(out / "sar.tif") == sha(wdir / f"{WINNER}.tif") == prov["sar"]["sha256"]
-    cached = Cache(tmp_path / "cache", Transport()).path_for(prov["sar"]["href"])
-    assert os.path.samefile(out / "sar.tif", cached) and cached.stat().st_nlink >= 2
+    prov = provenance(out)
+    assert scene_ids(out) == [OLDER, WINNER]
+    for sid in (OLDER, WINNER):
+        wdir, rec, tif = demo_item_dir(demo, sid), scene_rec(out, sid), out / "scenes" / sid / "sar.tif"
+        assert rec["href"] == f"{url}/capella/{wdir.relative_to(demo / 'capella').as_posix()}/{sid}.tif"
+        assert rec["catalog"] == f"{url}/capella/catalog.json"
+        assert sha(tif) == sha(wdir / f"{sid}.tif") == rec["sha256"]
+        cached = Cache(tmp_path / "cache", Transport()).path_for(rec["href"])
+        assert os.path.samefile(tif, cached) and cached.stat().st_nlink >= 2
     assert prov["eo"]["tiles"]["count"] >= 1 and prov["eo"]["tiles"]["missing"] == 0
 
     # the same catalog over https-like loopback HTTP gives the same bytes
     region_http = make_region(tmp_path, {"stac": f"{base}/capella/catalog.json", "polarization": "HH"},
                               eo={"tiles": base + "/tiles/{z}/{x}/{y}.png", "datetime": "2024-06-01"})
     out_http = run_fetch(region_http, tmp_path / "http" / "source", tmp_path / "cache")
-    assert sha(out_http / "sar.tif") == prov["sar"]["sha256"]
+    assert scene_ids(out_http) == [OLDER, WINNER]
+    for sid in (OLDER, WINNER):
+        assert sha(out_http / "scenes" / sid / "sar.tif") == scene_rec(out, sid)["sha256"]
+        assert (out_http / "scenes" / sid / "sar_metadata.json").read_bytes() == \
+            (out / "scenes" / sid / "sar_metadata.json").read_bytes()
     assert (out_http / "eo.tif").read_bytes() == (out / "eo.tif").read_bytes()
 
     # a second S3 run is served from the cache: no asset download at all
@@ -479,6 +553,9 @@ def test_fetch_from_s3_and_http(tmp_path: Path, demo: Path, s3_server, http_dir,
     monkeypatch.setattr(Transport, "download", no_download)
     again = run_fetch(region, tmp_path / "s3b" / "source", tmp_path / "cache", params)
     assert (again / "provenance.json").read_bytes() == (out / "provenance.json").read_bytes()
+    for sid in (OLDER, WINNER):
+        assert (again / "scenes" / sid / "provenance.json").read_bytes() == \
+            (out / "scenes" / sid / "provenance.json").read_bytes()
 
 
 def test_s3_needs_public_objects(tmp_path: Path, demo: Path, s3_server) -> None:  # noqa: F811
@@ -567,11 +644,14 @@ def test_umbra_item_end_to_end(tmp_path: Path, fixtures: Path) -> None:
     build_tiles(tmp_path / "tiles", bbox, tiles.zoom_for_gsd(lat, 1.0))
     region = make_region(tmp_path, {"stac": "umbra/item.json", "provider": "umbra"}, bbox=bbox)
     out = run_fetch(region, tmp_path / "out", tmp_path / "cache")
-    assert not (out / "sar_metadata.json").exists()
-    s = json.loads((out / "provenance.json").read_text())["sar"]
+    assert scene_ids(out) == [UMBRA] == [scene_dir_name(item["id"])]  # the folder is the item id
+    sdir = out / "scenes" / UMBRA
+    assert sorted(p.name for p in sdir.iterdir()) == ["eo.tif", "provenance.json", "sar.tif"]  # no Capella metadata
+    s = scene_rec(out, UMBRA)
     assert s["item_id"] == item["id"] and s["product"] == "GEC" and s["asset"].endswith("_MM.tif")
     assert s["calibrated"] is False and "uncalibrated" in s["note"] and "Umbra" in s["attribution"]
-    assert os.path.samefile(out / "sar.tif", tmp_path / "umbra/gec.tif")
+    assert s["provider"] == "umbra" and s["datetime"] == "2024-10-26T18:07:09.800001Z"
+    assert os.path.samefile(sdir / "sar.tif", tmp_path / "umbra/gec.tif")
 
 
 def test_stac_api_uses_pystac_client(tmp_path: Path, demo: Path) -> None:
@@ -632,8 +712,245 @@ def test_stac_api_uses_pystac_client(tmp_path: Path, demo: Path) -> None:
         server.shutdown()
         server.server_close()
     assert any(p.startswith("/search") and "bbox=" in p for p in seen), seen
-    s = json.loads((out / "provenance.json").read_text())["sar"]
-    assert s["item_id"] == WINNER and s["sha256"] == sha(wdir / f"{WINNER}.tif")
+    assert scene_ids(out) == [WINNER]  # the API answered one item
+    s = scene_rec(out, WINNER)
+    assert s["item_id"] == WINNER
+    assert s["sha256"] == sha(wdir / f"{WINNER}.tif") == sha(out / "scenes" / WINNER / "sar.tif")
+
+
+# --------------------------------------------------------------------------- every matching scene, several sources
+
+
+def _umbra_at(fixtures: Path, dest: Path, centre: tuple[float, float] = (LON, LAT),
+              image_centre: tuple[float, float] | None = None, footprint: list[list[float]] | None = None,
+              item_id: str | None = None, seed: int = 11) -> dict[str, Any]:
+    """The real Umbra item moved to ``centre``: its GEC asset a local uint8 GeoTIFF at ``image_centre``
+    (default ``centre``), its footprint that image's 400 m square at ``centre`` (or ``footprint``), with
+    heights as Umbra writes them. Written to ``dest/item.json``."""
+    item = json.loads((fixtures / "umbra/2024-10-26-18-07-08_UMBRA-05.stac.v2.json").read_text())
+    dest.mkdir(parents=True, exist_ok=True)
+    _geotiff(dest / "gec.tif", image_centre or centre, seed, dtype="uint8")
+    ring = footprint or _square(centre)[2]
+    item["geometry"] = {"type": "Polygon", "coordinates": [[[lon, lat, 1590.12] for lon, lat in ring]]}
+    lons, lats = [q[0] for q in ring], [q[1] for q in ring]
+    item["bbox"] = [min(lons), min(lats), max(lons), max(lats)]
+    item["assets"]["2024-10-26-18-07-08_UMBRA-05_MM.tif"]["href"] = "./gec.tif"
+    if item_id:
+        item["id"] = item_id
+    (dest / "item.json").write_text(json.dumps(item))
+    return item
+
+
+def _coverage_catalog(root: Path) -> dict[str, str]:
+    """A Capella-layout catalog (benchmarks/bench_catalog.py) of GEO HH collects 0.002 deg wide, each
+    shifted east so that it covers a known share of the AOI (lon/lat areas, as ranking measures)."""
+    b = _bench()
+
+    def item(platform: str, when: str, share: float):
+        return b.SynthItem(platform, "SP", "GEO", "HH", _t(when), LON + 0.002 * (1 - share), LAT, half_deg=0.001)
+
+    items = {
+        "full_old": item("C13", "2023-01-01T10:00:00Z", 1.0),
+        "full_new": item("C13", "2024-03-01T10:00:00Z", 1.0),
+        "half": item("C13", "2024-06-01T10:00:00Z", 0.5),
+        "quarter_a": item("C13", "2023-06-01T10:00:00Z", 0.25),
+        "quarter_b": item("C14", "2023-06-01T10:00:00Z", 0.25),  # same time as quarter_a: ordered by id
+        "tenth": item("C13", "2024-09-01T10:00:00Z", 0.1),
+    }
+    b.build_catalog(root / "capella", list(items.values()))
+    return {k: v.id for k, v in items.items()}
+
+
+def test_every_matching_scene_polarization_any_vs_hh(tmp_path: Path, demo: Path) -> None:
+    """Every item passing the filters is a scene; polarization any (or unset) takes the VV item too."""
+    hh = _local_region(tmp_path, demo)
+    cache = Cache(tmp_path / "cache", Transport.from_params(FAST))
+    found, _ = find_sar_items(hh, region_sources(hh)[0], cache, FAST)
+    assert [c.facts.id for c in found.candidates] == [WINNER, OLDER]  # ranked: equal coverage, newest first
+    assert [sc.id for sc in select_scenes(hh, cache, FAST)] == [OLDER, WINNER]  # stored: oldest first
+    region = make_region(tmp_path, {"stac": "capella/catalog.json", "polarization": "any"})
+    out = run_fetch(region, tmp_path / "any" / "source", tmp_path / "cache")
+    assert scene_ids(out) == [OLDER, WINNER, VV]
+    assert [s["polarization"] for s in provenance(out)["scenes"]] == ["HH", "HH", "VV"]
+    for sid in (OLDER, WINNER, VV):
+        assert os.path.samefile(out / "scenes" / sid / "sar.tif", demo_item_dir(demo, sid) / f"{sid}.tif")
+        assert os.path.samefile(out / "scenes" / sid / "eo.tif", out / "eo.tif")
+    v = scene_rec(out, VV)
+    assert [c["item_id"] for c in v["candidates"]] == [VV, WINNER, OLDER] and v["candidates_total"] == 3
+    assert v["pruned"] == {"not geocoded": 1} and v["rejected"] == {"outside AOI": 1}  # VV no longer pruned
+    assert [sc.polarization for sc in read_scenes(SourceFiles(out))] == ["HH", "HH", "VV"]
+    unset = make_region(tmp_path, {"stac": "capella/catalog.json"})
+    assert [sc.id for sc in select_scenes(unset, cache, FAST)] == [OLDER, WINNER, VV]  # the default is any
+    vv = make_region(tmp_path, {"stac": "capella/catalog.json", "polarization": "VV"})
+    assert [sc.id for sc in select_scenes(vv, cache, FAST)] == [VV]
+
+
+def test_scenes_from_two_providers_and_a_file(tmp_path: Path, demo: Path, fixtures: Path) -> None:
+    """A list of sources: the Capella-layout catalog, an Umbra item and a local file, in one region."""
+    _local_region(tmp_path, demo)  # links the demo catalog and tiles
+    _umbra_at(fixtures, tmp_path / "umbra")
+    _geotiff(tmp_path / "own.tif", (LON, LAT), 9)
+    region = make_region(tmp_path, [{"stac": "capella/catalog.json", "polarization": "HH"},
+                                    {"stac": "umbra/item.json"},  # product unset: Umbra's GEC passes
+                                    {"file": "own.tif", "provider": "capella"}])
+    out = run_fetch(region, tmp_path / "out" / "source", tmp_path / "cache")
+    # catalog scenes oldest first (2023, 2024-07, 2024-10 for Umbra), then the file
+    assert scene_ids(out) == [OLDER, WINNER, UMBRA, "file-own"]
+    recs = [scene_rec(out, sid) for sid in scene_ids(out)]
+    assert [(r["source"], r["provider"], r["product"], r.get("calibrated")) for r in recs] == [
+        ("sar[0]", "capella", "GEO", True), ("sar[0]", "capella", "GEO", True), ("sar[1]", "umbra", "GEC", False),
+        ("sar[2]", "capella", "GEO", None)]
+    assert all(r["licence"] == "CC-BY-4.0" for r in recs)
+    assert ["Capella" in r["attribution"] for r in recs] == [True, True, False, True]
+    assert "Umbra" in recs[2]["attribution"] and "uncalibrated" in recs[2]["note"]
+    assert recs[2]["catalog"] == "umbra/item.json" and recs[2]["coverage"] == 1.0  # Umbra's 3D footprint
+    assert sorted(p.name for p in (out / "scenes" / UMBRA).iterdir()) == ["eo.tif", "provenance.json", "sar.tif"]
+    assert (out / "scenes" / OLDER / "sar_metadata.json").is_file()  # Capella's metadata, Umbra has none
+    assert os.path.samefile(out / "scenes" / UMBRA / "sar.tif", tmp_path / "umbra/gec.tif")
+    assert os.path.samefile(out / "scenes" / "file-own" / "sar.tif", tmp_path / "own.tif")
+    assert all(os.path.samefile(out / "scenes" / sid / "eo.tif", out / "eo.tif") for sid in scene_ids(out))
+    scenes = read_scenes(SourceFiles(out))
+    assert [(sc.provider, sc.product) for sc in scenes] == [("capella", "GEO"), ("capella", "GEO"),
+                                                            ("umbra", "GEC"), ("capella", "GEO")]
+    with rasterio.open(scenes[2].files.sar) as umbra:
+        assert umbra.dtypes == ("uint8",)
+    # the same sources in another order: the same scenes in the same order
+    region = make_region(tmp_path, [{"stac": "umbra/item.json"}, {"stac": "capella/catalog.json", "polarization": "HH"},
+                                    {"file": "own.tif", "provider": "capella"}])
+    again = run_fetch(region, tmp_path / "again" / "source", tmp_path / "cache")
+    assert scene_ids(again) == scene_ids(out)
+    assert [sha(again / "scenes" / i / "sar.tif") for i in scene_ids(out)] == [r["sha256"] for r in recs]
+
+
+def test_item_in_two_sources_used_once(tmp_path: Path, demo: Path, caplog) -> None:
+    """The root catalog and its 2024 sub-catalog both list WINNER: one scene, credited to the first source."""
+    _local_region(tmp_path, demo)
+    year = "capella/capella-open-data-by-datetime/capella-open-data-2024/catalog.json"
+    region = make_region(tmp_path, [{"stac": "capella/catalog.json", "polarization": "HH"},
+                                    {"stac": year, "polarization": "any"}])
+    with caplog.at_level(logging.INFO, logger="sareo.fetch"):
+        out = run_fetch(region, tmp_path / "out" / "source", tmp_path / "cache")
+    assert scene_ids(out) == [OLDER, WINNER, VV]
+    assert [s["source"] for s in provenance(out)["scenes"]] == ["sar[0]", "sar[0]", "sar[1]"]
+    assert scene_rec(out, WINNER)["catalog"] == "capella/catalog.json" and scene_rec(out, VV)["catalog"] == year
+    # the second source saw WINNER too (its ranking says so) but did not make a second scene of it
+    assert [c["item_id"] for c in scene_rec(out, VV)["candidates"]] == [VV, WINNER]
+    assert f"{WINNER} is also in" in caplog.text and "used once" in caplog.text
+
+
+def test_min_coverage_and_max_items(tmp_path: Path, demo: Path) -> None:
+    """min_coverage rejects by AOI share; max_items keeps coverage desc, then newest, then id; both counted."""
+    ids = _coverage_catalog(tmp_path)
+    stac = "capella/catalog.json"
+    res = _find(tmp_path, stac, 4)
+    order = ["full_new", "full_old", "half", "quarter_a", "quarter_b", "tenth"]  # the cap order
+    assert [c.facts.id for c in res.candidates] == [ids[k] for k in order]
+    assert [round(c.coverage, 6) for c in res.candidates] == [1.0, 1.0, 0.5, 0.25, 0.25, 0.1]
+    assert res.rejected == {}
+    region = make_region(tmp_path, {"stac": stac, "polarization": "HH"})
+    cache = Cache(tmp_path / "cache", Transport.from_params(FAST))
+    # stored oldest first, the two collects of the same second by id
+    assert [sc.id for sc in select_scenes(region, cache, FAST)] == [
+        ids[k] for k in ("full_old", "quarter_a", "quarter_b", "full_new", "half", "tenth")]
+    res = _find(tmp_path, stac, 4, min_coverage=0.3)
+    assert [c.facts.id for c in res.candidates] == [ids["full_new"], ids["full_old"], ids["half"]]
+    assert {k: sorted(v) for k, v in res.rejected.items()} == {
+        "min_coverage": sorted(ids[k] for k in ("quarter_a", "quarter_b", "tenth"))}
+    res = _find(tmp_path, stac, 4, max_items=4)
+    assert [c.facts.id for c in res.candidates] == [ids[k] for k in order[:4]]
+    assert res.rejected == {"max_items": [ids["quarter_b"], ids["tenth"]]}  # quarter_b loses the tie by id
+    res = _find(tmp_path, stac, 4, min_coverage=0.2, max_items=2)
+    assert res.rejected == {"min_coverage": [ids["tenth"]], "max_items": [ids[k] for k in ("half", "quarter_a",
+                                                                                          "quarter_b")]}
+    region = make_region(tmp_path, {"stac": stac, "polarization": "HH", "min_coverage": 0.2, "max_items": 2})
+    assert [sc.id for sc in select_scenes(region, cache, FAST)] == [ids["full_old"], ids["full_new"]]
+    # through the stage, on the demo catalog: the cap keeps the newest of two full covers, and says so
+    shutil.rmtree(tmp_path / "capella")
+    region = _local_region(tmp_path, demo, max_items=1)
+    out = run_fetch(region, tmp_path / "out" / "source", tmp_path / "cache")
+    assert scene_ids(out) == [WINNER]
+    rec = scene_rec(out, WINNER)
+    assert rec["rejected"] == {"max_items": 1, "outside AOI": 1} and rec["candidates_total"] == 1
+    assert "max_items keeps the best AOI coverage, then newest, then by item id" in rec["selection"]
+
+
+def test_no_scene_matches_names_filters_per_source(tmp_path: Path, fixtures: Path) -> None:
+    """Each source's line says which filter removed how many items (read and rejected, or pruned unread)."""
+    _coverage_catalog(tmp_path)
+    _umbra_at(fixtures, tmp_path / "umbra")
+    region = make_region(tmp_path, [
+        {"stac": "capella/catalog.json", "polarization": "HH", "min_coverage": 0.6, "datetime": "2024-04-01/.."},
+        {"stac": "umbra/item.json", "polarization": "VV"}])  # Umbra's id tells nothing: read, then rejected
+    with pytest.raises(FetchError) as err:
+        run_fetch(region, tmp_path / "out", tmp_path / "cache")
+    msg = str(err.value)
+    root = region.resolve("capella/catalog.json")
+    first, second = msg.split("; sar[1] ")
+    assert first.startswith(f"region testregion: no SAR scene matches; sar[0] {root}: no item matches "
+                            "(product GEO, polarization HH, datetime 2024-04-01/.., min_coverage 0.6); ")
+    # half (June) and tenth (September) are read and cover too little; the older ones are pruned by date
+    assert re.search(r"; 2 items read, rejected by min_coverage: 2; links pruned unread: datetime: \d+, "
+                     r"hierarchy: 1$", first), first
+    assert second == (f"{region.resolve('umbra/item.json')}: no item matches (product GEO, polarization VV, "
+                      "datetime any, min_coverage > 0); 1 items read, rejected by polarization: 1")
+    assert not (tmp_path / "out").exists()
+
+
+def test_scene_footprint_missing_aoi_not_taken(tmp_path: Path, demo: Path, fixtures: Path, caplog) -> None:
+    """An item whose bbox overlaps the AOI but whose footprint does not is no scene; an image that misses
+    the AOI under a footprint that claims it is refused, naming the item."""
+    _local_region(tmp_path, demo)
+    # a diamond: its bbox [LON, LAT, LON + 0.008, LAT + 0.004] overlaps the AOI's north-east quarter, but its
+    # south-west edge crosses the AOI's east side (LON + 0.001) at LAT + 0.0015, 0.001 deg above the AOI
+    diamond = [[LON, LAT + 0.002], [LON + 0.004, LAT], [LON + 0.008, LAT + 0.002], [LON + 0.004, LAT + 0.004],
+               [LON, LAT + 0.002]]
+    _umbra_at(fixtures, tmp_path / "umbra", footprint=diamond)
+    capella = {"stac": "capella/catalog.json", "polarization": "HH"}
+    region = make_region(tmp_path, [capella, {"stac": "umbra/item.json"}])
+    with caplog.at_level(logging.WARNING, logger="sareo.fetch"):
+        out = run_fetch(region, tmp_path / "out" / "source", tmp_path / "cache")
+    assert scene_ids(out) == [OLDER, WINNER]
+    assert re.search(r"sar\[1\] \S*umbra/item.json: no item intersects the AOI \(24\.944", caplog.text), caplog.text
+    # alone, the same source is an error naming it
+    region = make_region(tmp_path, {"stac": "umbra/item.json"})
+    with pytest.raises(FetchError, match=r"region testregion: no SAR scene matches; sar \S*umbra/item.json: "
+                                         r"no item intersects the AOI \(24\.944.* \(1 items read\)$"):
+        run_fetch(region, tmp_path / "alone", tmp_path / "cache")
+    # the footprint claims the AOI, the image lies 5 km east: refused naming the item, nothing written
+    _umbra_at(fixtures, tmp_path / "umbra2", image_centre=(LON + 0.09, LAT))
+    region = make_region(tmp_path, [capella, {"stac": "umbra2/item.json"}])
+    with pytest.raises(FetchError, match=rf"{UMBRA} asset '2024-10-26-18-07-08_UMBRA-05_MM.tif' .*"
+                                         r"do not intersect the AOI"):
+        run_fetch(region, tmp_path / "bad" / "source", tmp_path / "cache")
+    assert not (tmp_path / "alone").exists() and list((tmp_path / "bad").iterdir()) == []
+
+
+def test_scene_ids_sharing_a_folder_name(tmp_path: Path, fixtures: Path) -> None:
+    """Item ids are folder names once sanitised: 'paradise/1' and 'paradise:1' must not share one."""
+    build_tiles(tmp_path / "tiles", AOI, tiles.zoom_for_gsd(LAT, 1.0))
+    _umbra_at(fixtures, tmp_path / "a", item_id="paradise/1", seed=1)
+    _umbra_at(fixtures, tmp_path / "b", item_id="paradise:1", seed=2)
+    assert scene_dir_name("paradise/1") != scene_dir_name("paradise:1")  # sanitised alike, hashed apart
+    region = make_region(tmp_path, [{"stac": "a/item.json"}, {"stac": "b/item.json"}])
+    try:
+        out = run_fetch(region, tmp_path / "out" / "source", tmp_path / "cache")
+    except FetchError as exc:  # refusing, naming both items, is a fix too
+        assert "paradise/1" in str(exc) and "paradise:1" in str(exc)
+        assert not (tmp_path / "out" / "source").exists()
+        return
+    ids = scene_ids(out)
+    assert len(set(ids)) == 2, ids
+    for rec in provenance(out)["scenes"]:
+        assert sha(out / "scenes" / rec["scene"] / "sar.tif") == rec["sha256"], rec["item_id"]
+
+
+def test_file_scene_polarization_any_is_unknown(tmp_path: Path) -> None:
+    """'any' is a filter, not a polarisation: a file scene given it has an unknown polarisation."""
+    _geotiff(tmp_path / "scene.tif", (LON, LAT), 7)
+    build_tiles(tmp_path / "tiles", AOI, tiles.zoom_for_gsd(LAT, 1.0))
+    region = make_region(tmp_path, {"file": "scene.tif", "polarization": "any"})
+    out = run_fetch(region, tmp_path / "out", tmp_path / "cache")
+    assert scene_rec(out, "file-scene")["polarization"] in (None, "")
 
 
 # --------------------------------------------------------------------------- fast static-catalog walk
@@ -677,7 +994,7 @@ def _handmade(root: Path):
 def _find(tmp: Path, stac: str, workers: int, ttl: float = 0, hierarchy: str = "auto", bbox=None, **sar: Any):
     region = make_region(tmp, {"stac": stac, "product": "GEO", "polarization": "HH", **sar}, bbox=bbox)
     p = dataclasses.replace(FAST, walk_workers=workers, catalog_cache_ttl_h=ttl, walk_hierarchy=hierarchy)
-    res, _ = find_sar_items(region, Cache(tmp / "cache", Transport.from_params(p)), p)
+    res, _ = find_sar_items(region, region_sources(region)[0], Cache(tmp / "cache", Transport.from_params(p)), p)
     return res
 
 
@@ -802,8 +1119,13 @@ def test_fetch_provenance_same_bytes_parallel_and_sequential(
         params = dataclasses.replace(FAST, walk_workers=workers, catalog_cache_ttl_h=0)
         outs.append(run_fetch(region, tmp_path / f"w{workers}" / "source", tmp_path / f"c{workers}", params))
     assert (outs[0] / "provenance.json").read_bytes() == (outs[1] / "provenance.json").read_bytes()
-    s = json.loads((outs[0] / "provenance.json").read_text())["sar"]
-    assert s["item_id"] == WINNER and s["catalogs_read"] == 4 and s["pruned"] == {"not geocoded": 1, "polarization": 1}
+    assert scene_ids(outs[0]) == scene_ids(outs[1]) == [OLDER, WINNER]
+    for sid in (OLDER, WINNER):
+        assert (outs[0] / "scenes" / sid / "provenance.json").read_bytes() == \
+            (outs[1] / "scenes" / sid / "provenance.json").read_bytes()
+        s = scene_rec(outs[0], sid)
+        assert s["item_id"] == sid and s["catalogs_read"] == 4
+        assert s["pruned"] == {"not geocoded": 1, "polarization": 1}
 
 
 def test_unreachable_subcatalog_named(tmp_path: Path, http_dir, dead_port) -> None:  # noqa: F811

@@ -12,6 +12,7 @@ import rasterio
 
 from pipeline.grid import grid_for_bbox
 from pipeline.layout import GridFiles, LabelFiles, RegistrationFiles, SourceFiles
+from pipeline.loader import PatchDataset
 from pipeline.params import ParamsError, parse_section
 from pipeline.patches import PatchError, PatchesParams, gap_days, patch_origins, patch_region, urban_class
 from pipeline.splits import SplitsParams, audit
@@ -40,11 +41,17 @@ def _write(path: Path, data: np.ndarray, grid, dtype: str, nodata=None, tags=Non
             dst.update_tags(**tags)
 
 
-def make_region_dir(root: Path, bbox=(24.930, 60.160, 24.9395, 60.1650), gsd_m: float = 1.0, seed: int = 0,
-                    nodata_corner: bool = True, provider: str = "capella") -> Path:  # fmt: skip
-    """A region directory as the grid and labels stages write it, with structured random content.
+ITEM = "CAPELLA_C13_SP_GEO_HH_20240101000000_20240101000010"
+SCENE = "S1"
 
-    SAR has a NaN triangle (top-left), EO an invalid strip (right), labels 255 where either is invalid.
+
+def make_region_dir(root: Path, bbox=(24.930, 60.160, 24.9395, 60.1650), gsd_m: float = 1.0, seed: int = 0,
+                    nodata_corner: bool = True, provider: str = "capella",
+                    scenes: tuple[str, ...] = (SCENE,)) -> Path:  # fmt: skip
+    """A region directory as the fetch, grid and labels stages write it, with structured random content.
+
+    The first scene's SAR has a NaN triangle (top-left), the others their triangle in another corner
+    (so scenes overlap only partly); EO has an invalid strip (right). labels.tif covers the AOI.
     """
     grid = grid_for_bbox(bbox, gsd_m)
     rng = np.random.default_rng(seed)
@@ -58,29 +65,37 @@ def make_region_dir(root: Path, bbox=(24.930, 60.160, 24.9395, 60.1650), gsd_m: 
     mask[:, w - w // 6 :] = 0
     eo[:, mask == 0] = 0
     labels = ((xx // 37 + yy // 29 * 3) % 25).astype("uint8")
-    labels[~np.isfinite(sar) | (mask == 0)] = 255
     zones = ((xx // 50 + yy // 70) % 4).astype("uint8")  # 3 = sea: not land
-    _write(root / "grid" / "sar_db.tif", sar, grid, "float32", nodata=float("nan"), tags={"calibrated": "true"})
+    records = []
+    for k, scene in enumerate(scenes):
+        scene_sar = sar if k == 0 else np.where(xx[:, ::-1] + yy[::-1] * k < min(h, w), np.nan, sar + k).astype("float32")
+        _write(root / "grid" / "scenes" / scene / "sar_db.tif", scene_sar, grid, "float32", nodata=float("nan"),
+               tags={"calibrated": "true"})
+        (root / "source" / "scenes" / scene).mkdir(parents=True, exist_ok=True)
+        (root / "source" / "scenes" / scene / "sar.tif").write_bytes(b"fetched scene")  # read_scenes checks it is there
+        records.append({"scene": scene, "item_id": ITEM if k == 0 else f"ITEM_{scene}",
+                        "datetime": f"{2024 + k}-01-01T00:00:05Z", "provider": provider, "product": "GEO",
+                        "polarization": "HH" if k == 0 else "VV", "sha256": "0" * 64})
     _write(root / "grid" / "eo.tif", np.concatenate([eo, mask[None]]), grid, "uint8")
     _write(root / "labels" / "labels.tif", labels, grid, "uint8", nodata=255)
     _write(root / "labels" / "zones.tif", zones, grid, "uint8")
     (root / "grid" / "grid.json").write_text(grid.to_json())
     (root / "labels" / "labels.json").write_text(json.dumps({"urban_rural": {"class": "urban", "residential_share": 0.3}}))
-    (root / "source").mkdir(parents=True, exist_ok=True)
-    prov = {
-        "sar": {"item_id": "CAPELLA_C13_SP_GEO_HH_20240101000000_20240101000010", "datetime": "2024-01-01T00:00:05Z",
-                "provider": provider, "sha256": "0" * 64},
-        "eo": {"source": "test tiles", "datetime": "2023-12-02", "attribution": "Test EO provider"},
-    }  # fmt: skip
+    prov = {"scenes": records,
+            "eo": {"source": "test tiles", "datetime": "2023-12-02", "attribution": "Test EO provider"}}
     (root / "source" / "provenance.json").write_text(json.dumps(prov))
     return root
 
 
-def read_full(region_dir: Path) -> dict[str, np.ndarray]:
-    with rasterio.open(region_dir / "grid" / "sar_db.tif") as s, rasterio.open(region_dir / "grid" / "eo.tif") as e:
+def read_full(region_dir: Path, scene: str = SCENE) -> dict[str, np.ndarray]:
+    """One scene's layers as the patches should see them: labels 255 where that scene has no SAR or EO."""
+    with rasterio.open(region_dir / "grid" / "scenes" / scene / "sar_db.tif") as s, \
+            rasterio.open(region_dir / "grid" / "eo.tif") as e:
         sar, eo = s.read(1), e.read()
     with rasterio.open(region_dir / "labels" / "labels.tif") as lab, rasterio.open(region_dir / "labels" / "zones.tif") as z:
-        return {"sar": sar, "eo": eo, "label": lab.read(1), "zones": z.read(1)}
+        label = lab.read(1)
+        label[~np.isfinite(sar) | (eo[3] == 0)] = 255
+        return {"sar": sar, "eo": eo, "label": label, "zones": z.read(1)}
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +149,8 @@ def test_filter_order_and_metadata(built):
     np.testing.assert_allclose(meta["lon"], c0 + a * (meta["col"] + 32))
     assert (meta["gap_days"] == np.float32(30.0 + 5 / 86400)).all()
     assert meta["calibrated"].all() and (meta["urban_rural"] == "urban").all()
-    assert (meta["sar_item"] == "CAPELLA_C13_SP_GEO_HH_20240101000000_20240101000010").all()
+    assert (meta["sar_item"] == ITEM).all() and (meta["scene"] == SCENE).all()
+    assert (meta["cell"] == "testregion_r" + meta["row"].astype(str) + "_c" + meta["col"].astype(str)).all()
     assert meta["id"].is_unique
     # per-patch statistics
     hist = read_class_hist(store)
@@ -226,3 +242,48 @@ def test_time_gap_and_urban_class_helpers():
     assert urban_class({"urban_rural": {"class": "rural"}}) == "rural"
     assert urban_class({"urban": "urban"}) == "urban"
     assert urban_class({}) == "unknown"
+
+
+def test_several_scenes_share_ground_cells_and_splits(tmp_path):
+    """Two overlapping scenes: each is cut where it has data, the same ground has the same split in both,
+    and each patch's label is no data exactly where its own scene has none."""
+    region_dir = make_region_dir(tmp_path / "r", scenes=("S1", "S2"))
+    store = tmp_path / "p.zarr"
+    report = run("multi", region_dir, store)
+    meta = read_meta(store)
+    assert set(meta["scene"]) == {"S1", "S2"} and set(meta["polarization"]) == {"HH", "VV"}
+    assert report["per_scene"]["S1"] and report["per_scene"]["S2"]
+    assert sum(sum(v.values()) for v in report["per_scene"].values()) == len(meta) == report["patches"]
+    # the scenes' nodata corners differ: some cells only in one scene, many in both (a time series)
+    cells = meta.groupby("cell")["scene"].nunique()
+    assert (cells == 2).sum() > 5 and (cells == 1).sum() > 0
+    assert (meta.groupby("cell")["split"].nunique() == 1).all(), "one ground cell, one split"
+    code = meta["split"].map({"train": 0, "val": 1, "test": 2}).to_numpy()
+    assert audit(meta["row"].to_numpy(), meta["col"].to_numpy(), code, 64)["passed"]
+    # store order: split, scene, row, col; ids unique across scenes
+    sc = meta["scene"].map({"S1": 0, "S2": 1}).to_numpy()
+    key = list(zip(code, sc, meta["row"], meta["col"]))
+    assert key == sorted(key) and meta["id"].is_unique
+    ds = PatchDataset([store])
+    for scene in ("S1", "S2"):
+        full = read_full(region_dir, scene)
+        for i in np.flatnonzero(meta["scene"].to_numpy() == scene)[::5]:
+            r, c = int(meta["row"][i]), int(meta["col"][i])
+            item = ds[int(i)]
+            np.testing.assert_array_equal(item["sar"][0], full["sar"][r:r + 64, c:c + 64])
+            np.testing.assert_array_equal(item["label"], full["label"][r:r + 64, c:c + 64])
+    assert [s["id"] for s in store_attrs(store)["scenes"]] == ["S1", "S2"]
+
+
+def test_flagged_registration_keeps_or_drops_the_scene(tmp_path):
+    region_dir = make_region_dir(tmp_path / "r", scenes=("S1", "S2"))
+    rec = region_dir / "registration" / "scenes" / "S2" / "registration.json"
+    rec.parent.mkdir(parents=True)
+    rec.write_text(json.dumps({"applied": False, "flagged": True, "confidence": 0.1}))
+    kept = run("multi", region_dir, tmp_path / "keep.zarr")
+    meta = read_meta(tmp_path / "keep.zarr")
+    assert meta.loc[meta["scene"] == "S2", "registration_flagged"].all()
+    assert not meta.loc[meta["scene"] == "S1", "registration_flagged"].any()
+    dropped = run("multi", region_dir, tmp_path / "drop.zarr", flagged_registration="drop")
+    assert set(read_meta(tmp_path / "drop.zarr")["scene"]) == {"S1"}
+    assert "S2" in dropped["scenes_skipped"] and sum(kept["per_scene"]["S1"].values()) > 0

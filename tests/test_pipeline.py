@@ -50,13 +50,23 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def scene_of(built: Path, name: str) -> str:
+    """The (only) scene of a demo region, as fetch recorded it."""
+    prov = json.loads((built / "data" / "regions" / name / "source" / "provenance.json").read_text())
+    (scene,) = [s["scene"] for s in prov["scenes"]]
+    return scene
+
+
 def test_every_stage_wrote_its_outputs(built: Path) -> None:
     for name in BBOXES:
         rdir = built / "data" / "regions" / name
-        for rel in ("source/sar.tif", "source/eo.tif", "source/provenance.json", "registration/registration.json",
-                    "registration/overlay.png", "grid/grid.json", "grid/sar_db.tif", "grid/eo.tif",
-                    "grid/quicklook.png", "labels/labels.tif", "labels/zones.tif", "labels/labels.json",
-                    "labels/labels.png"):
+        sc = scene_of(built, name)
+        for rel in (f"source/scenes/{sc}/sar.tif", f"source/scenes/{sc}/eo.tif", f"source/scenes/{sc}/provenance.json",
+                    "source/eo.tif", "source/provenance.json", "registration/registration.json",
+                    f"registration/scenes/{sc}/registration.json", f"registration/scenes/{sc}/overlay.png",
+                    "registration/overlay.png", "grid/grid.json", f"grid/scenes/{sc}/sar_db.tif", "grid/eo.tif",
+                    f"grid/scenes/{sc}/quicklook.png", "grid/quicklook.png", "labels/labels.tif", "labels/zones.tif",
+                    "labels/labels.json", "labels/labels.png"):
             assert (rdir / rel).is_file(), rel
         assert (built / "data" / "patches" / f"{name}.zarr" / "zarr.json").is_file()
     for rel in ("data/dataset/index.parquet", "data/dataset/stats.json", "stac/dataset/collection.json"):
@@ -80,7 +90,9 @@ def test_outputs_do_not_depend_on_checkout_path(built: Path) -> None:
 def test_registration_recovers_injected_offset(built: Path) -> None:
     truth = json.loads((built / "data" / "demo" / "truth.json").read_text())["regions"]
     for name in BBOXES:
-        reg = json.loads((built / "data" / "regions" / name / "registration" / "registration.json").read_text())
+        sc = scene_of(built, name)
+        reg = json.loads((built / "data" / "regions" / name / "registration" / "scenes" / sc /
+                          "registration.json").read_text())
         off = truth[name]["sar_offset_m"]
         assert reg["applied"] and not reg["flagged"]
         err = np.hypot(reg["shift_m"]["east"] + off["east"], reg["shift_m"]["north"] + off["north"])
@@ -92,7 +104,8 @@ def test_gridded_sar_and_eo_agree_after_correction(built: Path) -> None:
     for name in BBOXES:
         gdir = built / "data" / "regions" / name / "grid"
         grid = Grid.from_json((gdir / "grid.json").read_text())
-        with rasterio.open(gdir / "sar_db.tif") as s, rasterio.open(gdir / "eo.tif") as e:
+        with rasterio.open(gdir / "scenes" / scene_of(built, name) / "sar_db.tif") as s, \
+                rasterio.open(gdir / "eo.tif") as e:
             assert (s.height, s.width) == (e.height, e.width) == grid.shape
             assert s.transform.almost_equals(grid.transform) and e.transform.almost_equals(grid.transform)
             sar = s.read(1)
@@ -103,15 +116,24 @@ def test_gridded_sar_and_eo_agree_after_correction(built: Path) -> None:
         assert np.hypot(reg.dx, reg.dy) < 0.5, f"{name}: {reg.dx:.2f}, {reg.dy:.2f} px left after correction"
 
 
-def test_labels_on_grid_and_valid_footprint(built: Path) -> None:
+def test_labels_on_grid_and_patch_labels_follow_their_scene(built: Path) -> None:
+    """labels.tif covers the whole (bbox) AOI; in a patch, no label where its scene has no SAR or EO."""
     for name in BBOXES:
         rdir = built / "data" / "regions" / name
-        with rasterio.open(rdir / "labels" / "labels.tif") as lab, rasterio.open(rdir / "grid" / "sar_db.tif") as s, \
-                rasterio.open(rdir / "grid" / "eo.tif") as e:
+        with rasterio.open(rdir / "labels" / "labels.tif") as lab, \
+                rasterio.open(rdir / "grid" / "scenes" / scene_of(built, name) / "sar_db.tif") as s:
             assert lab.transform == s.transform and lab.shape == s.shape
-            labels, sar, eo_valid = lab.read(1), s.read(1), e.read(4) > 0
-        invalid = ~(np.isfinite(sar) & eo_valid)
-        assert (labels[invalid] == 255).all() and (labels[~invalid] < 25).all()
+            labels, sar = lab.read(1), s.read(1)
+        assert (labels < 25).all()
+        ds = PatchDataset([built / "data" / "patches" / f"{name}.zarr"])
+        meta = read_meta(built / "data" / "patches" / f"{name}.zarr", ["row", "col"])
+        for i in range(len(ds)):
+            item = ds[i]
+            r, c = int(meta["row"][i]), int(meta["col"][i])
+            want = np.where(np.isfinite(sar[r:r + 256, c:c + 256]), labels[r:r + 256, c:c + 256], 255)
+            nodata = ~np.isfinite(item["sar"][0])
+            assert (item["label"][nodata] == 255).all()
+            assert np.array_equal(item["label"][~nodata], want[~nodata]), (name, i)
 
 
 def test_patch_stores_are_leak_free_and_load(built: Path) -> None:

@@ -100,9 +100,11 @@ def write_test_store(
         "grid": grid.to_dict(),
         "legend": load_legend().to_dict(),
         "splits": {"method": "blocks", "seed": 0, "counts": counts, "dropped_by_buffer": 0, "audit": {"ok": True}},
+        "scenes": [{"id": f"CAPELLA_C14_SP_GEO_HH_{region}", "item_id": f"CAPELLA_{region}", "provider": provider,
+                    "product": "GEO", "polarization": "HH", "datetime": sar_datetime, "calibrated": True}],
         "provenance": {
-            "sar": {"item_id": f"CAPELLA_{region}", "provider": provider, "datetime": sar_datetime,
-                    "licence": "CC-BY-4.0", "attribution": "(c) Capella Space Corp"},
+            "scenes": [{"item_id": f"CAPELLA_{region}", "provider": provider, "datetime": sar_datetime,
+                        "licence": "CC-BY-4.0", "attribution": "(c) Capella Space Corp"}],
             "eo": {"source": "tiles", "kind": "xyz", "datetime": eo_datetime, "licence": "CC-BY-4.0",
                    "attribution": "Test EO provider"},
         },
@@ -112,7 +114,11 @@ def write_test_store(
         "params": {},
         **(extra_attrs or {}),
     }
-    meta = {**arrays, "urban_rural": np.full(n, urban, dtype=object)}
+    scene = f"CAPELLA_C14_SP_GEO_HH_{region}"
+    meta = {**arrays, "urban_rural": np.full(n, urban, dtype=object), "scene": np.full(n, scene, dtype=object),
+            "provider": np.full(n, provider, dtype=object), "polarization": np.full(n, "HH", dtype=object),
+            "cell": np.array([f"{region}_r{r}_c{c}" for r, c in zip(rows, cols)], dtype=object),
+            "registration_flagged": np.zeros(n, bool)}
     if images:
         sar = rng.normal(-10, 3, (n, 1, P, P)).astype(np.float32)
         eo = rng.integers(0, 255, (n, 3, P, P)).astype(np.uint8)

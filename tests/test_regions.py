@@ -44,7 +44,7 @@ def variant(**changes: object) -> dict:
 
 def test_good_region_loads_and_resolves_paths(tmp_path: Path) -> None:
     r = load_region(write(tmp_path, variant(osm={"file": "osm/paris.osm.pbf"})))
-    assert r.name == "paris" and r.bbox == (2.30, 48.85, 2.32, 48.86) and r.sar["product"] == "GEO"
+    assert r.name == "paris" and r.bbox == (2.30, 48.85, 2.32, 48.86) and r.sar[0]["product"] == "GEO"
     assert r.resolve("osm/paris.osm.pbf") == str(tmp_path / "osm/paris.osm.pbf")
     assert r.resolve("s3://b/k.json") == "s3://b/k.json"
     assert r.aoi.bounds == r.bbox

@@ -18,6 +18,7 @@ from rasterio.windows import Window
 from pipeline.calibrate import calibration_for, dn_to_linear, linear_to_db
 from pipeline.grid import Grid, grid_for_bbox
 from pipeline.layout import GridFiles, RegistrationFiles, SourceFiles
+from sources import SCENE, as_region_source
 from pipeline.regions import Region
 from pipeline.warp import (
     WarpError,
@@ -121,6 +122,7 @@ def peak_centroid(img: np.ndarray, half: int = 7) -> tuple[float, float]:
 def gridded(tmp_path_factory, fixtures):
     tmp = tmp_path_factory.mktemp("grid")
     src = make_source(tmp, fixtures)
+    as_region_source(src)
     reg = region(tmp)
     grid_region(reg, SourceFiles(src), None, GridFiles(tmp / "grid"), SMALL)
     return tmp, src, reg
@@ -130,7 +132,7 @@ def test_sar_target_lands_on_its_pixel(gridded):
     tmp, _, reg = gridded
     grid = Grid.from_json((tmp / "grid" / "grid.json").read_text())
     assert grid == grid_of(reg)
-    with rasterio.open(tmp / "grid" / "sar_db.tif") as ds:
+    with rasterio.open(tmp / "grid" / "scenes" / SCENE / "sar_db.tif") as ds:
         assert ds.transform == grid.transform and ds.shape == grid.shape
         assert ds.tags()["calibrated"] == "true"
         db = ds.read(1)
@@ -202,7 +204,7 @@ def test_block_warp_has_no_seams(tmp_path, fixtures):
 def test_output_is_byte_identical_across_runs(gridded, tmp_path):
     tmp, src, reg = gridded
     grid_region(reg, SourceFiles(src), None, GridFiles(tmp_path / "again"), SMALL)
-    for name in ("grid.json", "sar_db.tif", "eo.tif", "quicklook.png"):
+    for name in ("grid.json", f"scenes/{SCENE}/sar_db.tif", "eo.tif", "quicklook.png", f"scenes/{SCENE}/quicklook.png"):
         assert (tmp / "grid" / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
 
 
@@ -216,7 +218,7 @@ def test_quicklook_is_two_panels(gridded):
     assert im.height > grid.height  # plus the title/attribution line
     from pipeline.quicklook import side_by_side
 
-    small = side_by_side(tmp / "grid" / "sar_db.tif", tmp / "grid" / "eo.tif", tmp / "small.png", max_size=100)
+    small = side_by_side(tmp / "grid" / "scenes" / SCENE / "sar_db.tif", tmp / "grid" / "eo.tif", tmp / "small.png", max_size=100)
     assert Image.open(small).width == 100 + 8 + 100  # decimated reads, aspect kept
 
 
@@ -330,7 +332,7 @@ def test_failed_stage_leaves_previous_grid_untouched(gridded, tmp_path, monkeypa
     _, src, reg = gridded
     dest = tmp_path / "grid"
     grid_region(reg, SourceFiles(src), None, GridFiles(dest), SMALL)
-    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    before = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full while writing the quick look")
@@ -338,7 +340,7 @@ def test_failed_stage_leaves_previous_grid_untouched(gridded, tmp_path, monkeypa
     monkeypatch.setattr(pipeline.warp, "side_by_side", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         grid_region(reg, SourceFiles(src), None, GridFiles(dest), SMALL)
-    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+    assert {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid"]  # no temporary left behind
     with pytest.raises(RuntimeError):
         grid_region(reg, SourceFiles(src), None, GridFiles(tmp_path / "fresh"), SMALL)
@@ -356,12 +358,12 @@ def test_polygon_aoi_masks_outside_pixels(gridded, tmp_path):
     tri = Polygon([(w, s), (e, s), (w, n)])  # lower-left half of the bbox
     preg = dataclasses.replace(reg, aoi_geojson=mapping(tri))
     grid = grid_region(preg, SourceFiles(src), None, GridFiles(tmp_path / "grid"), SMALL)
-    with rasterio.open(tmp_path / "grid" / "sar_db.tif") as s_ds, rasterio.open(tmp_path / "grid" / "eo.tif") as e_ds:
+    with rasterio.open(tmp_path / "grid" / "scenes" / SCENE / "sar_db.tif") as s_ds, rasterio.open(tmp_path / "grid" / "eo.tif") as e_ds:
         sar, eo_ok = s_ds.read(1), e_ds.read(4) > 0
-    with rasterio.open(Path(gridded[0]) / "grid" / "sar_db.tif") as full:  # the bbox run of the same source
+    with rasterio.open(Path(gridded[0]) / "grid" / "scenes" / SCENE / "sar_db.tif") as full:  # the bbox run of the same source
         full_sar = full.read(1)
     rows, cols = np.mgrid[0:grid.height, 0:grid.width]
-    lon, lat = grid.transform * (cols + 0.5, rows + 0.5)
+    lon, lat = grid.transform @ (cols + 0.5, rows + 0.5)
     inside = (lon - w) / (e - w) + (lat - s) / (n - s) < 1  # below the hypotenuse
     assert not np.isfinite(sar[~inside]).any() and not eo_ok[~inside].any()
     # inside the polygon nothing changed: same values as the bbox run

@@ -28,7 +28,10 @@ CAPELLA_ID = re.compile(
     r"(?P<pol>HH|VV|HV|VH)_(?P<start>\d{14})_(?P<end>\d{14})$"
 )
 MODES = {"spotlight": "SP", "stripmap": "SM", "sliding_spotlight": "SS", "sliding spotlight": "SS"}
-SELECTION_RULE = "best AOI coverage, then newest datetime, then item id"
+# Every item passing a source's filters is a scene of the region; a source's `max_items` keeps the first
+# ones in this order, and scenes are stored oldest first (then by id).
+SELECTION_RULE = ("every item intersecting the AOI that passes the filters (and covers at least min_coverage of it); "
+                  "max_items keeps the best AOI coverage, then newest, then by item id")
 
 
 # --------------------------------------------------------------------------- item facts (pure)
@@ -120,6 +123,8 @@ def reject_reason(facts: ItemFacts, cov: float, sar: dict[str, Any], explicit_pr
     """Why an item does not match the region's sar section, or None if it does."""
     if cov <= 0:
         return "outside AOI"
+    if cov < float(sar.get("min_coverage", 0.0)):
+        return "min_coverage"
     return facts_reason(facts, sar, explicit_product)
 
 
@@ -130,7 +135,7 @@ def facts_reason(facts: ItemFacts, sar: dict[str, Any], explicit_product: bool) 
         return "datetime"
     if facts.product not in accepted_products(sar, explicit_product, facts.provider):
         return "not geocoded" if facts.product in NOT_GEOCODED else "product"
-    if sar.get("polarization") and sar["polarization"] not in facts.polarizations:
+    if sar.get("polarization") not in (None, "any") and sar["polarization"] not in facts.polarizations:
         return "polarization"
     if sar.get("mode") and facts.mode and sar["mode"] != facts.mode:
         return "mode"

@@ -1,14 +1,17 @@
-"""SAR fetching: the region's one SAR product (and Capella's metadata) into ``source/``.
+"""SAR fetching: every scene of the region (and Capella's metadata) into ``source/scenes/ID/``.
 
-From a static catalog (walked), a STAC API (pystac-client: static catalogs cannot be searched)
-or a GeoTIFF named by the region file. Items are filtered and ranked by :mod:`pipeline.fetch.items`
-and the best ONE is used.
+From one or several sources: static catalogs (walked), STAC APIs (pystac-client: static
+catalogs cannot be searched) or GeoTIFFs named by the region file. Items are filtered and
+ranked by :mod:`pipeline.fetch.items`; every item that passes is a scene (``max_items`` caps a
+source). Capella and Umbra may be mixed in one region.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,14 +57,32 @@ def _is_api(doc: dict[str, Any]) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class SarSource:
+    """One entry of the region's ``sar`` list, and how messages name it (``sar`` or ``sar[i]``)."""
+
+    spec: dict[str, Any]
+    where: str
+    explicit_product: bool
+
+
+def region_sources(region: Region) -> list[SarSource]:
+    """The region's SAR sources, in file order."""
+    raw = region.raw.get("sar")
+    raws = raw if isinstance(raw, list) else [raw or {}]
+    single = not isinstance(raw, list)
+    return [SarSource(dict(spec), "sar" if single else f"sar[{i}]", "product" in (raws[i] if i < len(raws) else {}))
+            for i, spec in enumerate(region.sar)]
+
+
 def search_api(
-    href: str, landing: dict[str, Any], region: Region, p: FetchParams
+    href: str, landing: dict[str, Any], region: Region, src: SarSource, p: FetchParams
 ) -> list[tuple[dict[str, Any], str]]:
-    """Items from a STAC API (pystac-client) for the region's bbox, datetime and ids."""
+    """Items from a STAC API (pystac-client) for the region's bbox and the source's datetime and ids."""
     from pystac_client import Client
     from pystac_client.stac_api_io import StacApiIO
 
-    sar = region.sar
+    sar = src.spec
     io = StacApiIO(timeout=p.timeout_s, max_retries=p.retries)
     client = Client.open(href, stac_io=io, timeout=p.timeout_s)
     search = client.search(
@@ -75,19 +96,18 @@ def search_api(
             for it in search.items()]
 
 
-def find_sar_items(region: Region, cache: Cache, p: FetchParams) -> tuple[WalkResult, str]:
-    """All matching items of the region's catalog, ranked; raises naming the reasons if none match."""
-    sar = region.sar
+def find_sar_items(region: Region, src: SarSource, cache: Cache, p: FetchParams) -> tuple[WalkResult, str]:
+    """All items of one source's catalog that match the region, ranked (possibly none: see ``rejected``)."""
+    sar = src.spec
     href = region.resolve(sar["stac"])
-    filt = WalkFilter.for_region(region, p)
+    filt = WalkFilter.for_source(region, sar, src.explicit_product, p)
     want = set(filt.want_ids or ()) or None
-    explicit_product = filt.explicit_product
     aoi = region.aoi
     stats = WalkStats()
     memo = cache.walk_memo(href, p.catalog_cache_ttl_h)
     first = None if href in memo[0] else load_json(href, cache.transport)  # a cached root is no API
     if first is not None and _is_api(first):
-        pairs: Iterable[tuple[str, dict[str, Any]]] = [(h, d) for d, h in search_api(href, first, region, p)]
+        pairs: Iterable[tuple[str, dict[str, Any]]] = [(h, d) for d, h in search_api(href, first, region, src, p)]
     else:
         pairs = walk_catalog(href, cache, p, filt, first, stats, memo)
     res = WalkResult()
@@ -103,7 +123,7 @@ def find_sar_items(region: Region, cache: Cache, p: FetchParams) -> tuple[WalkRe
                     "the pipeline needs a GEO or GEC GeoTIFF"
                 )
             cov = coverage(aoi, doc)
-            why = reject_reason(facts, cov, sar, explicit_product)
+            why = reject_reason(facts, cov, sar, src.explicit_product)
             if why:
                 res.rejected.setdefault(why, []).append(facts.id)
             else:
@@ -113,48 +133,114 @@ def find_sar_items(region: Region, cache: Cache, p: FetchParams) -> tuple[WalkRe
     res.catalogs, res.pruned = stats.catalogs, dict(sorted(stats.pruned.items()))
     if want and (missing := want - {c.facts.id for c in res.candidates}
                  - {i for v in res.rejected.values() for i in v}):
-        raise FetchError(f"{href}: sar.ids not found in the catalog: {sorted(missing)}")
-    if not res.candidates:
-        counts = ", ".join(f"{k}: {len(v)}" for k, v in sorted(res.rejected.items())) or "none"
-        pruned = ", ".join(f"{k}: {v}" for k, v in res.pruned.items())
-        if res.rejected and set(res.rejected) == {"outside AOI"}:
-            raise FetchError(
-                f"{href}: no item intersects the AOI {region.bbox} of region {region.name} ({res.read} items read)"
-            )
-        raise FetchError(
-            f"{href}: no item matches region {region.name} (AOI {region.bbox}, product {sar.get('product')}, "
-            f"polarization {sar.get('polarization', 'any')}, datetime {sar.get('datetime', 'any')}); "
-            f"{res.read} items read, rejected by {counts}" + (f"; links pruned unread: {pruned}" if pruned else "")
-        )
+        raise FetchError(f"{href}: {src.where}.ids not found in the catalog: {sorted(missing)}")
     res.candidates.sort(key=lambda c: rank_key(c.facts, c.coverage))
+    if sar.get("max_items"):
+        capped = res.candidates[int(sar["max_items"]):]
+        if capped:
+            res.rejected["max_items"] = [c.facts.id for c in capped]
+        res.candidates = res.candidates[: int(sar["max_items"])]
     return res, href
 
 
-def fetch_sar(region: Region, cache: Cache, p: FetchParams, out: SourceFiles) -> dict[str, Any]:
-    """Put ``out.sar`` (and ``out.sar_metadata``) in place; return the provenance 'sar' record."""
-    sar = region.sar
-    if sar.get("file"):
-        href = region.resolve(sar["file"])
-        path, digest, n = cache.get(href)
-        check_geotiff(path, href, region.aoi)
-        link_or_copy(path, out.sar)
-        provider = sar.get("provider", "unknown")
-        rec: dict[str, Any] = {"item_id": None, "href": href, "datetime": sar.get("datetime"), "sha256": digest,
-                               "bytes": n, "catalog": None, "provider": provider, "product": sar.get("product"),
-                               "polarization": sar.get("polarization"), **_licence(provider, region)}
-        if sar.get("metadata"):
-            mhref = region.resolve(sar["metadata"])
-            mpath, mdigest, _ = cache.get(mhref)
-            _check_json(mpath, mhref)
-            link_or_copy(mpath, out.sar_metadata)
-            rec["metadata"] = {"href": mhref, "sha256": mdigest}
-        return rec
+def _no_match(region: Region, src: SarSource, href: str, res: WalkResult) -> str:
+    """Why a source gave no scene: which filter removed how many items."""
+    sar = src.spec
+    counts = ", ".join(f"{k}: {len(v)}" for k, v in sorted(res.rejected.items())) or "none"
+    pruned = ", ".join(f"{k}: {v}" for k, v in res.pruned.items())
+    if res.rejected and set(res.rejected) == {"outside AOI"}:
+        return f"{src.where} {href}: no item intersects the AOI {region.bbox} ({res.read} items read)"
+    return (f"{src.where} {href}: no item matches (product {sar.get('product')}, polarization "
+            f"{sar.get('polarization', 'any')}, datetime {sar.get('datetime', 'any')}, min_coverage "
+            f"{sar.get('min_coverage', '> 0')}); {res.read} items read, rejected by {counts}"
+            + (f"; links pruned unread: {pruned}" if pruned else ""))
 
-    found, catalog = find_sar_items(region, cache, p)
-    best = found.candidates[0]
+
+@dataclass
+class Scene:
+    """A chosen SAR item: where it came from and why."""
+
+    source: SarSource
+    candidate: Candidate
+    catalog: str
+    found: WalkResult
+
+    @property
+    def id(self) -> str:
+        return self.candidate.facts.id
+
+
+def scene_order(facts: Any) -> tuple[float, str]:
+    """Scenes are stored oldest first, then by id: a stable order whatever the catalogs' order."""
+    return (facts.start.timestamp() if facts.start else float("-inf"), facts.id)
+
+
+def select_scenes(region: Region, cache: Cache, p: FetchParams) -> list[Scene]:
+    """Every scene of every catalog source of the region; an item listed by two sources is used once.
+
+    Raises naming, per source, which filter removed how many items when no source gives a scene.
+    """
+    scenes: dict[str, Scene] = {}
+    reasons = []
+    for src in region_sources(region):
+        if src.spec.get("file"):
+            continue
+        found, href = find_sar_items(region, src, cache, p)
+        if not found.candidates:
+            reasons.append(_no_match(region, src, href, found))
+        for c in found.candidates:
+            if c.facts.id in scenes:
+                log.info("%s: %s is also in %s; used once", region.name, c.facts.id, scenes[c.facts.id].catalog)
+                continue
+            scenes[c.facts.id] = Scene(src, c, href, found)
+    if not scenes and reasons and not any(s.spec.get("file") for s in region_sources(region)):
+        raise FetchError(f"region {region.name}: no SAR scene matches; " + "; ".join(reasons))
+    for r in reasons:
+        log.warning("%s: %s", region.name, r)
+    return sorted(scenes.values(), key=lambda sc: scene_order(sc.candidate.facts))
+
+
+SCENE_ID = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def scene_dir_name(scene_id: str) -> str:
+    """A scene's folder name: its id, or (when it has other characters than letters, digits, '.', '_'
+    and '-') the id with those replaced plus a short hash of the id, so two ids never share a folder."""
+    name = SCENE_ID.sub("_", scene_id).strip("._") or "scene"
+    if name == scene_id:
+        return name
+    return f"{name}-{hashlib.sha256(scene_id.encode('utf-8')).hexdigest()[:8]}"
+
+
+def _file_scene(region: Region, src: SarSource, cache: Cache, out: SourceFiles) -> dict[str, Any]:
+    """A local (or remote) GeoTIFF named by the region file: one scene."""
+    sar = src.spec
+    href = region.resolve(sar["file"])
+    path, digest, n = cache.get(href)
+    check_geotiff(path, href, region.aoi)
+    link_or_copy(path, out.sar)
+    provider = sar.get("provider", "unknown")
+    rec: dict[str, Any] = {"item_id": None, "href": href, "datetime": sar.get("datetime"), "sha256": digest,
+                           "bytes": n, "catalog": None, "provider": provider, "product": sar.get("product"),
+                           "polarization": None if sar.get("polarization") == "any" else sar.get("polarization"),
+                           "source": src.where,
+                           **_licence(provider, region)}
+    if sar.get("metadata"):
+        mhref = region.resolve(sar["metadata"])
+        mpath, mdigest, _ = cache.get(mhref)
+        _check_json(mpath, mhref)
+        link_or_copy(mpath, out.sar_metadata)
+        rec["metadata"] = {"href": mhref, "sha256": mdigest}
+    return rec
+
+
+def _catalog_scene(region: Region, sc: Scene, cache: Cache, p: FetchParams, out: SourceFiles) -> dict[str, Any]:
+    """Download one chosen item's data (and metadata) asset into a scene folder; its provenance record."""
+    sar, best, found, catalog = sc.source.spec, sc.candidate, sc.found, sc.catalog
     item, facts = best.item, best.facts
     root_dir = href_dir(catalog)
-    key, asset = select_data_asset(item, sar.get("polarization"))
+    pol = sar.get("polarization")
+    key, asset = select_data_asset(item, None if pol == "any" else pol)
     href = check_href(asset.href, best.href, root_dir)
     sha, size = expected_checksum(asset)
     path, digest, n = cache.get(href, sha, size)
@@ -166,8 +252,10 @@ def fetch_sar(region: Region, cache: Cache, p: FetchParams, out: SourceFiles) ->
         "item_id": item.id, "item_href": best.href, "asset": key, "href": href, "datetime": facts.datetime,
         "start_datetime": facts.start.isoformat() if facts.start else None,
         "end_datetime": facts.end.isoformat() if facts.end else None,
-        "sha256": digest, "bytes": n, "catalog": catalog, "provider": facts.provider, "product": facts.product,
-        "polarization": sar.get("polarization") or (facts.polarizations[0] if facts.polarizations else None),
+        "sha256": digest, "bytes": n, "catalog": catalog, "source": sc.source.where,
+        "provider": facts.provider, "product": facts.product,
+        "polarization": (pol if pol not in (None, "any") else None)
+        or (facts.polarizations[0] if facts.polarizations else None),
         "mode": facts.mode, "coverage": round(best.coverage, 6), "selection": SELECTION_RULE,
         "candidates": ranked, "candidates_total": len(found.candidates), "items_read": found.read,
         "catalogs_read": found.catalogs, "pruned": found.pruned,
@@ -187,8 +275,35 @@ def fetch_sar(region: Region, cache: Cache, p: FetchParams, out: SourceFiles) ->
         _check_json(mpath, mhref)
         link_or_copy(mpath, out.sar_metadata)
         rec["metadata"] = {"asset": meta[0], "href": mhref, "sha256": mdigest}
-    log.info("SAR %s: %s (%d bytes) of %d candidate(s)", region.name, item.id, n, len(found.candidates))
     return rec
+
+
+def fetch_sar(region: Region, cache: Cache, p: FetchParams, out: SourceFiles) -> list[dict[str, Any]]:
+    """Every scene of the region into ``out.scene(ID)``; their provenance records (each with its ``scene`` id).
+
+    Catalog scenes come oldest first; file sources follow in file order.
+    """
+    recs = []
+    chosen = select_scenes(region, cache, p)
+    for sc in chosen:
+        name = scene_dir_name(sc.id)
+        if any(r["scene"] == name for r in recs):  # unreachable with the hash suffix; refuse rather than overwrite
+            raise FetchError(f"region {region.name}: scenes {sc.id!r} and another item share the folder name {name!r}")
+        files = out.scene(name)
+        files.dir.mkdir(parents=True, exist_ok=True)
+        recs.append({"scene": name, **_catalog_scene(region, sc, cache, p, files)})
+    for src in region_sources(region):
+        if src.spec.get("file"):
+            name = scene_dir_name("file-" + Path(str(src.spec["file"])).name.split(".")[0])
+            if any(r["scene"] == name for r in recs):
+                raise FetchError(f"region {region.name}: {src.where}.file: two SAR files give the scene name {name!r}")
+            files = out.scene(name)
+            files.dir.mkdir(parents=True, exist_ok=True)
+            recs.append({"scene": name, **_file_scene(region, src, cache, files)})
+    for r in recs:
+        log.info("SAR %s: scene %s (%s %s %s, %d bytes)", region.name, r["scene"], r.get("provider"),
+                 r.get("polarization"), r.get("datetime"), r["bytes"])
+    return recs
 
 
 def _check_json(path: Path, href: str) -> None:

@@ -1,4 +1,4 @@
-"""The fetch stage: one SAR product, one EO image and the OSM input per region, gathered once, with provenance.
+"""The fetch stage: every SAR scene, the EO image and the OSM input of a region, gathered once, with provenance.
 
 Everything remote goes through one :class:`~pipeline.fetch.stacio.Transport` (retries, timeouts,
 anonymous S3) into the download cache, and is hardlinked from there into ``source/``, which
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_path, write_json
-from pipeline.fetch.cache import Cache
+from pipeline.fetch.cache import Cache, link_or_copy
 from pipeline.fetch.eo import fetch_eo
 from pipeline.fetch.osm import fetch_osm
 from pipeline.fetch.params import FetchParams
@@ -27,21 +27,25 @@ log = logging.getLogger("sareo.fetch")
 
 
 def fetch_region(region: Region, out: SourceFiles, cache: Path, p: FetchParams, osm: OsmParams) -> Path:
-    """Write ``out`` (sar, sar_metadata?, eo, osm.*, provenance), all or nothing; returns ``out.dir``.
+    """Write ``out``: every SAR scene under ``scenes/ID/``, the EO, osm.* and provenance; all or nothing.
 
-    ``cache`` is the download cache directory, already resolved by the caller.
+    ``cache`` is the download cache directory, already resolved by the caller. Each scene folder
+    is a complete source set (its SAR, metadata, EO and provenance), so register and grid run
+    on one scene exactly as on a single-scene region.
     """
     store = Cache(Path(cache).absolute(), Transport.from_params(p))
     with atomic_path(out.dir) as tmp:
         tmp.mkdir()
         t = out.at(tmp)
-        sar_rec = fetch_sar(region, store, p, t)
-        eo_rec = fetch_eo(region, store, p, t.eo)
+        scenes = [_portable_rec(r, region) for r in fetch_sar(region, store, p, t)]
+        eo_rec = _portable_rec(fetch_eo(region, store, p, t.eo), region)
+        for rec in scenes:
+            files = t.scene(rec["scene"])
+            link_or_copy(t.eo, files.eo)
+            write_json(files.provenance, {"region": region.name, "scene": rec["scene"], "sar": rec, "eo": eo_rec})
         osm_rec = fetch_osm(region, store, osm, t)
-        prov = {"region": region.name, "sar": _portable_rec(sar_rec, region), "eo": _portable_rec(eo_rec, region),
-                "osm": osm_rec}
-        write_json(t.provenance, prov)
-    log.info("fetch %s: wrote %s", region.name, out.dir)
+        write_json(t.provenance, {"region": region.name, "scenes": scenes, "eo": eo_rec, "osm": osm_rec})
+    log.info("fetch %s: wrote %s (%d scene(s))", region.name, out.dir, len(scenes))
     return out.dir
 
 

@@ -302,10 +302,10 @@ class WalkFilter:
     by_facts: bool = True  # prune item links by their Capella id (False for EO catalogs)
 
     @classmethod
-    def for_region(cls, region: Region, p: FetchParams) -> WalkFilter:
-        sar = region.sar
-        return cls(dict(sar), "product" in region.raw.get("sar", {}),
-                   frozenset(sar["ids"]) if sar.get("ids") else None, tuple(region.bbox), p.walk_hierarchy)
+    def for_source(cls, region: Region, sar: dict[str, Any], explicit_product: bool, p: FetchParams) -> WalkFilter:
+        """The pruning policy of one SAR source of the region."""
+        return cls(dict(sar), explicit_product, frozenset(sar["ids"]) if sar.get("ids") else None,
+                   tuple(region.bbox), p.walk_hierarchy)
 
     @property
     def dates(self) -> tuple[dt.datetime | None, dt.datetime | None]:

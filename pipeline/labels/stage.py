@@ -18,11 +18,10 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 import shapely
-from rasterio.windows import Window
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.documents import read_json
-from pipeline.grid import Grid
+from pipeline.grid import Grid, aoi_mask, grid_for_bbox
 from pipeline.labels.classify import classify_tags, empty_classified, sea_features, with_sea
 from pipeline.labels.coast import SeaResult
 from pipeline.labels.params import LabelsParams
@@ -91,24 +90,6 @@ def render_png(
     buf = io.BytesIO()
     canvas.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
-
-
-def _open_valid(grid: GridFiles, g: Grid) -> tuple[Any, Any]:
-    """Open sar_db.tif and eo.tif and check they sit on the grid."""
-    handles = []
-    for path in (grid.sar_db, grid.eo):
-        if not path.is_file():
-            raise LabelsError(f"{path}: missing; the labels stage needs it for the valid-data footprint")
-        src = rasterio.open(path)
-        if (src.height, src.width) != g.shape or not src.transform.almost_equals(g.transform):
-            src.close()
-            raise LabelsError(f"{path}: {src.width}x{src.height} at {tuple(src.transform)[:6]} is not on the grid of "
-                              f"{grid.grid} ({g.width}x{g.height} at {tuple(g.transform)[:6]})")
-        if path == grid.eo and src.count < 4:
-            src.close()
-            raise LabelsError(f"{path}: has {src.count} bands; expected 4 (band 4 = valid mask)")
-        handles.append(src)
-    return handles[0], handles[1]
 
 
 def osm_input(source: SourceFiles) -> tuple[Path, dict[str, Any]]:
@@ -182,6 +163,11 @@ def label_region(
     read over the grid plus ``osm.read_margin_m`` (the window fetch asked Overpass for).
     """
     g = _read_grid(grid)
+    expected = grid_for_bbox(region.bbox, region.gsd_m)
+    if g != expected:
+        raise LabelsError(f"{grid.grid}: {g.width}x{g.height} at {tuple(g.transform)[:6]} is not the grid of region "
+                          f"{region.name} ({expected.width}x{expected.height} at {tuple(expected.transform)[:6]}); "
+                          "re-run the grid stage")
     legend = load_legend(p.legend)
     osm_path, osm_rec = osm_input(source)
     credit = data_source(osm_path)  # OpenStreetMap, unless the file says it is not OSM data
@@ -198,46 +184,42 @@ def label_region(
                "crs": g.crs, "transform": g.transform, "tiled": True, "blockxsize": tile, "blockysize": tile,
                "compress": "deflate", "predictor": 1, "interleave": "band"}
     hist = np.zeros(256, np.int64)
-    sar, eo = _open_valid(grid, g)
-    try:
-        def valid(win: Window) -> np.ndarray:
-            # rasterio dataset reads are not thread-safe: this runs in the consumer thread.
-            return np.isfinite(sar.read(1, window=win)) & (eo.read(4, window=win) == 255)
-
-        with atomic_path(out.dir) as tmp:
-            tmp.mkdir(parents=True)
-            t = out.at(tmp)
-            with rasterio.open(t.labels, "w", nodata=legend.nodata, **profile) as dst:
-                dst.update_tags(legend="pipeline/legend.yaml", attribution=credit.attribution)
-                n_blocks = math.ceil(g.height / block) * math.ceil(g.width / block)
-                for i, (win, arr) in enumerate(iter_label_blocks(classified, g.crs, g.transform, g.shape,
-                                                                 None, block, p.workers)):
-                    arr[~valid(win)] = legend.nodata
-                    hist += np.bincount(arr.ravel(), minlength=256)
-                    dst.write(arr, 1, window=win)
-                    log.info("labels: block %d/%d", i + 1, n_blocks)
-            with rasterio.open(t.zones, "w", **profile) as dst:
-                dst.update_tags(values=ZONE_VALUES, attribution=credit.attribution)
-                for win, arr in iter_label_blocks(zones, g.crs, g.transform, g.shape, None, block, p.workers):
-                    dst.write(arr, 1, window=win)
-            report = {
-                "region": region.name,
-                "grid": g.to_dict(),
-                "legend": legend.to_dict(),
-                "shares": class_shares(hist, legend),
-                "urban_rural": urban,
-                "osm": {**feats.report(), "source": osm_rec.get("source"), "kind": osm_rec.get("kind"),
-                        "file": osm_rec["file"], "sha256": osm_rec["sha256"],
-                        "classified_features": int(len(land))},
-                "sea": sea_report(sea_result, sea, g.bounds),
-                "attribution": credit.attribution,
-                "licence": credit.licence,
-            }
-            write_json(t.report, report)
-            t.png.write_bytes(render_png(t.labels, legend, p.png_max_px, region.name, credit.attribution))
-    finally:
-        sar.close()
-        eo.close()
+    polygon = region.aoi if getattr(region, "aoi_geojson", None) else None  # a bbox AOI is the grid itself
+    # Labels describe the ground of the whole AOI: the same for every scene. Each patch then marks
+    # no data (255) where its own scene's SAR or EO has none (the patches stage).
+    with atomic_path(out.dir) as tmp:
+        tmp.mkdir(parents=True)
+        t = out.at(tmp)
+        with rasterio.open(t.labels, "w", nodata=legend.nodata, **profile) as dst:
+            dst.update_tags(legend="pipeline/legend.yaml", attribution=credit.attribution)
+            n_blocks = math.ceil(g.height / block) * math.ceil(g.width / block)
+            for i, (win, arr) in enumerate(iter_label_blocks(classified, g.crs, g.transform, g.shape,
+                                                             None, block, p.workers)):
+                inside = aoi_mask(polygon, g, win)
+                if inside is not None:
+                    arr[~inside] = legend.nodata
+                hist += np.bincount(arr.ravel(), minlength=256)
+                dst.write(arr, 1, window=win)
+                log.info("labels: block %d/%d", i + 1, n_blocks)
+        with rasterio.open(t.zones, "w", **profile) as dst:
+            dst.update_tags(values=ZONE_VALUES, attribution=credit.attribution)
+            for win, arr in iter_label_blocks(zones, g.crs, g.transform, g.shape, None, block, p.workers):
+                dst.write(arr, 1, window=win)
+        report = {
+            "region": region.name,
+            "grid": g.to_dict(),
+            "legend": legend.to_dict(),
+            "shares": class_shares(hist, legend),
+            "urban_rural": urban,
+            "osm": {**feats.report(), "source": osm_rec.get("source"), "kind": osm_rec.get("kind"),
+                    "file": osm_rec["file"], "sha256": osm_rec["sha256"],
+                    "classified_features": int(len(land))},
+            "sea": sea_report(sea_result, sea, g.bounds),
+            "attribution": credit.attribution,
+            "licence": credit.licence,
+        }
+        write_json(t.report, report)
+        t.png.write_bytes(render_png(t.labels, legend, p.png_max_px, region.name, credit.attribution))
     log.info("labels: %s -> %s (%s)", region.name, out.dir, urban["class"])
     return out.dir
 

@@ -26,8 +26,10 @@ PATCH_FIELDS: tuple[str, ...] = (
     "sar_datetime", "eo_datetime", "gap_days", "sar_item", "calibrated", "split",
     "residential_share", "nonres_share", "valid_share",
 )  # fmt: skip
-OPTIONAL_FIELDS: tuple[str, ...] = ("urban_rural",)  # per patch since pipeline.store; else the root attribute
-STR_FIELDS = {"id", "sar_datetime", "eo_datetime", "sar_item", "split", "urban_rural"}
+# per patch since later store versions (urban_rural: else the root attribute; scene fields: multi-scene regions)
+OPTIONAL_FIELDS: tuple[str, ...] = ("urban_rural", "scene", "provider", "polarization", "cell", "registration_flagged")
+STR_FIELDS = {"id", "sar_datetime", "eo_datetime", "sar_item", "split", "urban_rural", "scene", "provider",
+              "polarization", "cell"}
 URBAN_RURAL = ("urban", "rural", "unknown")  # "unknown": labels.json had no decision
 
 
@@ -266,6 +268,9 @@ def patch_table(metas: list[StoreMeta], classes: list[LegendClass], index_dir: P
             "nonres_share": a["nonres_share"].astype(np.float32),
             "valid_share": a["valid_share"].astype(np.float32),
             "valid_px": valid_px,
+            **{k: (a[k] if k in a else np.full(m.n, default, dtype=object if isinstance(default, str) else bool))
+               for k, default in (("scene", ""), ("provider", ""), ("polarization", ""), ("cell", ""),
+                                  ("registration_flagged", False))},
             "dominant_class": dominant.astype(np.int16),
             "dominant_class_name": [classes[d].name if d >= 0 else "" for d in dominant],
         }

@@ -50,10 +50,19 @@ class RegionFiles:
         return out
 
 
+def _scenes(meta: StoreMeta) -> list[dict[str, Any]]:
+    """The SAR scenes a store was cut from (its ``scenes`` attribute; older stores: provenance.sar)."""
+    scenes = meta.attrs.get("scenes")
+    if isinstance(scenes, list):
+        return [s for s in scenes if isinstance(s, dict)]
+    sar = (meta.attrs.get("provenance") or {}).get("sar")
+    return [sar] if isinstance(sar, dict) else []
+
+
 def _providers(metas: list[StoreMeta]):
     import pystac
 
-    sar = sorted({str((m.attrs.get("provenance") or {}).get("sar", {}).get("provider", "")).lower() for m in metas})
+    sar = sorted({str(sc.get("provider", "")).lower() for m in metas for sc in _scenes(m)})
     out = []
     for key in sar:
         src = sar_source(key)
@@ -177,6 +186,8 @@ def build_collection(
             "sareo:urban_rural": m.attrs.get("urban_rural"),
             "sareo:calibrated": bool(sub["calibrated"].all()) if len(sub) else None,
             "sareo:splits": {k: v for k, v in (m.attrs.get("splits") or {}).items() if k != "counts"},
+            "sareo:scenes": [{k: sc.get(k) for k in ("id", "item_id", "provider", "product", "polarization",
+                                                     "datetime", "calibrated")} for sc in _scenes(m)],
         }
         for kind in ("sar", "eo"):
             r = _dt_range(sub[f"{kind}_datetime"])
