@@ -48,6 +48,8 @@ class SplitsParams:
                                  "patches of different splits are then >= 2 x buffer_m apart")
     patch_m: float = param(128.0, "lattice: typical patch footprint edge (m, 256 px x 0.5 m) the block shares "
                                   "are corrected for (minority splits lose more patches at block edges); 0 = none")
+    max_trim: float = param(0.1, "lattice: largest share of a region's kept patches thinned out of the splits "
+                                 "in surplus to bring the shares within tolerance (0 = never thin)")
     block_patches: int = param(8, "blocks: largest block width in patch strides (8 x 128 px = 1024 px)")
     min_block_patches: int = param(2, "blocks: smaller blocks are tried, largest first, only until the ratios "
                                       "are met")
@@ -66,6 +68,8 @@ class SplitsParams:
         if not (math.isfinite(self.patch_m) and 0 <= self.patch_m + 2 * self.buffer_m < self.block_m / 2):
             raise ValueError(f"patch_m: {self.patch_m!r}; expected metres >= 0 with patch_m + 2 x buffer_m "
                              "below block_m / 2")
+        if not 0 <= self.max_trim <= 1:
+            raise ValueError(f"max_trim: {self.max_trim!r}; expected a share in [0, 1]")
         if not 0 <= self.tolerance < 1:
             raise ValueError(f"tolerance: {self.tolerance!r}; expected a share in [0, 1)")
         if self.block_patches < 1:
@@ -391,11 +395,11 @@ def check_boxes(lon_min, lat_min, lon_max, lat_max) -> tuple[np.ndarray, ...]:
     for name, a, lim in zip(names, arrs, (180, 90, 180, 90)):
         bad = np.flatnonzero(~np.isfinite(a) | (np.abs(a) > lim))
         if len(bad):
-            raise SplitError(f"{name}[{bad[0]}] = {a[bad[0]]!r}; expected a finite value in [-{lim}, {lim}]")
+            raise SplitError(f"{name}[{bad[0]}] = {float(a[bad[0]])!r}; expected a finite value in [-{lim}, {lim}]")
     for lo, hi, a, b in ((0, 2, arrs[0], arrs[2]), (1, 3, arrs[1], arrs[3])):
         bad = np.flatnonzero(a >= b)
         if len(bad):
-            raise SplitError(f"patch {bad[0]}: {names[lo]} {a[bad[0]]!r} >= {names[hi]} {b[bad[0]]!r}; "
+            raise SplitError(f"patch {bad[0]}: {names[lo]} {float(a[bad[0]])!r} >= {names[hi]} {float(b[bad[0]])!r}; "
                              "expected a box of positive area")
     return arrs
 
@@ -484,16 +488,76 @@ def lattice_split(lon_min, lat_min, lon_max, lat_max, p: SplitsParams) -> tuple[
     shares = block_shares(tuple(float(r) for r in p.ratios), (p.patch_m + 2 * p.buffer_m) / p.block_m)
     grown = grow_boxes(lon_min, lat_min, lon_max, lat_max, p.buffer_m)
     owner, band, col = footprint_blocks(*grown, p.block_m)
-    keys, inv = np.unique(np.stack([band, col], axis=1), axis=0, return_inverse=True)
-    codes = lattice_codes(keys[:, 0], keys[:, 1], p.seed, shares)[np.ravel(inv)] if len(keys) else np.zeros(0, np.int8)
+    # one int64 key per block (|band| < 2^22 and |col| < 2^31 for any block_m >= 10 m)
+    _, first, inv = np.unique(band * (1 << 32) + col, return_index=True, return_inverse=True)
+    codes = lattice_codes(band[first], col[first], p.seed, shares)[inv]
     lo = np.full(n, 127, np.int8)
     hi = np.full(n, -1, np.int8)
     np.minimum.at(lo, owner, codes)
     np.maximum.at(hi, owner, codes)
     split = np.where(lo == hi, lo, DROPPED).astype(np.int8)
     extra = {"block_m": float(p.block_m), "patch_m": float(p.patch_m), "buffer_m": float(p.buffer_m),
-             "block_shares": list(shares), "blocks": int(len(keys))}
+             "block_shares": list(shares), "blocks": int(len(first))}
     return split, extra
+
+
+def ground_rank(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """A pseudo-random rank of each position from its coordinates (to ~1 cm) and the seed: input order does not matter."""
+    with np.errstate(over="ignore"):
+        h = (np.round(np.asarray(x) * 1e7).astype(np.int64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             ^ np.round(np.asarray(y) * 1e7).astype(np.int64).view(np.uint64))
+        h = h + np.uint64(int.from_bytes(hashlib.sha256(f"sareo.splits.trim:{int(seed)}".encode()).digest()[:8], "big"))
+        for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):  # splitmix64 finaliser
+            h = (h ^ (h >> np.uint64(shift))) * np.uint64(mult)
+        return h ^ (h >> np.uint64(31))
+
+
+def trim_counts(counts: np.ndarray, ratios: np.ndarray, tolerance: float) -> np.ndarray | None:
+    """Largest per-split counts <= ``counts`` whose shares are all within ``tolerance`` of ``ratios`` (None: none exist)."""
+    counts = np.asarray(counts, np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return counts
+    tol = max(tolerance - 1e-9, 0.0)
+    t = np.arange(total, 0, -1, dtype=np.int64)[:, None]  # candidate totals, largest first
+    lo = np.ceil(np.maximum(ratios - tol, 0) * t - 1e-9).astype(np.int64)
+    hi = np.minimum(counts, np.floor((ratios + tol) * t + 1e-9).astype(np.int64))
+    ok = (lo <= hi).all(axis=1) & (lo.sum(axis=1) <= t[:, 0]) & (hi.sum(axis=1) >= t[:, 0])
+    if not ok.any():
+        return None
+    i = int(np.argmax(ok))
+    total_new, lo, hi = int(t[i, 0]), lo[i], hi[i]
+    new = np.clip(np.round(ratios * total_new).astype(np.int64), lo, hi)
+    while new.sum() != total_new:  # move single patches towards the ratios, within the bounds
+        gap = new - ratios * total_new
+        if new.sum() > total_new:
+            k = int(np.argmax(np.where(new > lo, gap, -np.inf)))
+            new[k] -= 1
+        else:
+            k = int(np.argmin(np.where(new < hi, gap, np.inf)))
+            new[k] += 1
+    return new
+
+
+def trim_to_tolerance(split: np.ndarray, ratios: np.ndarray, tolerance: float, max_trim: float,
+                      rank: np.ndarray) -> tuple[np.ndarray, int]:
+    """Thin the splits in surplus (lowest ``rank`` first) until every share is within tolerance.
+
+    Dropping a patch never creates a leak, so this per-region step keeps the ground rule intact;
+    it is skipped when it would drop more than ``max_trim`` of the kept patches.
+    """
+    counts = np.bincount(split[split >= 0], minlength=len(ratios))
+    if share_error(split, ratios) <= tolerance or max_trim <= 0:
+        return split, 0
+    new = trim_counts(counts, ratios, tolerance)
+    if new is None or counts.sum() - new.sum() > max_trim * counts.sum():
+        return split, 0
+    out = split.copy()
+    for k in np.flatnonzero(new < counts):
+        members = np.flatnonzero(split == k)
+        order = np.lexsort((members, rank[members]))
+        out[members[order[: counts[k] - new[k]]]] = DROPPED
+    return out, int(counts.sum() - new.sum())
 
 
 def split_footprints(lon_min, lat_min, lon_max, lat_max, p: SplitsParams | None = None) -> SplitResult:
@@ -514,8 +578,13 @@ def split_footprints(lon_min, lat_min, lon_max, lat_max, p: SplitsParams | None 
         report: dict[str, Any] = {"method": "random", "leaky": True, "buffer_m": float(p.buffer_m)}
     else:
         split, extra = lattice_split(*boxes, p)
+        before = share_error(split, ratios)
+        split, trimmed = trim_to_tolerance(split, ratios, p.tolerance, p.max_trim,
+                                           ground_rank(boxes[0] + boxes[2], boxes[1] + boxes[3], p.seed))
+        extra.update({"max_share_error_before_trim": round(before, 6), "dropped_to_balance": trimmed})
         report = {"method": "lattice", "leaky": False, **extra}
     report.update(_summary(split, ratios, p))
+    report["dropped_by_buffer"] -= int(report.get("dropped_to_balance", 0))  # edge drops only
     report["audit"] = audit_footprints(*boxes, split, p.buffer_m)
     return SplitResult(split.astype(np.int8), report)
 
@@ -539,13 +608,14 @@ def audit_footprints(lon_min, lat_min, lon_max, lat_max, split, buffer_m: float 
     idx = np.flatnonzero(split >= 0)
     x0, y0, x1, y1 = (a[idx] for a in grow_boxes(*(b for b in boxes), buffer_m))
     s = split[idx]
-    tree = shapely.STRtree(shapely.box(x0, y0, x1, y1))
+    geoms = shapely.box(x0, y0, x1, y1)
+    tree = shapely.STRtree(geoms)
     pairs = overlapping = 0
     involved: set[int] = set()
     examples: list[list[int]] = []
     for start in range(0, len(idx), chunk):
         q = np.arange(start, min(start + chunk, len(idx)))
-        a, b = tree.query(shapely.box(x0[q], y0[q], x1[q], y1[q]), predicate="intersects")
+        a, b = tree.query(geoms[q])  # envelopes that meet; for boxes, boxes that meet
         a = q[a]
         m = b > a
         a, b = a[m], b[m]
