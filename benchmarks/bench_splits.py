@@ -5,6 +5,8 @@ Every figure is computed from the grid alone (pipeline.grid.grid_for_bbox + patc
 256/128 px), as the patches stage would plan it before any data: every planned patch is a
 candidate (no nodata). The SAR2Earth boxes are illustrative AOIs, not the region files.
 
+0. Three rules giving blocks splits from their coordinates (the lattice's rank-1 rule, groups of
+   2 x 5 blocks with 7/1/2 each, independent draws): area shares in random windows of 40 blocks.
 1. Share of candidate patches lost to block boundaries (patches whose footprint meets blocks of
    two splits) and the resulting shares, vs block_m, at 0.3 / 0.5 / 0.6 m GSD, on 12 x 12 km
    regions at 10, 45 and 60 degrees.
@@ -66,6 +68,54 @@ def area_m2(bbox) -> float:
 
 def box_of(lon, lat, w_m, h_m):
     return (lon, lat, lon + w_m / (EARTH_M_PER_DEG * math.cos(math.radians(lat))), lat + h_m / EARTH_M_PER_DEG)
+
+
+def assignment_rules(n_windows=300, n_blocks=40, seed=7):
+    """Area shares in random windows of n_blocks for three ways to give blocks splits from their coordinates."""
+    import hashlib
+
+    from pipeline.splits import lattice_codes
+
+    def h(*key) -> int:
+        return int.from_bytes(hashlib.sha256("/".join(map(str, key)).encode()).digest()[:8], "big")
+
+    def groups(b, c, s):  # groups of 2 bands x 5 columns, 7/1/2 each by a hashed permutation
+        out = np.empty(b.shape, np.int64)
+        labels = np.repeat(np.arange(3), [7, 1, 2])
+        for i, (bb, cc) in enumerate(zip(b.ravel().tolist(), c.ravel().tolist())):
+            gb, gc = bb // 2, cc // 5
+            order = sorted(range(10), key=lambda k: h(s, gb, gc, k))
+            out.flat[i] = labels[order.index((bb - 2 * gb) * 5 + cc - 5 * gc)]
+        return out
+
+    def independent(b, c, s):
+        u = np.array([h(s, bb, cc) / 2**64 for bb, cc in zip(b.ravel().tolist(), c.ravel().tolist())])
+        return np.searchsorted(np.cumsum(RATIOS)[:-1], u, side="right").reshape(b.shape)
+
+    rules = {"lattice (R2 rank-1)": lambda b, c, s: lattice_codes(b, c, s, tuple(RATIOS)),
+             "groups of 2 x 5": groups, "independent": independent}
+    rng = np.random.default_rng(seed)
+    wins = []
+    for _ in range(n_windows):
+        w = math.sqrt(n_blocks * rng.uniform(1, 2.5))
+        h_ = n_blocks / w
+        wins.append((*rng.uniform(-5000, 5000, 2), *((w, h_) if rng.random() < 0.5 else (h_, w)),
+                     int(rng.integers(10**6))))
+    print(f"\n0. block assignment rules: area shares in {n_windows} random windows of {n_blocks} blocks "
+          "(8 x 8 samples per block)")
+    for name, rule in rules.items():
+        errs = []
+        for x0, y0, w, h_, s in wins:
+            c = np.floor(x0 + (np.arange(int(w * 8)) + 0.5) / 8).astype(np.int64)
+            b = np.floor(y0 + (np.arange(int(h_ * 8)) + 0.5) / 8).astype(np.int64)
+            ub, bi = np.unique(b, return_inverse=True)
+            uc, ci = np.unique(c, return_inverse=True)
+            bb, cc = np.meshgrid(ub, uc, indexing="ij")
+            codes = rule(bb, cc, s)[bi[:, None], ci[None, :]]
+            errs.append(np.abs(np.bincount(codes.ravel(), minlength=3) / codes.size - RATIOS).max())
+        e = np.array(errs)
+        print(f"  {name:20}: beyond 3 points {np.mean(e > 0.03) * 100:5.1f} % of windows, median error "
+              f"{np.median(e) * 100:.1f}, max {e.max() * 100:.1f} points")
 
 
 def lost_vs_block_m(block_ms, gsds, lats, side_m=12_000.0):
@@ -173,6 +223,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.getLogger("sareo.splits").setLevel(logging.ERROR)  # regions out of tolerance are counted below
     t0 = time.perf_counter()
+    assignment_rules()
     lost_vs_block_m([500, 750, 1000, 1500, 2000], [0.3, 0.5, 0.6], [10, 45, 60])
     ratios_vs_blocks(args.block_m, [40, 80, 160], [0.3, 0.5, 0.6], [10, 45, 60], 3 if args.quick else 8)
     fails = regions_table(AOIS, lambda n: 0.5, args.block_m)

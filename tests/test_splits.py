@@ -244,8 +244,11 @@ def test_footprint_blocks_tile_the_ground():
 
 
 @pytest.mark.parametrize("lat,gsd", [(10.0, 0.5), (45.0, 0.3), (60.0, 0.6), (-23.0, 0.5)])
-def test_lattice_ratios_within_3_points_for_regions_of_80_blocks(lat, gsd):
-    """Regions of 80 blocks (1 km): 7:1:2 within 3 points before any thinning, at several latitudes and GSDs."""
+def test_lattice_ratios_within_3_points_on_sampled_regions_of_80_blocks(lat, gsd):
+    """Sampled regions of 80 blocks (1 km) at several latitudes and GSDs: 7:1:2 within 3 points before any thinning.
+
+    Not every region of 80 blocks does (about 90 % do, benchmarks/bench_splits.py); these seeded ones must.
+    """
     rng = np.random.default_rng(int(abs(lat) * 10 + gsd * 100))
     for _ in range(2):
         w = np.sqrt(80e6 * rng.uniform(1, 2))
@@ -256,7 +259,8 @@ def test_lattice_ratios_within_3_points_for_regions_of_80_blocks(lat, gsd):
 
 
 @pytest.mark.parametrize("lat", [10.0, 45.0, 60.0])
-def test_lattice_ratios_within_3_points_for_regions_of_40_blocks_after_thinning(lat):
+def test_lattice_ratios_within_3_points_on_sampled_regions_of_40_blocks_after_thinning(lat):
+    """About 96 % of regions of 40 blocks get within 3 points after thinning at most 10 % (bench_splits.py)."""
     rng = np.random.default_rng(int(lat))
     errs = []
     for _ in range(4):
