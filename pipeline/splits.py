@@ -1,16 +1,22 @@
-"""Train/val/test splits of overlapping patches without spatial leakage, and the audit that proves it.
+"""Train/val/test splits of overlapping patches without spatial leakage, and the audits that prove it.
 
 With 256 px patches at stride 128 every interior patch overlaps 8 neighbours, so a plain random
-split puts training pixels inside almost every test patch. The ``blocks`` method assigns square
-spatial blocks (``block_patches`` strides wide) to splits with a seeded greedy procedure, then drops
-patches whose footprint would overlap a patch of another split. ``audit`` checks the result
-independently, pair by pair, on the footprints. ``random`` reproduces the paper's leaky split.
+split puts training pixels inside almost every test patch. The ``lattice`` method splits the
+*ground*: a lattice of blocks fixed in metres on the globe (independent of any region, scene or
+pixel grid) is assigned to splits from the blocks' own coordinates and the seed, and a patch takes
+the split of the blocks its footprint covers when they all agree (else it is dropped). Patches of
+different splits therefore never share ground, across regions and scenes. ``audit_footprints``
+checks that independently on the lon/lat boxes. ``random`` reproduces the paper's leaky split.
+``blocks`` (blocks on one region's pixel grid, ``split_patches``/``audit``) is the previous
+per-region method, kept until the patches stage uses ``split_footprints``.
 
 Everything here is pure: arrays in, arrays and plain dicts out; no I/O.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -29,21 +35,43 @@ DROPPED = -1
 
 @dataclass(frozen=True)
 class SplitsParams:
-    """How patches are assigned to train/val/test (blocks: leak-free; random: the paper's, leaky)."""
+    """How patches are assigned to train/val/test (lattice: leak-free across regions; random: LEAKS)."""
 
     section: ClassVar[str] = "splits"
-    method: Literal["blocks", "random"] = param("blocks", "blocks (leak-free) | random (the paper's split: LEAKS)")
-    seed: int = param(0, "seed of the block shuffle (or of the random split)")
-    block_patches: int = param(8, "largest block width in patch strides (8 x 128 px = 1024 px)")
-    min_block_patches: int = param(2, "smaller blocks are tried, largest first, only until the ratios are met")
+    method: Literal["lattice", "blocks", "random"] = param(
+        "lattice", "lattice (ground blocks fixed on the globe: leak-free across regions and scenes) | "
+        "blocks (per-region pixel blocks, being retired) | random (the paper's split: LEAKS)")
+    seed: int = param(0, "seed of the block assignment (or of the random split)")
+    block_m: float = param(1000.0, "lattice: block edge on the ground, metres (bands of block_m, columns of "
+                                   "block_m at the band's centre latitude)")
+    buffer_m: float = param(0.0, "lattice: ground around each patch (metres) that must be of its own split; "
+                                 "patches of different splits are then >= 2 x buffer_m apart")
+    patch_m: float = param(128.0, "lattice: typical patch footprint edge (m, 256 px x 0.5 m) the block shares "
+                                  "are corrected for (minority splits lose more patches at block edges); 0 = none")
+    max_trim: float = param(0.1, "lattice: largest share of a region's kept patches thinned out of the splits "
+                                 "in surplus to bring the shares within tolerance (0 = never thin)")
+    block_patches: int = param(8, "blocks: largest block width in patch strides (8 x 128 px = 1024 px)")
+    min_block_patches: int = param(2, "blocks: smaller blocks are tried, largest first, only until the ratios "
+                                      "are met")
     ratios: tuple[float, float, float] = param((0.7, 0.1, 0.2), "train, val, test shares by patch count")
     tolerance: float = param(0.03, "allowed |share - ratio| per split, after buffer drops")
-    buffer_px: int = param(0, "extra gap between footprints of different splits (0 = no shared pixel)")
-    tries: int = param(100, "seeded block shuffles tried; the one closest to the ratios wins")
+    buffer_px: int = param(0, "blocks: extra gap between footprints of different splits (0 = no shared pixel)")
+    tries: int = param(100, "blocks: seeded block shuffles tried; the one closest to the ratios wins")
 
     def __post_init__(self) -> None:
         if min(self.ratios) < 0 or not math.isclose(sum(self.ratios), 1.0, abs_tol=1e-6):
             raise ValueError(f"ratios: {list(self.ratios)!r}; expected three non-negative numbers summing to 1")
+        if not (math.isfinite(self.block_m) and self.block_m >= 10):
+            raise ValueError(f"block_m: {self.block_m!r}; expected a number of metres >= 10")
+        if not (math.isfinite(self.buffer_m) and 0 <= self.buffer_m < self.block_m / 2):
+            raise ValueError(f"buffer_m: {self.buffer_m!r}; expected metres >= 0 and below block_m / 2")
+        if not (math.isfinite(self.patch_m) and 0 <= self.patch_m + 2 * self.buffer_m < self.block_m / 2):
+            raise ValueError(f"patch_m: {self.patch_m!r}; expected metres >= 0 with patch_m + 2 x buffer_m "
+                             "below block_m / 2")
+        if not 0 <= self.max_trim <= 1:
+            raise ValueError(f"max_trim: {self.max_trim!r}; expected a share in [0, 1]")
+        if not 0 <= self.tolerance < 1:
+            raise ValueError(f"tolerance: {self.tolerance!r}; expected a share in [0, 1)")
         if self.block_patches < 1:
             raise ValueError(f"block_patches: {self.block_patches!r}; expected an integer >= 1")
         if not 1 <= self.min_block_patches <= self.block_patches:
@@ -106,29 +134,31 @@ def split_patches(
                 break
         split, extra, _ = best
         report = {"method": "blocks", "leaky": False, **extra, "block_sizes_tried": tried}
+    report.update(_summary(split, ratios, p))
+    report.update({"buffer_px": int(p.buffer_px), "audit": audit(rows, cols, split, size, int(p.buffer_px))})
+    return SplitResult(split.astype(np.int8), report)
+
+
+def _summary(split: np.ndarray, ratios: np.ndarray, p: SplitsParams) -> dict[str, Any]:
+    """Seed, ratios, counts, shares and the share error of a split (a warning when out of tolerance)."""
     counts = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
     kept = max(sum(counts.values()), 1)
     shares = {name: round(counts[name] / kept, 6) for name in SPLITS}
     err = share_error(split, ratios)
-    audit_res = audit(rows, cols, split, size, int(p.buffer_px))
-    report.update(
-        {
-            "seed": seed,
-            "ratios": [float(r) for r in ratios],
-            "tolerance": float(p.tolerance),
-            "candidates": int(len(rows)),
-            "counts": counts,
-            "shares": shares,
-            "max_share_error": round(float(err), 6),
-            "within_tolerance": bool(err <= float(p.tolerance) + 1e-12),
-            "dropped_by_buffer": int((split == DROPPED).sum()),
-            "buffer_px": int(p.buffer_px),
-            "audit": audit_res,
-        }
-    )
-    if not report["within_tolerance"]:
+    within = bool(err <= float(p.tolerance) + 1e-12)
+    if not within:
         log.warning("split shares %s miss ratios %s by %.3f (> %.3f)", shares, list(ratios), err, p.tolerance)
-    return SplitResult(split.astype(np.int8), report)
+    return {
+        "seed": int(p.seed),
+        "ratios": [float(r) for r in ratios],
+        "tolerance": float(p.tolerance),
+        "candidates": int(len(split)),
+        "counts": counts,
+        "shares": shares,
+        "max_share_error": round(float(err), 6),
+        "within_tolerance": within,
+        "dropped_by_buffer": int((split == DROPPED).sum()),
+    }
 
 
 def share_error(split: np.ndarray, ratios: np.ndarray) -> float:
@@ -308,4 +338,303 @@ def audit(rows: np.ndarray, cols: np.ndarray, split: np.ndarray, size: int, buff
         "buffer_px": int(buffer_px),
         "checked": int(n),
         "examples": examples,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# lattice: splits by ground, the same for every region, scene and pixel grid
+
+EARTH_M_PER_DEG = math.pi * 6_371_008.8 / 180  # metres per degree on the mean Earth sphere (IUGG R1)
+_EDGE = 1e-9  # a box within 1e-9 block of a block edge counts as crossing it: float noise can only drop
+# Lattice codes: u(band, col) = offset(seed) + band * A + col * B (mod 2^64), A and B the R2
+# low-discrepancy steps (1/g and 1/g^2, g the plastic number) in 64-bit fixed point. Integer
+# arithmetic makes the code of a block exact on every machine; the low discrepancy makes any
+# window of blocks close to the target shares (far closer than blocks drawn independently).
+_STEP_BAND = np.uint64(round(0.7548776662466927 * 2**64))
+_STEP_COL = np.uint64(round(0.5698402909980532 * 2**64))
+_MAX_PAIRS = 50_000_000  # (patch, block) pairs: a bound on memory for footprints far wider than blocks
+
+
+def _round_sig(x: np.ndarray) -> np.ndarray:
+    """Round to 12 significant digits, so a last-bit difference of cos() between platforms cannot move an edge."""
+    return np.array([float(f"{v:.12g}") for v in np.asarray(x, float).ravel()]).reshape(np.shape(x))
+
+
+def band_height_deg(block_m: float) -> float:
+    """Latitude height of every lattice band: ``block_m`` at a fixed EARTH_M_PER_DEG metres per degree."""
+    return float(_round_sig(np.array(block_m / EARTH_M_PER_DEG)))
+
+
+def column_width_deg(bands: np.ndarray, block_m: float) -> np.ndarray:
+    """Longitude width of the columns of each band: ``block_m`` at the band's centre latitude (<= 360)."""
+    dlat = band_height_deg(block_m)
+    centre = np.clip((np.asarray(bands, np.float64) + 0.5) * dlat, -89.999, 89.999)
+    return np.minimum(_round_sig(block_m / (EARTH_M_PER_DEG * np.cos(np.radians(centre)))), 360.0)
+
+
+def grow_boxes(lon_min, lat_min, lon_max, lat_max, buffer_m: float) -> tuple[np.ndarray, ...]:
+    """Boxes grown by ``buffer_m`` metres on every side (longitude at the box's latitude furthest from the equator)."""
+    boxes = tuple(np.asarray(a, np.float64) for a in (lon_min, lat_min, lon_max, lat_max))
+    if buffer_m <= 0:
+        return boxes
+    x0, y0, x1, y1 = boxes
+    dlat = buffer_m / EARTH_M_PER_DEG
+    far = np.minimum(np.maximum(np.abs(y0), np.abs(y1)) + dlat, 89.999)
+    dlon = buffer_m / (EARTH_M_PER_DEG * np.cos(np.radians(far)))
+    return (np.maximum(x0 - dlon, -180.0), np.maximum(y0 - dlat, -90.0), np.minimum(x1 + dlon, 180.0),
+            np.minimum(y1 + dlat, 90.0))
+
+
+def check_boxes(lon_min, lat_min, lon_max, lat_max) -> tuple[np.ndarray, ...]:
+    """The four arrays as float64, or SplitError naming the array and the first bad patch."""
+    names = ("lon_min", "lat_min", "lon_max", "lat_max")
+    arrs = tuple(np.asarray(a, np.float64) for a in (lon_min, lat_min, lon_max, lat_max))
+    if any(a.ndim != 1 for a in arrs) or len({a.shape for a in arrs}) != 1:
+        raise SplitError(f"lon_min/lat_min/lon_max/lat_max: shapes {[a.shape for a in arrs]}; "
+                         "expected four 1-D arrays of equal length")
+    for name, a, lim in zip(names, arrs, (180, 90, 180, 90)):
+        bad = np.flatnonzero(~np.isfinite(a) | (np.abs(a) > lim))
+        if len(bad):
+            raise SplitError(f"{name}[{bad[0]}] = {float(a[bad[0]])!r}; expected a finite value in [-{lim}, {lim}]")
+    for lo, hi, a, b in ((0, 2, arrs[0], arrs[2]), (1, 3, arrs[1], arrs[3])):
+        bad = np.flatnonzero(a >= b)
+        if len(bad):
+            raise SplitError(f"patch {bad[0]}: {names[lo]} {float(a[bad[0]])!r} >= {names[hi]} {float(b[bad[0]])!r}; "
+                             "expected a box of positive area")
+    return arrs
+
+
+def footprint_blocks(lon_min, lat_min, lon_max, lat_max, block_m: float) -> tuple[np.ndarray, ...]:
+    """(patch index, band, column) of every lattice block each box meets with positive area.
+
+    Band ``b`` spans latitudes [b, b+1) x band_height_deg; its column ``c`` spans longitudes
+    [c, c+1) x column_width_deg(b). Blocks tile the globe, so a box lies in the union of its blocks.
+    """
+    x0, y0, x1, y1 = (np.asarray(a, np.float64) for a in (lon_min, lat_min, lon_max, lat_max))
+    dlat = band_height_deg(block_m)
+    b0 = np.floor(y0 / dlat - _EDGE).astype(np.int64)
+    b1 = np.ceil(y1 / dlat + _EDGE).astype(np.int64) - 1
+    owner, band, col = [], [], []
+    total = 0
+    for k in range(int((b1 - b0).max(initial=-1)) + 1):
+        rows = np.flatnonzero(b0 + k <= b1)
+        bb = b0[rows] + k
+        ub, inv = np.unique(bb, return_inverse=True)
+        w = column_width_deg(ub, block_m)[inv]
+        c0 = np.floor(x0[rows] / w - _EDGE).astype(np.int64)
+        c1 = np.ceil(x1[rows] / w + _EDGE).astype(np.int64) - 1
+        total += int((c1 - c0 + 1).sum())
+        if total > _MAX_PAIRS:
+            raise SplitError(f"footprints meet more than {_MAX_PAIRS} lattice blocks in all: block_m {block_m} "
+                             "is far smaller than the patches")
+        for j in range(int((c1 - c0).max(initial=-1)) + 1):
+            m = c0 + j <= c1
+            owner.append(rows[m])
+            band.append(bb[m])
+            col.append(c0[m] + j)
+    if not owner:
+        return tuple(np.zeros(0, np.int64) for _ in range(3))
+    return np.concatenate(owner), np.concatenate(band), np.concatenate(col)
+
+
+@functools.lru_cache(maxsize=64)
+def block_shares(ratios: tuple[float, ...], lam: float) -> tuple[float, ...]:
+    """Shares of ground blocks per split so that *patches* come out in ``ratios`` at footprint ``lam``.
+
+    A patch of edge ``lam`` (in block edges) crossing into a block of another split is dropped,
+    and val/test blocks border foreign blocks far more often than train blocks do, so equal
+    block shares would give train about 4 points too many patches (block 1 km, patch 128 m). The
+    model: a patch lies in one block w.p. (1-lam)^2, crosses one edge w.p. 2 lam (1-lam), a corner
+    w.p. lam^2, and is kept when its column, band and diagonal neighbours (u+B, u+A, u+A+B on
+    the lattice) are of its split; fixed-point iteration. Deterministic: an even grid of codes.
+    """
+    r = np.asarray(ratios, np.float64)
+    if lam <= 0:
+        return tuple(float(v) for v in r)
+    u = (np.arange(20_000) + 0.5) / 20_000
+    a, b = float(_STEP_BAND) / 2**64, float(_STEP_COL) / 2**64
+    q = r.copy()
+    for _ in range(60):
+        edges = np.cumsum(q)[:-1]
+        lab = [np.searchsorted(edges, np.mod(u + d, 1.0), side="right") for d in (0.0, b, a, a + b)]
+        keep = np.ones(len(r))
+        for k in np.flatnonzero(r > 0):
+            m = lab[0] == k
+            if not m.any():
+                continue
+            h, v = (lab[1][m] == k).mean(), (lab[2][m] == k).mean()
+            d = ((lab[1][m] == k) & (lab[2][m] == k) & (lab[3][m] == k)).mean()
+            keep[k] = (1 - lam) ** 2 + lam * (1 - lam) * (h + v) + lam**2 * d
+        q = r / keep
+        q = q / q.sum()
+    return tuple(round(float(v), 6) for v in q)
+
+
+def lattice_codes(band: np.ndarray, col: np.ndarray, seed: int, shares: tuple[float, ...]) -> np.ndarray:
+    """Split index of each lattice block, from its (band, column), the seed and the block shares only."""
+    offset = int.from_bytes(hashlib.sha256(f"sareo.splits.lattice:{int(seed)}".encode()).digest()[:8], "big")
+    b = np.asarray(band, np.int64).view(np.uint64)
+    c = np.asarray(col, np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        u = np.uint64(offset) + b * _STEP_BAND + c * _STEP_COL  # wraps mod 2^64, exactly
+    cum = np.cumsum(np.asarray(shares, np.float64))[:-1]
+    edges = np.array([min(int(round(v * 2**64)), 2**64 - 1) for v in cum], dtype=np.uint64)
+    return np.searchsorted(edges, u, side="right").astype(np.int8)
+
+
+def lattice_split(lon_min, lat_min, lon_max, lat_max, p: SplitsParams) -> tuple[np.ndarray, dict[str, Any]]:
+    """Each box (grown by buffer_m) gets the split of all the blocks it meets, or DROPPED when they differ."""
+    n = len(np.asarray(lon_min))
+    shares = block_shares(tuple(float(r) for r in p.ratios), (p.patch_m + 2 * p.buffer_m) / p.block_m)
+    grown = grow_boxes(lon_min, lat_min, lon_max, lat_max, p.buffer_m)
+    owner, band, col = footprint_blocks(*grown, p.block_m)
+    # one int64 key per block (|band| < 2^22 and |col| < 2^31 for any block_m >= 10 m)
+    _, first, inv = np.unique(band * (1 << 32) + col, return_index=True, return_inverse=True)
+    codes = lattice_codes(band[first], col[first], p.seed, shares)[inv]
+    lo = np.full(n, 127, np.int8)
+    hi = np.full(n, -1, np.int8)
+    np.minimum.at(lo, owner, codes)
+    np.maximum.at(hi, owner, codes)
+    split = np.where(lo == hi, lo, DROPPED).astype(np.int8)
+    extra = {"block_m": float(p.block_m), "patch_m": float(p.patch_m), "buffer_m": float(p.buffer_m),
+             "block_shares": list(shares), "blocks": int(len(first))}
+    return split, extra
+
+
+def ground_rank(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """A pseudo-random rank of each position from its coordinates (to ~1 cm) and the seed: input order does not matter."""
+    with np.errstate(over="ignore"):
+        h = (np.round(np.asarray(x) * 1e7).astype(np.int64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             ^ np.round(np.asarray(y) * 1e7).astype(np.int64).view(np.uint64))
+        h = h + np.uint64(int.from_bytes(hashlib.sha256(f"sareo.splits.trim:{int(seed)}".encode()).digest()[:8], "big"))
+        for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):  # splitmix64 finaliser
+            h = (h ^ (h >> np.uint64(shift))) * np.uint64(mult)
+        return h ^ (h >> np.uint64(31))
+
+
+def trim_counts(counts: np.ndarray, ratios: np.ndarray, tolerance: float) -> np.ndarray | None:
+    """Largest per-split counts <= ``counts`` whose shares are all within ``tolerance`` of ``ratios`` (None: none exist)."""
+    counts = np.asarray(counts, np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return counts
+    tol = max(tolerance - 1e-9, 0.0)
+    t = np.arange(total, 0, -1, dtype=np.int64)[:, None]  # candidate totals, largest first
+    lo = np.ceil(np.maximum(ratios - tol, 0) * t - 1e-9).astype(np.int64)
+    hi = np.minimum(counts, np.floor((ratios + tol) * t + 1e-9).astype(np.int64))
+    ok = (lo <= hi).all(axis=1) & (lo.sum(axis=1) <= t[:, 0]) & (hi.sum(axis=1) >= t[:, 0])
+    if not ok.any():
+        return None
+    i = int(np.argmax(ok))
+    total_new, lo, hi = int(t[i, 0]), lo[i], hi[i]
+    new = np.clip(np.round(ratios * total_new).astype(np.int64), lo, hi)
+    while new.sum() != total_new:  # move single patches towards the ratios, within the bounds
+        gap = new - ratios * total_new
+        if new.sum() > total_new:
+            k = int(np.argmax(np.where(new > lo, gap, -np.inf)))
+            new[k] -= 1
+        else:
+            k = int(np.argmin(np.where(new < hi, gap, np.inf)))
+            new[k] += 1
+    return new
+
+
+def trim_to_tolerance(split: np.ndarray, ratios: np.ndarray, tolerance: float, max_trim: float,
+                      rank: np.ndarray) -> tuple[np.ndarray, int]:
+    """Thin the splits in surplus (lowest ``rank`` first) until every share is within tolerance.
+
+    Dropping a patch never creates a leak, so this per-region step keeps the ground rule intact;
+    it is skipped when it would drop more than ``max_trim`` of the kept patches.
+    """
+    counts = np.bincount(split[split >= 0], minlength=len(ratios))
+    if share_error(split, ratios) <= tolerance or max_trim <= 0:
+        return split, 0
+    new = trim_counts(counts, ratios, tolerance)
+    if new is None or counts.sum() - new.sum() > max_trim * counts.sum():
+        return split, 0
+    out = split.copy()
+    for k in np.flatnonzero(new < counts):
+        members = np.flatnonzero(split == k)
+        order = np.lexsort((members, rank[members]))
+        out[members[order[: counts[k] - new[k]]]] = DROPPED
+    return out, int(counts.sum() - new.sum())
+
+
+def split_footprints(lon_min, lat_min, lon_max, lat_max, p: SplitsParams | None = None) -> SplitResult:
+    """Assign patches, given as lon/lat footprint boxes (four equal 1-D arrays), to splits by their ground.
+
+    ``lattice``: the same ground gets the same split whatever region, scene or grid it comes from.
+    ``random``: the paper's split by patch (leaky). The report holds method, leaky, seed, counts,
+    shares, max_share_error, within_tolerance, dropped_by_buffer and the footprint audit.
+    """
+    p = p or SplitsParams()
+    boxes = check_boxes(lon_min, lat_min, lon_max, lat_max)
+    ratios = np.asarray(p.ratios, np.float64)
+    if p.method == "blocks":
+        raise SplitError("splits.method: 'blocks' splits one region's pixel grid (split_patches); footprints "
+                         "are split by 'lattice' or 'random'")
+    if p.method == "random":
+        split = random_split(len(boxes[0]), ratios, int(p.seed))
+        report: dict[str, Any] = {"method": "random", "leaky": True, "buffer_m": float(p.buffer_m)}
+    else:
+        split, extra = lattice_split(*boxes, p)
+        before = share_error(split, ratios)
+        split, trimmed = trim_to_tolerance(split, ratios, p.tolerance, p.max_trim,
+                                           ground_rank(boxes[0] + boxes[2], boxes[1] + boxes[3], p.seed))
+        extra.update({"max_share_error_before_trim": round(before, 6), "dropped_to_balance": trimmed})
+        report = {"method": "lattice", "leaky": False, **extra}
+    report.update(_summary(split, ratios, p))
+    report["dropped_by_buffer"] -= int(report.get("dropped_to_balance", 0))  # edge drops only
+    report["audit"] = audit_footprints(*boxes, split, p.buffer_m)
+    return SplitResult(split.astype(np.int8), report)
+
+
+def audit_footprints(lon_min, lat_min, lon_max, lat_max, split, buffer_m: float = 0.0,
+                     chunk: int = 50_000) -> dict[str, Any]:
+    """Count pairs of kept patches of different splits whose boxes (grown by ``buffer_m``) overlap with positive area.
+
+    Independent of how the split was made and of any grid: an STR-tree over the boxes finds the
+    candidate pairs (queried in chunks, so memory stays bounded), then exact overlap widths on
+    the coordinates decide; boxes that only touch along an edge share no ground. Returns
+    ``{"passed", "pairs", "patches_involved", "buffer_m", "checked", "overlapping_pairs", "examples"}``
+    (overlapping_pairs: pairs that overlap at all, whatever their splits; examples: up to 5 pairs).
+    """
+    import shapely
+
+    boxes = check_boxes(lon_min, lat_min, lon_max, lat_max)
+    split = np.asarray(split)
+    if split.shape != boxes[0].shape:
+        raise SplitError(f"split: shape {split.shape}; expected {boxes[0].shape} like the boxes")
+    idx = np.flatnonzero(split >= 0)
+    x0, y0, x1, y1 = (a[idx] for a in grow_boxes(*(b for b in boxes), buffer_m))
+    s = split[idx]
+    geoms = shapely.box(x0, y0, x1, y1)
+    tree = shapely.STRtree(geoms)
+    pairs = overlapping = 0
+    involved: set[int] = set()
+    examples: list[list[int]] = []
+    for start in range(0, len(idx), chunk):
+        q = np.arange(start, min(start + chunk, len(idx)))
+        a, b = tree.query(geoms[q])  # envelopes that meet; for boxes, boxes that meet
+        a = q[a]
+        m = b > a
+        a, b = a[m], b[m]
+        m = (np.minimum(x1[a], x1[b]) > np.maximum(x0[a], x0[b])) & (np.minimum(y1[a], y1[b]) > np.maximum(y0[a], y0[b]))
+        a, b = a[m], b[m]
+        overlapping += len(a)
+        hit = s[a] != s[b]
+        if hit.any():
+            pairs += int(hit.sum())
+            involved.update(idx[a[hit]].tolist())
+            involved.update(idx[b[hit]].tolist())
+            examples.extend([int(idx[i]), int(idx[j])] for i, j in zip(a[hit][: 5 - len(examples)],
+                                                                       b[hit][: 5 - len(examples)]))
+    return {
+        "passed": pairs == 0,
+        "pairs": pairs,
+        "patches_involved": len(involved),
+        "buffer_m": float(buffer_m),
+        "checked": int(len(idx)),
+        "overlapping_pairs": int(overlapping),
+        "examples": examples[:5],
     }
