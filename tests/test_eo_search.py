@@ -136,6 +136,24 @@ def test_rule_greedy_cover_and_no_useless_items(tmp_path: Path) -> None:
     assert [c.candidate.id for c in sel.chosen] == ["west", "east"]
 
 
+def test_rule_gsd_filter_and_intervals(tmp_path: Path) -> None:
+    """max_gsd_m removes coarse items (items without gsd pass, counted); an item whose interval contains
+    the scene is 0 days away and beats an instant 1 day away."""
+    whole = dict(x0=X0, y0=Y0, w_px=400, h_px=200)
+    coarse = eo_item(tmp_path, "coarse", when="2023-07-01T12:00:00Z", **whole)
+    coarse["properties"]["gsd"] = 1.0
+    nogsd = eo_item(tmp_path, "nogsd", when="2023-07-02T13:00:00Z", **whole)
+    del nogsd["properties"]["gsd"]
+    span = eo_item(tmp_path, "span", when="2023-06-15T00:00:00Z", **whole)
+    span["properties"].update(datetime=None, start_datetime="2023-06-01T00:00:00Z",
+                              end_datetime="2023-07-31T00:00:00Z")
+    sel = select_eo([("x", d) for d in (coarse, nogsd, span)], SCENE, SCENE_TIME, AOI, spec("api", max_gsd_m=0.6),
+                    "S1")
+    assert sel.removed == {"max_gsd_m": 1} and sel.passed_without == {"gsd": 1}
+    assert [(c.candidate.id, c.candidate.days) for c in sel.chosen] == [("span", 0)]
+    assert sel.chosen[0].candidate.datetime == "2023-06-01T00:00:00+00:00"
+
+
 def test_rule_errors_name_the_filter(tmp_path: Path) -> None:
     items = [eo_item(tmp_path, f"c{i}", X0, Y0, 400, 200, "2023-07-02T00:00:00Z", cloud=40 + i) for i in range(3)]
     with pytest.raises(EoSelectionError, match=r"no EO item for scene S1 .*3 item\(s\) found, max_cloud 10 removed 3"):

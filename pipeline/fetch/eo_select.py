@@ -237,22 +237,20 @@ def select_eo(
             removed["window_days"] += 1
             nearest = days if nearest is None else min(nearest, days)
             continue
-        cloud, gsd = _number(doc, "eo:cloud_cover"), _number(doc, "gsd")
-        if spec.max_cloud is not None:
-            if cloud is None:
-                passed_without["eo:cloud_cover"] += 1
-            elif cloud > spec.max_cloud:
-                removed["max_cloud"] += 1
-                continue
-        if spec.max_gsd_m is not None:
-            if gsd is None:
-                passed_without["gsd"] += 1
-            elif gsd > spec.max_gsd_m:
-                removed["max_gsd_m"] += 1
-                continue
-        start = interval[0]
-        cands.append(EoCandidate(item_id, href, doc, (doc.get("properties") or {}).get("datetime")
-                                 or start.isoformat(), int(days), cloud, gsd, float(inter.area / area), inter))
+        values = {}
+        for prop, limit_name, limit in (("eo:cloud_cover", "max_cloud", spec.max_cloud),
+                                        ("gsd", "max_gsd_m", spec.max_gsd_m)):
+            values[prop] = v = _number(doc, prop)
+            if limit is not None and v is None:
+                passed_without[prop] += 1
+            elif limit is not None and v > limit:
+                removed[limit_name] += 1
+                break
+        else:
+            cloud, gsd = values["eo:cloud_cover"], values["gsd"]
+            cands.append(EoCandidate(item_id, href, doc, (doc.get("properties") or {}).get("datetime")
+                                     or interval[0].isoformat(), int(days), cloud, gsd, float(inter.area / area),
+                                     inter))
     if not cands:
         raise EoSelectionError(_nothing(spec, scene_id, when, target, found, removed, nearest))
     cands.sort(key=EoCandidate.rank_key)
