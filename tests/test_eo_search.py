@@ -16,13 +16,13 @@ from rasterio.transform import from_origin
 from shapely.geometry import box, mapping
 
 from pipeline.fetch.cache import Cache
-from pipeline.fetch.eo_search import fetch_scene_eo, find_eo
+from pipeline.fetch.eo_search import fetch_region_scene_eo, fetch_scene_eo, find_eo
 from pipeline.fetch.eo_select import EoSelectionError, EoSpec, select_eo
 from pipeline.fetch.params import FetchParams
 from pipeline.fetch.pc_sign import PlanetaryComputerSigner, SignedTransport, blob_parts, signed_cache, with_token
 from pipeline.fetch.stacio import Transport
 from pipeline.provenance import sha256_file
-from pipeline.regions import RegionError, validate
+from pipeline.regions import Region, RegionError, validate
 from servers import serve_directory
 from stac_api import serve_stac_api
 
@@ -206,6 +206,20 @@ def test_api_search_mosaics_two_halves_exactly(tmp_path: Path) -> None:
         again = fetch_scene_eo(spec(api.url), SCENE, SCENE_TIME, AOI, "S1", Cache(tmp_path / "c2", Transport()),
                                FAST, tmp_path / "eo2.tif")
     assert again["sha256"] == rec["sha256"]
+
+
+def test_region_entry_point(tmp_path: Path) -> None:
+    """From a Region: the eo section becomes the spec, the AOI bounds the target, attribution is recorded."""
+    files = tmp_path / "files"
+    files.mkdir()
+    with serve_stac_api(halves(files), files) as api:
+        region = Region(name="r", bbox=tuple(AOI.bounds), gsd_m=0.5, sar={}, path=tmp_path / "regions/r.yaml",
+                        eo={"search": api.url, "collections": ["naip"], "window_days": 30}, osm={}, root=tmp_path,
+                        attribution="EO: test items, public domain")
+        rec = fetch_region_scene_eo(region, SCENE, SCENE_TIME, "S1", Cache(tmp_path / "c", Transport()), FAST,
+                                    tmp_path / "eo.tif")
+    assert rec["attribution"] == "EO: test items, public domain" and len(rec["items"]) == 2
+    assert rec["target_bounds"] == pytest.approx(SCENE.intersection(AOI).bounds)
 
 
 def test_api_mosaic_other_crs_is_resampled_once(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from pipeline.fetch.sar import _is_api as is_search_api
 from pipeline.fetch.stacio import FetchError, check_href, href_dir, load_json
 from pipeline.fetch.walk import WalkFilter, walk_catalog
 from pipeline.provenance import sha256_file
+from pipeline.regions import Region
 
 log = logging.getLogger("sareo.fetch")
 
@@ -110,3 +111,15 @@ def fetch_scene_eo(spec: EoSpec, scene_footprint: Any, when: dt.datetime, aoi: A
             "datetime": records[0]["datetime"], "gap_days": min(gaps), "max_gap_days": max(gaps),
             **{k: v for k, v in sel.record().items() if k != "items"}, "items": records, "mosaic": mosaic,
             "sha256": sha256_file(dest)}
+
+
+def fetch_region_scene_eo(region: Region, scene_footprint: Any, when: dt.datetime, scene_id: str, cache: Cache,
+                          p: FetchParams, dest: Path) -> dict[str, Any]:
+    """:func:`fetch_scene_eo` for a region whose ``eo`` section is a search; the record carries its attribution."""
+    if not region.eo.get("search"):
+        raise FetchError(f"{region.path}: eo: not an eo.search source")
+    spec = EoSpec.from_section(region.eo, region.resolve(region.eo["search"]))
+    rec = fetch_scene_eo(spec, scene_footprint, when, region.aoi, scene_id, cache, p, dest)
+    if region.attribution:
+        rec["attribution"] = region.attribution
+    return rec
