@@ -24,6 +24,18 @@ NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _DATE_RANGE = {"type": "string", "pattern": r"^(\d{4}-\d{2}-\d{2}|\.\.)?/(\d{4}-\d{2}-\d{2}|\.\.)?$"}
 _DATE = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$"}
 
+# eo.search: EO per scene from a STAC API search or a static catalog (pipeline.fetch.eo_select has the rule)
+EO_SEARCH_PROPERTIES: dict[str, Any] = {
+    "search": {"type": "string", "minLength": 1},
+    "collections": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": True},
+    "window_days": {"type": "number", "exclusiveMinimum": 0, "maximum": 36600},
+    "max_cloud": {"type": "number", "minimum": 0, "maximum": 100},
+    "max_gsd_m": {"type": "number", "exclusiveMinimum": 0},
+    "sign": {"type": "string", "enum": ["planetary-computer"]},
+}
+EO_SOURCES = ("tiles", "stac", "file", "search")
+EO_SEARCH_ONLY = ("collections", "window_days", "max_cloud", "max_gsd_m", "sign")
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -54,6 +66,7 @@ SCHEMA: dict[str, Any] = {
                 "file": {"type": "string", "minLength": 1},
                 "datetime": _DATE,
                 "bands": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1, "maxItems": 3},
+                **EO_SEARCH_PROPERTIES,
             },
         },
         "osm": {
@@ -204,6 +217,37 @@ def _check_dates(value: str, where: str) -> None:
                 raise RegionError(f"{where}: {part!r} is not a calendar date") from None
 
 
+def validate_eo(data: dict[str, Any], where: str) -> None:
+    """The eo section's checks beyond the schema (which has already passed)."""
+    eo = data["eo"]
+    kind = _one_of(eo, "eo", EO_SOURCES, where)
+    if kind == "search":
+        if "window_days" not in eo:
+            raise RegionError(f"{where}: eo.window_days: required with eo.search (EO items are taken within "
+                              "+- this many days of each SAR scene)")
+        if "datetime" in eo:
+            raise RegionError(f"{where}: eo.datetime: not used with eo.search (each EO item carries its own date; "
+                              "eo.window_days sets how far from each scene)")
+        if "zoom" in eo:
+            raise RegionError(f"{where}: eo.zoom: only meaningful with eo.tiles")
+    else:
+        extra = [k for k in EO_SEARCH_ONLY if k in eo]
+        if extra:
+            raise RegionError(f"{where}: eo.{extra[0]}: only meaningful with eo.search, not with eo.{kind}")
+    if "datetime" in eo:
+        _check_dates(eo["datetime"], f"{where}: eo.datetime")
+    if kind in ("tiles", "file") and "datetime" not in eo:
+        raise RegionError(
+            f"{where}: eo.datetime: required for tiles and files (they carry no acquisition date; "
+            "the SAR/EO time gap is part of every patch's metadata)"
+        )
+    tiles = eo.get("tiles")
+    if tiles and not ("{z}" in tiles and "{x}" in tiles and ("{y}" in tiles) != ("{-y}" in tiles)):
+        raise RegionError(
+            f"{where}: eo.tiles: {tiles!r} must contain {{z}}, {{x}} and one of {{y}} (XYZ) or {{-y}} (TMS)"
+        )
+
+
 def validate(data: Any, where: str) -> None:
     """Raise RegionError naming ``where`` and the field for the first problem found."""
     if not isinstance(data, dict):
@@ -213,20 +257,8 @@ def validate(data: Any, where: str) -> None:
         e = errors[0]
         raise RegionError(f"{where}: {_field_path(e)}: {_explain(e)}")
     _validate_sar(data, where)
-    _one_of(data["eo"], "eo", ("tiles", "stac", "file"), where)
+    validate_eo(data, where)
     _one_of(data["osm"], "osm", ("file", "overpass"), where)
-    if "datetime" in data["eo"]:
-        _check_dates(data["eo"]["datetime"], f"{where}: eo.datetime")
-    if ("tiles" in data["eo"] or "file" in data["eo"]) and "datetime" not in data["eo"]:
-        raise RegionError(
-            f"{where}: eo.datetime: required for tiles and files (they carry no acquisition date; "
-            "the SAR/EO time gap is part of every patch's metadata)"
-        )
-    tiles = data["eo"].get("tiles")
-    if tiles and not ("{z}" in tiles and "{x}" in tiles and ("{y}" in tiles) != ("{-y}" in tiles)):
-        raise RegionError(
-            f"{where}: eo.tiles: {tiles!r} must contain {{z}}, {{x}} and one of {{y}} (XYZ) or {{-y}} (TMS)"
-        )
     if "bbox" in data["aoi"]:
         w, s, e, n = data["aoi"]["bbox"]
         if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= 90 and -90 <= n <= 90):

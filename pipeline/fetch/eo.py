@@ -14,7 +14,8 @@ import pystac
 from pipeline import tiles as xyz
 from pipeline.fetch.cache import Cache, link_or_copy
 from pipeline.fetch.geotiff import check_geotiff, to_uint8_rgb
-from pipeline.fetch.items import Candidate, coverage, href_suffix, item_facts, rank_key
+from pipeline.fetch.eo_select import eo_asset_key
+from pipeline.fetch.items import Candidate, coverage, item_facts, rank_key
 from pipeline.fetch.params import FetchParams
 from pipeline.fetch.stacio import FetchError, NotFound, check_href, href_dir, is_remote, load_json, local_path
 from pipeline.fetch.walk import WalkFilter, walk_catalog
@@ -83,16 +84,7 @@ def _eo_from_stac(region: Region, cache: Cache, p: FetchParams) -> tuple[str, di
         item, ihref = items[0].item, items[0].href
     else:
         item, ihref = pystac.Item.from_dict(doc, href=href, preserve_dict=False), href
-    if eo.get("asset"):
-        if eo["asset"] not in item.assets:
-            raise FetchError(f"{ihref}: eo.asset {eo['asset']!r} not among the item's assets {sorted(item.assets)}")
-        key = eo["asset"]
-    else:
-        tiffs = [k for k, a in item.assets.items()
-                 if href_suffix(a.href) in (".tif", ".tiff") or "tiff" in (a.media_type or "")]
-        if not tiffs:
-            raise FetchError(f"{ihref}: no GeoTIFF asset; set eo.asset to one of {sorted(item.assets)}")
-        key = min(tiffs, key=lambda k: (k != "visual", "visual" not in (item.assets[k].roles or []), k))
+    key = eo_asset_key(item.assets, eo.get("asset"), ihref)
     asset_href = check_href(item.assets[key].href, ihref, href_dir(href))
     return asset_href, {"source": asset_href, "kind": "stac", "item_id": item.id, "item_href": ihref, "asset": key,
                         "item_datetime": item.properties.get("datetime")}

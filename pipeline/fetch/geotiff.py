@@ -33,6 +33,35 @@ def check_geotiff(path: Path, what: str, aoi=None) -> dict[str, Any]:
     return info
 
 
+RGB_PROFILE = {"driver": "GTiff", "count": 3, "dtype": "uint8", "tiled": True, "blockxsize": 256, "blockysize": 256,
+               "compress": "deflate", "predictor": 2, "photometric": "RGB"}
+
+
+def rgb_bands(count: int, bands: list[int] | tuple[int, ...] | None, what: str) -> list[int]:
+    """The three bands to read as RGB: ``eo.bands`` (1 band -> grey RGB), else 1-3, else 1 three times."""
+    sel = list(bands or ([1, 2, 3] if count >= 3 else [1]))
+    if max(sel) > count:
+        raise FetchError(f"{what}: eo.bands {sel} but the image has {count} band(s)")
+    if len(sel) not in (1, 3):
+        raise FetchError(f"{what}: eo.bands must name 1 or 3 bands, got {sel}")
+    return (sel * 3)[:3] if len(sel) == 1 else sel
+
+
+def percentile_scale(sources: list[tuple[Any, list[int]]], what: str, side: int = 1024) -> tuple[float, float]:
+    """(lo, hi): the 2nd and 98th percentiles of decimated reads (about ``side`` px a side) of every
+    (open dataset, bands) pair, pooled, so several images share one stretch (no seams in a mosaic)."""
+    vals = []
+    for src, sel in sources:
+        f = max(1, max(src.width, src.height) // side)
+        shape = (len(sel), max(1, src.height // f), max(1, src.width // f))
+        vals.append(src.read(sel, out_shape=shape, masked=True).astype("float64").compressed())
+    pooled = np.concatenate(vals) if vals else np.empty(0)
+    if pooled.size == 0:
+        raise FetchError(f"{what}: image holds no valid pixels")
+    lo, hi = np.percentile(pooled, [2, 98])
+    return float(lo), float(hi) if hi > lo else float(lo) + 1.0
+
+
 def to_uint8_rgb(src_path: Path, dest: Path, bands: list[int] | None, what: str, block: int = 1024) -> None:
     """Write ``src_path`` as 3-band uint8 with an internal mask, block by block, in its own CRS.
 
@@ -43,25 +72,9 @@ def to_uint8_rgb(src_path: Path, dest: Path, bands: list[int] | None, what: str,
     from rasterio.windows import Window
 
     with rasterio.open(src_path) as src:
-        sel = bands or ([1, 2, 3] if src.count >= 3 else [1])
-        if max(sel) > src.count:
-            raise FetchError(f"{what}: eo.bands {sel} but the image has {src.count} band(s)")
-        rgb = (sel * 3)[:3] if len(sel) == 1 else sel
-        if len(rgb) != 3:
-            raise FetchError(f"{what}: eo.bands must name 1 or 3 bands, got {sel}")
-        scale = None
-        if src.dtypes[0] != "uint8":
-            f = max(1, max(src.width, src.height) // 1024)
-            shape = (len(sel), max(1, src.height // f), max(1, src.width // f))
-            sample = src.read(sel, out_shape=shape, masked=True).astype("float64")
-            vals = sample.compressed()
-            if vals.size == 0:
-                raise FetchError(f"{what}: image holds no valid pixels")
-            lo, hi = np.percentile(vals, [2, 98])
-            scale = (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
-        profile = {"driver": "GTiff", "width": src.width, "height": src.height, "count": 3, "dtype": "uint8",
-                   "crs": src.crs, "transform": src.transform, "tiled": True, "blockxsize": 256,
-                   "blockysize": 256, "compress": "deflate", "predictor": 2, "photometric": "RGB"}
+        rgb = rgb_bands(src.count, bands, what)
+        scale = percentile_scale([(src, rgb)], what) if src.dtypes[0] != "uint8" else None
+        profile = {**RGB_PROFILE, "width": src.width, "height": src.height, "crs": src.crs, "transform": src.transform}
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(dest, "w", **profile) as dst:
             for r in range(0, src.height, block):
                 for c in range(0, src.width, block):
