@@ -30,7 +30,7 @@ from pipeline.layout import GridFiles, LabelFiles, RegistrationFiles, SourceFile
 from pipeline.params import param
 from pipeline.provenance import attribution_lines, licences, parse_datetime, sha256_file
 from pipeline.scenes import Scene, SceneError, read_scenes
-from pipeline.splits import SPLITS, SplitsParams, split_patches
+from pipeline.splits import SPLITS, SplitsParams, split_footprints, split_patches
 from pipeline.store import LABEL_NODATA, N_CLASSES, PATCH_ORDER, create_store, write_meta
 
 log = logging.getLogger("sareo.patches")
@@ -348,7 +348,12 @@ def patch_region(region: Any, source: SourceFiles, registration: RegistrationFil
             cells = np.unique(np.concatenate([np.stack([r, c], 1) for _, _, r, c, _, _ in per_scene]), axis=0)
         else:
             cells = np.zeros((0, 2), np.int64)
-        result = split_patches(cells[:, 0], cells[:, 1], size, stride, sp)
+        if sp.method == "blocks":  # per-region pixel blocks (retiring: not leak-free across regions)
+            result = split_patches(cells[:, 0], cells[:, 1], size, stride, sp)
+        else:  # by ground: the same ground gets the same split in every region and scene
+            t = grid.transform
+            result = split_footprints(t.c + t.a * cells[:, 1], t.f + t.e * (cells[:, 0] + size),
+                                      t.c + t.a * (cells[:, 1] + size), t.f + t.e * cells[:, 0], sp)
         if sp.method != "random" and not result.report["audit"]["passed"]:
             raise PatchError(f"{name}: split audit failed: {result.report['audit']}")
         cell_code = {(int(r), int(c)): int(s) for (r, c), s in zip(cells.tolist(), result.split.tolist())}
@@ -435,7 +440,6 @@ def _meta(
     t = grid.transform
     lon0, lon1 = t.c + t.a * cols, t.c + t.a * (cols + size)
     lat0, lat1 = t.f + t.e * (rows + size), t.f + t.e * rows
-    eo = provenance.get("eo") or {}
     n = len(rows)
     calibrated = {}
     for sc, ds in zip(scenes, sar_ds):
@@ -459,8 +463,8 @@ def _meta(
         "lat": (lat0 + lat1) / 2,
         "gsd_m": np.full(n, grid.gsd_m, np.float32),
         "sar_datetime": col([sc.datetime for sc in scenes], object),
-        "eo_datetime": np.full(n, str(eo.get("datetime") or ""), dtype=object),
-        "gap_days": col([gap_days(sc.datetime, eo.get("datetime")) for sc in scenes], np.float32),
+        "eo_datetime": col([str(sc.eo.get("datetime") or "") for sc in scenes], object),
+        "gap_days": col([gap_days(sc.datetime, sc.eo.get("datetime")) for sc in scenes], np.float32),
         "sar_item": col([str(sc.item_id or "") for sc in scenes], object),
         "calibrated": col([calibrated[sc.id] for sc in scenes], bool),
         "split": np.array(SPLITS, dtype=object)[codes.astype(np.int64)] if n else np.zeros(0, dtype=object),

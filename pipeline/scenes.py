@@ -25,6 +25,7 @@ class Scene:
     datetime: str
     files: SourceFiles
     record: dict[str, Any]
+    eo: dict[str, Any]  # the scene's EO record (the region's EO, or its own from a search)
 
 
 def read_scenes(source: SourceFiles) -> list[Scene]:
@@ -40,7 +41,8 @@ def read_scenes(source: SourceFiles) -> list[Scene]:
         files = source.scene(str(r["scene"]))
         if not files.sar.is_file():
             raise SceneError(f"{files.sar}: missing; scene {r['scene']} is listed in {source.provenance}")
+        own = read_json(files.provenance, SceneError, required=False) or {}
         out.append(Scene(str(r["scene"]), r.get("item_id"), str(r.get("provider") or "unknown"),
                          str(r.get("product") or ""), str(r.get("polarization") or ""),
-                         str(r.get("datetime") or ""), files, r))
+                         str(r.get("datetime") or ""), files, r, own.get("eo") or prov.get("eo") or {}))
     return out

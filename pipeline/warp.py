@@ -488,15 +488,15 @@ def grid_region(region: Any, source: SourceFiles, registration: RegistrationFile
     p = p or GridParams()
     grid = grid_of(region)
     scenes = read_scenes(source)
-    region_eo = open_source(source.eo)
-    region_eo_sha = (_provenance(source).get("eo") or {}).get("sha256")
+    region_eo = open_source(source.eo) if source.eo.is_file() else None  # none when each scene has its own
+    region_eo_sha = (_provenance(source).get("eo") or {}).get("sha256") if region_eo else None
     polygon = region.aoi if getattr(region, "aoi_geojson", None) else None  # a bbox AOI is the grid itself
     log.info("grid %s: %dx%d px at %g m, %d scene(s)", region.name, grid.width, grid.height, grid.gsd_m, len(scenes))
     with atomic_path(out.dir) as tmp:  # the whole grid/ appears at once, or not at all
         tmp.mkdir()
         t = out.at(tmp)
         write_json(t.grid, grid.to_dict())
-        eo_attr = _write_eo(region_eo, _provenance(source), region, grid, t.eo, p, polygon)
+        eo_attr = _write_eo(region_eo, _provenance(source), region, grid, t.eo, p, polygon) if region_eo else ""
         for k, sc in enumerate(scenes):
             st = t.scene(sc.id)
             st.dir.mkdir(parents=True)
@@ -509,7 +509,7 @@ def grid_region(region: Any, source: SourceFiles, registration: RegistrationFile
                            {"region": region.name, "scene": sc.id, "attribution": sar_attr, "registration_applied":
                             "true" if load_correction(reg) is not None else "false"}, aoi=polygon)
             eo_path, attr = t.eo, eo_attr
-            if (prov.get("eo") or {}).get("sha256") != region_eo_sha:  # the scene has an EO of its own
+            if region_eo is None or (prov.get("eo") or {}).get("sha256") != region_eo_sha:  # an EO of its own
                 eo_path = st.eo
                 attr = _write_eo(open_source(sc.files.eo), prov, region, grid, eo_path, p, polygon)
             credits = "; ".join(a for a in (sar_attr, attr) if a)

@@ -19,7 +19,7 @@ from pipeline.splits import SplitsParams, audit
 from pipeline.store import IMAGE_ARRAYS, META_ARRAYS, read_class_hist, read_meta, store_attrs, store_stats
 
 PATCHES = {"size": 64, "stride": 32, "min_valid": 0.9, "shard_patches": 16}
-SPLITS = SplitsParams(block_patches=3, seed=1, tolerance=0.2)
+SPLITS = SplitsParams(block_m=120.0, patch_m=0.0, seed=1, tolerance=0.2)  # blocks of ~2 patches (64 m at 1 m)
 
 
 def run(name: str, region_dir: Path, store: Path, **patches) -> dict:
@@ -133,7 +133,7 @@ def test_filter_order_and_metadata(built):
     passing = {(int(r), int(c)) for r, c, a, b in zip(rows, cols, sar_ok, eo_ok) if a >= 0.9 and b >= 0.9}
     stored = set(zip(meta["row"].tolist(), meta["col"].tolist()))
     assert stored <= passing and len(passing) > len(stored) - 1  # filtered; only buffer drops missing
-    assert len(passing) - len(stored) == report["dropped_by_buffer"]
+    assert len(passing) - len(stored) == report["dropped_by_buffer"] + report.get("dropped_to_balance", 0)
     assert (sar_ok < 0.9).any() and (eo_ok < 0.9).any()  # the fixture really has nodata to drop
     # store order: split (train, val, test), then row, then col
     code = meta["split"].map({"train": 0, "val": 1, "test": 2}).to_numpy()
@@ -173,7 +173,7 @@ def test_store_audit_attrs_and_layout(built):
     assert audit(meta["row"].to_numpy(), meta["col"].to_numpy(), code, 64)["passed"]
     attrs = store_attrs(store)
     assert attrs["region"] == "testregion"
-    assert attrs["splits"]["audit"]["passed"] and attrs["splits"]["method"] == "blocks"
+    assert attrs["splits"]["audit"]["passed"] and attrs["splits"]["method"] == "lattice"
     assert attrs["splits"]["counts"] == report["counts"]
     assert "SAR: (c) Capella Space Corp, CC BY 4.0" in attrs["attribution"]
     assert "Labels: (c) OpenStreetMap contributors, ODbL 1.0" in attrs["attribution"]

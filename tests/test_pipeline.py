@@ -42,7 +42,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for name, bbox in BBOXES.items():
         params["demo"]["regions"][name]["bbox"] = bbox
-    params["splits"]["block_patches"] = 2
     params["fetch"]["cache_dir"] = str(root / ".cache")
     params["osm"]["cache_dir"] = str(root / ".cache" / "osmnx")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -141,7 +140,7 @@ def test_patch_stores_are_leak_free_and_load(built: Path) -> None:
     total = 0
     for store in stores:
         attrs = store_attrs(store)
-        assert attrs["splits"]["audit"]["passed"] and attrs["splits"]["method"] == "blocks"
+        assert attrs["splits"]["audit"]["passed"] and attrs["splits"]["method"] == "lattice"
         text = json.dumps(attrs)
         assert "Capella" in text and "OpenStreetMap" in text
         meta = read_meta(store)

@@ -52,7 +52,19 @@ def write_test_store(
     grid = grid_for_bbox(bbox, gsd_m)
     rng = np.random.default_rng(seed)
     nr, nc = (grid.height - P) // STRIDE + 1, (grid.width - P) // STRIDE + 1
-    cells = [(i, j) for i in range(nr) for j in range(nc) if (i, j) not in drop]
+    # leak-free like a real store: train left of the middle, val / test right of it (top / bottom); a patch
+    # straddling a split boundary is dropped, so no two patches of different splits share a pixel
+    half_c, half_r = grid.width // 2 // STRIDE * STRIDE, grid.height // 2 // STRIDE * STRIDE  # on the stride lattice
+
+    def split_of(i: int, j: int) -> str | None:
+        c0, r0 = j * STRIDE, i * STRIDE
+        if c0 + P <= half_c:
+            return "train"
+        if c0 < half_c:
+            return None
+        return "val" if r0 + P <= half_r else ("test" if r0 >= half_r else None)
+
+    cells = [(i, j) for i in range(nr) for j in range(nc) if (i, j) not in drop and split_of(i, j)]
     n = len(cells)
     rows = np.array([i * STRIDE for i, _ in cells], np.int32)
     cols = np.array([j * STRIDE for _, j in cells], np.int32)
@@ -67,7 +79,7 @@ def write_test_store(
     else:
         labels = None
         hist = rng.multinomial(P * P, rng.dirichlet(np.ones(N_CLASSES)), size=n).astype(np.int32)
-    split = np.where(cols < grid.width * 0.5, "train", np.where(rows < grid.height * 0.5, "val", "test"))
+    split = np.array([split_of(i, j) for i, j in cells], dtype=object).astype(str)
     sar_t = np.datetime64(sar_datetime.rstrip("Z"), "s")
     eo_times = [np.datetime64(eo_datetime, "s") + np.timedelta64(int(k), "D") for k in rng.integers(0, 40, n)]
     gap = np.array([(sar_t - t) / np.timedelta64(1, "D") for t in eo_times], np.float32)
@@ -427,3 +439,24 @@ def test_legend_shapes() -> None:
     assert [c.slug for c in as_map] == ["background_unmapped", "building", "class_02"]
     with pytest.raises(PublishError, match="colour"):
         legend_classes([{"id": 0, "name": "x", "colour": "red"}], 1)
+
+
+def test_dataset_audit_fails_on_cross_store_leak(tmp_path) -> None:
+    """Two regions over the same ground whose splits disagree there: publish refuses (nothing written)."""
+    bbox = (2.3300, 48.8500, 2.3420, 48.8580)
+    a, b = tmp_path / "data" / "patches" / "a.zarr", tmp_path / "data" / "patches" / "b.zarr"
+    kw = {"urban": "urban", "sar_datetime": "2024-07-09T04:03:29Z", "eo_datetime": "2022-05-01"}
+    write_test_store(a, "a", bbox, 5.0, seed=1, **kw)
+    arrays = write_test_store(b, "b", bbox, 5.0, seed=1, **kw)
+    assert len(arrays["id"]) > 0
+    import zarr
+
+    g = zarr.open_group(str(b), mode="r+")
+    g["split"][:] = np.where(g["split"][:] == "train", "test", "train")  # same ground, other split
+    out, stac = DatasetFiles(tmp_path / "data" / "dataset"), tmp_path / "stac" / "dataset"
+    with pytest.raises(PublishError, match=r"dataset audit failed: \d+ pair\(s\) of patches of different splits"):
+        publish([a, b], {}, out, stac, PublishParams())
+    assert not out.dir.exists() and not stac.exists()
+    publish([a], {}, out, stac, PublishParams())
+    audit = json.loads(out.stats.read_text())["audit"]
+    assert audit["passed"] and audit["pairs"] == 0 and audit["patches"] == len(arrays["id"])

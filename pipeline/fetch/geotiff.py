@@ -87,3 +87,13 @@ def to_uint8_rgb(src_path: Path, dest: Path, bands: list[int] | None, what: str,
                     mask = src.dataset_mask(window=win)
                     dst.write(data, window=win)
                     dst.write_mask(mask, window=win)
+
+
+def raster_footprint(path: Path) -> Any:
+    """The lon/lat box of a georeferenced raster (densified edges), as a shapely polygon."""
+    import rasterio
+    from rasterio.warp import transform_bounds
+    from shapely.geometry import box
+
+    with rasterio.open(path) as ds:
+        return box(*transform_bounds(ds.crs, "EPSG:4326", *ds.bounds, densify_pts=21))

@@ -15,12 +15,15 @@ from typing import Any
 from pipeline.atomic import atomic_path, write_json
 from pipeline.fetch.cache import Cache, link_or_copy
 from pipeline.fetch.eo import fetch_eo
+from pipeline.fetch.eo_search import fetch_region_scene_eo
+from pipeline.fetch.geotiff import raster_footprint
 from pipeline.fetch.osm import fetch_osm
 from pipeline.fetch.params import FetchParams
 from pipeline.fetch.sar import fetch_sar
-from pipeline.fetch.stacio import Transport, is_remote, local_path
+from pipeline.fetch.stacio import FetchError, Transport, is_remote, local_path
 from pipeline.layout import SourceFiles
 from pipeline.osm import OsmParams
+from pipeline.provenance import parse_datetime
 from pipeline.regions import Region
 
 log = logging.getLogger("sareo.fetch")
@@ -38,11 +41,24 @@ def fetch_region(region: Region, out: SourceFiles, cache: Path, p: FetchParams, 
         tmp.mkdir()
         t = out.at(tmp)
         scenes = [_portable_rec(r, region) for r in fetch_sar(region, store, p, t)]
-        eo_rec = _portable_rec(fetch_eo(region, store, p, t.eo), region)
-        for rec in scenes:
-            files = t.scene(rec["scene"])
-            link_or_copy(t.eo, files.eo)
-            write_json(files.provenance, {"region": region.name, "scene": rec["scene"], "sar": rec, "eo": eo_rec})
+        if region.eo.get("search"):  # each scene gets the EO items nearest to it in time
+            eo_rec = {"kind": "search", "per_scene": True, "search": portable(region.eo["search"], region)}
+            for rec in scenes:
+                files = t.scene(rec["scene"])
+                when = parse_datetime(rec.get("datetime"), strict=False)
+                if when is None:
+                    raise FetchError(f"region {region.name}: scene {rec['scene']}: no datetime; eo.search needs one "
+                                     "to choose EO items near it in time")
+                scene_eo = _portable_rec(fetch_region_scene_eo(region, raster_footprint(files.sar), when,
+                                                               rec["scene"], store, p, files.eo), region)
+                write_json(files.provenance, {"region": region.name, "scene": rec["scene"], "sar": rec,
+                                              "eo": scene_eo})
+        else:  # one EO for the region, hardlinked into every scene
+            eo_rec = _portable_rec(fetch_eo(region, store, p, t.eo), region)
+            for rec in scenes:
+                files = t.scene(rec["scene"])
+                link_or_copy(t.eo, files.eo)
+                write_json(files.provenance, {"region": region.name, "scene": rec["scene"], "sar": rec, "eo": eo_rec})
         osm_rec = fetch_osm(region, store, osm, t)
         write_json(t.provenance, {"region": region.name, "scenes": scenes, "eo": eo_rec, "osm": osm_rec})
     log.info("fetch %s: wrote %s (%d scene(s))", region.name, out.dir, len(scenes))

@@ -18,8 +18,29 @@ from pipeline.publish.index import PublishError, patch_table, read_store_meta, s
 from pipeline.publish.params import PublishParams
 from pipeline.publish.stac import RegionFiles, build_collection, check_stac, stac_documents
 from pipeline.publish.stats import dataset_stats, region_footprints, write_plots
+from pipeline.splits import SPLITS, audit_footprints
 
 log = logging.getLogger("sareo.publish")
+
+
+def dataset_audit(metas: list[Any], gdf: Any) -> dict[str, Any]:
+    """The whole dataset's leak audit, across regions and scenes: no two patches of different splits
+    may share ground. Fails the stage on a leak unless a store used the (reported leaky) random split."""
+    code = {name: i for i, name in enumerate(SPLITS)}
+    split = gdf["split"].map(code).fillna(-1).astype(int).to_numpy()
+    res = audit_footprints(gdf["lon_min"].to_numpy(), gdf["lat_min"].to_numpy(), gdf["lon_max"].to_numpy(),
+                           gdf["lat_max"].to_numpy(), split)
+    methods = sorted({str((m.attrs.get("splits") or {}).get("method", "unknown")) for m in metas})
+    leaky = [m.region for m in metas if (m.attrs.get("splits") or {}).get("method") == "random"]
+    out = {**res, "methods": methods, "leaky_regions": leaky, "regions": len(metas), "patches": int(len(gdf))}
+    if not res["passed"] and not leaky:
+        raise PublishError(f"publish: dataset audit failed: {res['pairs']} pair(s) of patches of different splits "
+                           f"share ground across the stores (e.g. {res.get('examples')}); use the lattice split "
+                           "(splits.method: lattice) for overlapping regions")
+    log.info("dataset audit: %s, %d overlapping pairs checked, %d cross-split pairs%s",
+             "passed" if res["passed"] else "LEAKY (random split)", res["overlapping_pairs"], res["pairs"],
+             f" (random split in {leaky})" if leaky else "")
+    return out
 
 
 def publish(
@@ -60,6 +81,7 @@ def publish(
     log.info("indexed %d patches from %d stores", len(gdf), len(metas))
     footprints = region_footprints(gdf)
     stats = dataset_stats(gdf, classes, footprints, p)
+    stats["audit"] = dataset_audit(metas, gdf)
     regions = {
         name: RegionFiles(registrations.get(name), (grids or {}).get(name), (labels or {}).get(name))
         for name in names
