@@ -17,10 +17,10 @@ from pathlib import Path
 from pipeline import __version__
 from pipeline.atomic import write_text
 from pipeline.coregister import CoregisterParams
-from pipeline.dvcfiles import render_dvc_yaml, render_index
+from pipeline.dvcfiles import build_regions, index_sets, render_dvc_yaml, render_index
 from pipeline.layout import INDEX_FILE, ProjectLayout
 from pipeline.params import load_params, section_docs
-from pipeline.regions import Region, RegionError, load_region, load_regions
+from pipeline.regions import Region, RegionError, load_region, overlaps
 from pipeline.stages import BY_NAME, PARAM_SECTIONS, REGION_STAGES, STAGES, Context, Stage
 
 log = logging.getLogger("sareo.cli")
@@ -30,7 +30,7 @@ def region_of(layout: ProjectLayout, name: str) -> Region:
     """The validated region ``name``; an unknown name lists the known ones."""
     path = layout.region_file(name)
     if not path.exists():
-        known = sorted(p.stem for p in layout.regions_dir.glob("*.yaml"))
+        known = sorted(p.stem for p in (*layout.regions_dir.glob("*.yaml"), *layout.regions_dir.glob("*/*.yaml")))
         raise RegionError(f"{path}: no such region file (known regions: {', '.join(known) or 'none'})")
     return load_region(path, root=layout.root)
 
@@ -47,9 +47,12 @@ def run_stage(stage: Stage, ctx: Context, name: str | None = None) -> None:
     log.info("%s: done in %.1f s", what, time.perf_counter() - t0)
 
 
-def sync(layout: ProjectLayout) -> list[str]:
-    """Validate every region and write what DVC reads: regions.index.yaml and dvc.yaml (only if changed)."""
-    index, names = render_index(layout)
+def sync(layout: ProjectLayout, sets: tuple[str, ...] | None = None) -> list[str]:
+    """Validate every region and write what DVC reads: regions.index.yaml and dvc.yaml (only if changed).
+
+    ``sets``: the named region sets to build (regions/SET/*.yaml); None keeps those of the index.
+    """
+    index, names = render_index(layout, sets)
     for target, text in ((layout.index_file, index), (layout.root / "dvc.yaml", render_dvc_yaml())):
         if not target.exists() or target.read_text(encoding="utf-8") != text:
             write_text(target, text)
@@ -57,7 +60,7 @@ def sync(layout: ProjectLayout) -> list[str]:
 
 
 def _names(layout: ProjectLayout) -> list[str]:
-    return [r.name for r in load_regions(layout.regions_dir)]
+    return [r.name for r in build_regions(layout)]
 
 
 def _cmd_validate(args: argparse.Namespace, ctx: Context) -> None:
@@ -68,8 +71,16 @@ def _cmd_validate(args: argparse.Namespace, ctx: Context) -> None:
 
 
 def _cmd_sync(args: argparse.Namespace, ctx: Context) -> None:
-    names = sync(ctx.layout)
-    print(f"{INDEX_FILE}: {len(names)} regions: {', '.join(names)}; dvc.yaml: {len(STAGES)} stages")
+    sets = None
+    if args.set or args.no_sets:
+        sets = () if args.no_sets else tuple(sorted({*index_sets(ctx.layout), *args.set}))
+    names = sync(ctx.layout, sets)
+    chosen = index_sets(ctx.layout)
+    print(f"{INDEX_FILE}: {len(names)} regions: {', '.join(names)}"
+          + (f" (sets: {', '.join(chosen)})" if chosen else "") + f"; dvc.yaml: {len(STAGES)} stages")
+    for a, b, share in overlaps(build_regions(ctx.layout)):
+        print(f"note: regions {a} and {b} overlap ({100 * share:.0f} % of {a}): allowed, and leak-free "
+              "(splits follow the ground); their patches of the same ground share a split")
 
 
 def _cmd_params(args: argparse.Namespace, ctx: Context) -> None:
@@ -82,6 +93,21 @@ def _cmd_params(args: argparse.Namespace, ctx: Context) -> None:
             value = getattr(current, key)
             mark = "" if value == default else f"  (here: {value!r})"
             print(f"  {key}: {default!r}  # {doc}{mark}")
+
+
+def _cmd_plan(args: argparse.Namespace, ctx: Context) -> None:
+    """What a region would use and give, before any download."""
+    import json
+
+    from pipeline.fetch.params import FetchParams
+    from pipeline.patches import PatchesParams
+    from pipeline.plan import format_plan, plan_region
+    from pipeline.splits import SplitsParams
+
+    fetch = ctx.params[FetchParams]
+    plan = plan_region(region_of(ctx.layout, args.region), ctx.layout.cache(fetch.cache_dir), fetch,
+                       ctx.params[PatchesParams], ctx.params[SplitsParams])
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
 
 
 def _cmd_stage(args: argparse.Namespace, ctx: Context) -> None:
@@ -122,7 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("files", nargs="*", help="region files (default: regions/*.yaml)")
     s.set_defaults(func=_cmd_validate)
     s = sub.add_parser("sync", help=f"validate all regions; regenerate {INDEX_FILE} and dvc.yaml")
+    s.add_argument("--set", action="append", default=[], metavar="NAME",
+                   help="also build the named region set regions/NAME/*.yaml (e.g. sar2earth; kept in the index)")
+    s.add_argument("--no-sets", action="store_true", help="build regions/*.yaml only (drop the named sets)")
     s.set_defaults(func=_cmd_sync)
+    s = sub.add_parser("plan", help="dry run: the scenes, EO and expected patches of a region, before any download")
+    s.add_argument("region", help="region name (regions/NAME.yaml)")
+    s.add_argument("--json", action="store_true", help="print the plan as JSON")
+    s.set_defaults(func=_cmd_plan)
     s = sub.add_parser("params", help="list every parameter with its default and meaning")
     s.set_defaults(func=_cmd_params)
     for stage in STAGES:

@@ -124,7 +124,7 @@ def render_stage(stage: Stage, root: Path = PACKAGE_DIR.parent) -> dict[str, Any
     data = Path("data")
     if stage.per_region:
         lay = RegionLayout(data, "${key}")
-        deps = ["regions/${key}.yaml", *stage.extra_deps, *_posix(stage.reads(lay))]
+        deps = ["${item.file}", *stage.extra_deps, *_posix(stage.reads(lay))]  # the region file (regions/ or a set)
         outs = _posix(stage.writes(lay))
     else:
         proj = ProjectLayout(Path(), data)
@@ -152,7 +152,7 @@ def local_inputs(region: Region, root: Path) -> dict[str, str]:
     Remote sources (URLs) are not tracked: they are cached, and `dvc repro -f fetch@NAME` refetches.
     """
     own = region.path.resolve().relative_to(root.resolve()).as_posix()
-    slots = {"demo": "data/demo" if region.demo else own}  # only demo regions read the demo stage's output
+    slots = {"file": own, "demo": "data/demo" if region.demo else own}  # only demo regions read the demo output
     for slot, (section, key) in INPUT_SLOTS.items():
         # the SAR slots take the first local SAR file of the region's sources (one slot each: DVC's foreach)
         specs = region.sar if section == "sar" else (getattr(region, section),)
@@ -168,8 +168,25 @@ def local_inputs(region: Region, root: Path) -> dict[str, str]:
     return slots
 
 
-def render_index(layout: ProjectLayout) -> tuple[str, list[str]]:
-    """regions.index.yaml as text, and the region names, after validating every region file."""
-    regions = load_regions(layout.regions_dir)
+def index_sets(layout: ProjectLayout) -> tuple[str, ...]:
+    """The named region sets the current regions.index.yaml builds (none when there is no index)."""
+    if not layout.index_file.exists():
+        return ()
+    data = yaml.safe_load(layout.index_file.read_text(encoding="utf-8")) or {}
+    return tuple(data.get("sets") or ())
+
+
+def build_regions(layout: ProjectLayout, sets: tuple[str, ...] | None = None) -> list[Region]:
+    """The regions of the build: regions/*.yaml plus the named sets (default: those of the index)."""
+    return load_regions(layout.regions_dir, index_sets(layout) if sets is None else sets)
+
+
+def render_index(layout: ProjectLayout, sets: tuple[str, ...] | None = None) -> tuple[str, list[str]]:
+    """regions.index.yaml as text, and the region names, after validating every region file of the build."""
+    sets = index_sets(layout) if sets is None else tuple(sorted(dict.fromkeys(sets)))
+    regions = build_regions(layout, sets)
     index = {r.name: local_inputs(r, layout.root) for r in regions}
-    return INDEX_HEADER + yaml.safe_dump({"regions": index}, sort_keys=True), list(index)
+    doc: dict[str, Any] = {"regions": index}
+    if sets:
+        doc["sets"] = list(sets)
+    return INDEX_HEADER + yaml.safe_dump(doc, sort_keys=True), list(index)

@@ -187,7 +187,12 @@ class ProjectLayout:
         return self.root / "regions"
 
     def region_file(self, name: str) -> Path:
-        return self.regions_dir / f"{name}.yaml"
+        """regions/NAME.yaml, else the one regions/SET/NAME.yaml of a named set (the file may not exist)."""
+        own = self.regions_dir / f"{name}.yaml"
+        if own.exists():
+            return own
+        in_sets = sorted(self.regions_dir.glob(f"*/{name}.yaml"))
+        return in_sets[0] if len(in_sets) == 1 else own
 
     @property
     def params_file(self) -> Path:

@@ -417,9 +417,12 @@ def _scene_info(sc: Scene, record: dict[str, Any] | None, policy: str) -> dict[s
     reg = None
     if record is not None:
         reg = {k: record.get(k) for k in ("applied", "flagged", "confidence", "model", "shift_m", "correction")}
+    eo = {k: sc.eo.get(k) for k in ("kind", "source", "datetime", "gap_days", "sha256") if k in sc.eo}
+    if sc.eo.get("items"):  # a per-scene search: which EO items this scene's patches show
+        eo["items"] = [{k: it.get(k) for k in ("id", "datetime", "href", "sha256")} for it in sc.eo["items"]]
     return {"id": sc.id, "item_id": sc.item_id, "provider": sc.provider, "product": sc.product,
             "polarization": sc.polarization, "datetime": sc.datetime, "calibrated": bool(sc.record.get("calibrated")),
-            "registration": reg, "flagged_registration_policy": policy}
+            "registration": reg, "flagged_registration_policy": policy, "eo": eo}
 
 
 def _meta(

@@ -318,17 +318,38 @@ def load_region(path: str | Path, root: str | Path | None = None) -> Region:
     )
 
 
-def region_files(regions_dir: str | Path) -> list[Path]:
-    """All region files, sorted by name (the order every stage and the index use)."""
-    return sorted(Path(regions_dir).glob("*.yaml"))
+def region_files(regions_dir: str | Path, sets: tuple[str, ...] = ()) -> list[Path]:
+    """The region files of the build, sorted by name: regions/*.yaml plus those of each named set
+    (regions/SET/*.yaml: e.g. the SAR2Earth regions, which need the network and so are opt-in)."""
+    root = Path(regions_dir)
+    files = list(root.glob("*.yaml"))
+    for name in sets:
+        folder = root / name
+        if not folder.is_dir() or not re.fullmatch(NAME_RE, name):
+            known = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise RegionError(f"{folder}: no such region set (known sets: {', '.join(known) or 'none'})")
+        files += folder.glob("*.yaml")
+    return sorted(files, key=lambda p: (p.stem, str(p)))
 
 
-def load_regions(regions_dir: str | Path) -> list[Region]:
-    """Load and validate every region; names must be unique."""
-    regions = [load_region(p) for p in region_files(regions_dir)]
+def load_regions(regions_dir: str | Path, sets: tuple[str, ...] = ()) -> list[Region]:
+    """Load and validate every region of the build; names must be unique (a set may not shadow a region)."""
+    root = Path(regions_dir)
+    regions = [load_region(p, root=root.parent) for p in region_files(root, sets)]
     seen: dict[str, Path] = {}
     for r in regions:
         if r.name in seen:
             raise RegionError(f"{r.path}: name: {r.name!r} is already used by {seen[r.name]}")
         seen[r.name] = r.path
     return regions
+
+
+def overlaps(regions: list[Region]) -> list[tuple[str, str, float]]:
+    """Pairs of regions whose AOIs overlap: (a, b, share of a's AOI inside b), by name."""
+    out = []
+    for i, a in enumerate(regions):
+        for b in regions[i + 1:]:
+            inter = a.aoi.intersection(b.aoi)
+            if not inter.is_empty and inter.area > 0:
+                out.append((a.name, b.name, float(inter.area / a.aoi.area)))
+    return out

@@ -26,7 +26,7 @@ def test_committed_dvc_yaml_is_the_rendered_registry() -> None:
 def test_cli_offers_exactly_the_registered_stages() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert [s.name for s in STAGES] == [c for c in sub.choices if c in {s.name for s in STAGES}]
-    assert {"validate", "sync", "params", "run"} | {s.name for s in STAGES} == set(sub.choices)
+    assert {"validate", "sync", "params", "plan", "run"} | {s.name for s in STAGES} == set(sub.choices)
 
 
 def test_import_closure_follows_lazy_relative_and_package_imports(tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_region_stages_depend_on_their_region_file_and_local_inputs() -> None:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for s in STAGES:
         if s.per_region:
-            assert "regions/${key}.yaml" in stages[s.name]["do"]["deps"], s.name
+            assert "${item.file}" in stages[s.name]["do"]["deps"], s.name
     fetch = stages["fetch"]["do"]["deps"]
     assert all(f"${{item.{slot}}}" in fetch for slot in (*INPUT_SLOTS, "demo"))
     # publish re-runs when the region list changes (a removed region must leave the dataset)

@@ -113,13 +113,34 @@ def test_sync_writes_index_and_cli_reports_errors(tmp_path: Path, capsys: pytest
     index = yaml.safe_load((tmp_path / "regions.index.yaml").read_text())["regions"]
     # local files become DVC inputs of the region's fetch stage; remote ones fall back to the region file
     assert index["lyon"] == {"osm": "osm/lyon.osm.pbf", "eo": "/data/eo.tif", "sar": "regions/lyon.yaml",
-                             "sar_metadata": "regions/lyon.yaml", "demo": "regions/lyon.yaml"}
+                             "sar_metadata": "regions/lyon.yaml", "demo": "regions/lyon.yaml",
+                             "file": "regions/lyon.yaml"}
     assert set(index["paris"].values()) == {"regions/paris.yaml"}
     write(tmp_path, variant(sar__product="SLC"), name="paris")
     assert main(["--root", str(tmp_path), "validate"]) == 2
     err = capsys.readouterr().err
     assert "paris.yaml: sar.product: 'SLC' is not geocoded; use GEO or GEC" in err
     assert "Traceback" not in err
+
+
+def test_named_sets_are_opt_in_and_kept(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """regions/SET/*.yaml join the build only with `sareo sync --set SET`; later syncs keep the set."""
+    write(tmp_path, GOOD)
+    (tmp_path / "regions" / "extra").mkdir()
+    (tmp_path / "regions" / "extra" / "lyon.yaml").write_text(yaml.safe_dump(variant(name="lyon")))
+    assert main(["--root", str(tmp_path), "sync"]) == 0
+    assert list(yaml.safe_load((tmp_path / "regions.index.yaml").read_text())["regions"]) == ["paris"]
+    assert main(["--root", str(tmp_path), "sync", "--set", "extra"]) == 0
+    out = capsys.readouterr().out
+    assert "(sets: extra)" in out and "note: regions lyon and paris overlap" in out  # same bbox: allowed
+    index = yaml.safe_load((tmp_path / "regions.index.yaml").read_text())
+    assert index["sets"] == ["extra"] and index["regions"]["lyon"]["file"] == "regions/extra/lyon.yaml"
+    assert main(["--root", str(tmp_path), "sync"]) == 0  # keeps the set
+    assert "lyon" in yaml.safe_load((tmp_path / "regions.index.yaml").read_text())["regions"]
+    assert main(["--root", str(tmp_path), "sync", "--no-sets"]) == 0
+    assert "lyon" not in yaml.safe_load((tmp_path / "regions.index.yaml").read_text())["regions"]
+    assert main(["--root", str(tmp_path), "sync", "--set", "nowhere"]) == 2
+    assert "nowhere: no such region set (known sets: extra)" in capsys.readouterr().err
 
 
 def test_repository_regions_valid_and_index_in_sync(root: Path) -> None:

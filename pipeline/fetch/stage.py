@@ -42,7 +42,8 @@ def fetch_region(region: Region, out: SourceFiles, cache: Path, p: FetchParams, 
         t = out.at(tmp)
         scenes = [_portable_rec(r, region) for r in fetch_sar(region, store, p, t)]
         if region.eo.get("search"):  # each scene gets the EO items nearest to it in time
-            eo_rec = {"kind": "search", "per_scene": True, "search": portable(region.eo["search"], region)}
+            eo_rec = {"kind": "search", "per_scene": True, "source": portable(region.eo["search"], region),
+                      "attribution": region.attribution or f"EO items found at {region.eo['search']}"}
             for rec in scenes:
                 files = t.scene(rec["scene"])
                 when = parse_datetime(rec.get("datetime"), strict=False)
