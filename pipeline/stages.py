@@ -114,7 +114,8 @@ def _publish(ctx: Context) -> Any:
     regions = {n: lay.region(n) for n in ctx.regions}
     return publish(stores, {n: r.registration for n, r in regions.items()}, lay.dataset, lay.stac,
                    ctx.params[PublishParams], grids={n: r.grid for n, r in regions.items()},
-                   labels={n: r.labels for n, r in regions.items()})
+                   labels={n: r.labels for n, r in regions.items()},
+                   sources={n: r.source for n, r in regions.items()})
 
 
 def _region_dirs(*names: str) -> Callable[[RegionLayout], list[Path]]:

@@ -284,8 +284,10 @@ def test_stac_collection_reads_back_and_links_resolve(project) -> None:
     stac_dir = project["stac"]
     assert check_stac(stac_dir / "collection.json") == []
     col = pystac.Collection.from_file(str(stac_dir / "collection.json"))
-    items = {i.id: i for i in col.get_items(recursive=True)}
+    every = {i.id: i for i in col.get_items(recursive=True)}
+    items = {k: i for k, i in every.items() if "sareo:region" not in i.properties}  # region items
     assert sorted(items) == sorted(project["arrays"])
+    assert sorted(set(every) - set(items)) == sorted(f"{r}_{s}" for r in project["arrays"] for s in ("train", "val", "test"))
     assert col.id == "sareo-test" and col.extra_fields["version"] == "1.2.3"
     assert col.license == "other"
     hrefs = {l.href for l in col.links if l.rel == "license"}

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_path, dumps_json
-from pipeline.layout import DatasetFiles, GridFiles, LabelFiles, RegistrationFiles
+from pipeline.layout import DatasetFiles, GridFiles, LabelFiles, RegistrationFiles, SourceFiles
 from pipeline.publish.index import PublishError, patch_table, read_store_meta, store_legend
 from pipeline.publish.params import PublishParams
+from pipeline.publish.scenes import region_scenes
 from pipeline.publish.stac import RegionFiles, build_collection, check_stac, stac_documents
 from pipeline.publish.stats import dataset_stats, region_footprints, write_plots
 
@@ -31,11 +32,14 @@ def publish(
     *,
     grids: Mapping[str, GridFiles] | None = None,
     labels: Mapping[str, LabelFiles] | None = None,
+    sources: Mapping[str, SourceFiles] | None = None,
 ) -> dict[str, Any]:
     """Write ``out`` (index, stats, plots) and ``stac_dir`` (collection.json, one item per region).
 
     ``registrations``, ``grids`` and ``labels`` map a region name to the files its item links
     to; a region without an entry, or whose file does not exist, simply lacks that asset.
+    ``sources`` maps a region to its source files, whose ``sar_metadata.json`` (the product's own
+    metadata) gives the STAC sar/sat/view fields of a single-scene store.
     Both directories are replaced whole and atomically. Returns the statistics written.
     """
     stac_dir = Path(stac_dir)
@@ -64,8 +68,9 @@ def publish(
         name: RegionFiles(registrations.get(name), (grids or {}).get(name), (labels or {}).get(name))
         for name in names
     }
+    scenes = {m.region: region_scenes(m, p.splits, (sources or {}).get(m.region)) for m in metas}
     # Everything that can fail on bad data runs before the first output is replaced.
-    collection = build_collection(metas, gdf, stats, footprints, classes, p, out, stac_dir, regions)
+    collection = build_collection(metas, gdf, stats, footprints, classes, p, out, stac_dir, regions, scenes)
     docs = stac_documents(collection, stac_dir)
 
     with atomic_path(out.dir) as tmp:
