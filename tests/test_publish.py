@@ -20,6 +20,7 @@ from pipeline.layout import DatasetFiles, RegionLayout
 from pipeline.legend import load_legend
 from pipeline.params import ParamsError, parse_section
 from pipeline.publish.index import PublishError, legend_classes, read_store_meta
+from pipeline.publish.browser import sample_patches
 from pipeline.publish.params import PublishParams
 from pipeline.publish.stac import check_stac
 from pipeline.publish.stage import publish
@@ -122,13 +123,20 @@ def write_test_store(
     return arrays
 
 
-def corrupt_image_arrays(store: Path) -> None:
-    """Overwrite every chunk of sar/eo/label: any read of them would now fail to decode."""
+def corrupt_image_arrays(store: Path, keep_shards: set[int] = frozenset()) -> int:
+    """Overwrite every shard of sar/eo/label but ``keep_shards``: any read of them would now fail to decode.
+
+    Returns how many shard files were corrupted.
+    """
+    n = 0
     for name in ("sar", "eo", "label"):
         chunks = [p for p in (store / name).rglob("*") if p.is_file() and p.name != "zarr.json"]
         assert chunks
         for p in chunks:
-            p.write_bytes(b"not a chunk")
+            if int(p.relative_to(store / name).parts[1]) not in keep_shards:  # c/<shard>/...
+                p.write_bytes(b"not a chunk")
+                n += 1
+    return n
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +144,7 @@ def project(tmp_path_factory) -> dict:
     """Two regions laid out as in the project (data/patches/NAME.zarr, data/regions/NAME/), published once."""
     root = tmp_path_factory.mktemp("proj")
     stores, arrays, registrations, labels = [], {}, {}, {}
+    params = PublishParams(id="sareo-test", version="1.2.3", browser_samples=3)
     specs = [
         # Paris-like urban region, full coverage; Charleston-like rural one with a hole in the middle.
         ("paris", (2.3300, 48.8500, 2.3420, 48.8580), 5.0, 1, "urban", "2024-07-09T04:03:29Z", "2022-05-01", set()),
@@ -149,7 +158,9 @@ def project(tmp_path_factory) -> dict:
         )
         region.labels.dir.mkdir(parents=True)
         region.labels.png.write_bytes(b"\x89PNG fake")
-        corrupt_image_arrays(region.store)
+        # only the shards holding index.html's sample patches stay readable: publish reads nothing else
+        sample = sample_patches(arrays[name]["split"], params.browser_samples, ("train", "val", "test"))
+        assert corrupt_image_arrays(region.store, {int(i) // 16 for i in sample}) > 0
         stores.append(region.store)
         registrations[name] = region.registration  # charleston-rural's record file does not exist
         labels[name] = region.labels
@@ -159,7 +170,6 @@ def project(tmp_path_factory) -> dict:
                     "shift_m": {"east": -1.5, "north": 2.0}, "tie_points": [[1, 2]]})  # fmt: skip
     )
     out_dir, stac_dir = root / "data" / "dataset", root / "stac" / "dataset"
-    params = PublishParams(id="sareo-test", version="1.2.3")
     stats = publish(stores, registrations, DatasetFiles(out_dir), stac_dir, params, labels=labels)
     return {"root": root, "stores": stores, "arrays": arrays, "specs": specs, "out": out_dir, "stac": stac_dir,
             "stats": stats, "registrations": registrations, "labels": labels, "params": params}  # fmt: skip
@@ -412,7 +422,7 @@ def test_store_without_patches_is_left_out(project, tmp_path) -> None:
     with pytest.raises(PublishError, match="none of the 1 stores holds a patch"):
         publish([empty], {}, DatasetFiles(tmp_path / "o"), tmp_path / "s", PublishParams())
     stats = publish([empty, project["stores"][0]], {}, DatasetFiles(tmp_path / "data" / "dataset"),
-                    tmp_path / "stac" / "dataset", PublishParams())  # fmt: skip
+                    tmp_path / "stac" / "dataset", project["params"])  # fmt: skip
     assert list(stats["patches"]["by_region"]) == ["paris"]
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.documents import read_json
-from pipeline.layout import SourceFiles
+from pipeline.layout import RegistrationFiles, SourceFiles
 from pipeline.provenance import sar_source
 from pipeline.publish.index import PublishError, StoreMeta
 
@@ -194,11 +194,13 @@ def _scene_records(meta: StoreMeta) -> list[dict[str, Any]]:
              "sar_grid_tags": prov.get("sar_grid_tags") or {}}]  # fmt: skip
 
 
-def region_scenes(meta: StoreMeta, splits: tuple[str, ...], source: SourceFiles | None = None) -> list[Scene]:
+def region_scenes(meta: StoreMeta, splits: tuple[str, ...], source: SourceFiles | None = None,
+                  registration: RegistrationFiles | None = None) -> list[Scene]:
     """The scenes of one store, with their patch counts (from ``sar_item``) and STAC fields.
 
-    A single-scene store without embedded metadata reads ``source.sar_metadata`` when it exists.
-    Every ``sar_item`` value must name one of the scenes.
+    A single-scene store without embedded metadata reads ``source.sar_metadata`` when it exists,
+    and its registration residuals from ``registration.record``. Every ``sar_item`` value must
+    name one of the scenes.
     """
     records = _scene_records(meta)
     items = meta.arrays["sar_item"]
@@ -215,6 +217,8 @@ def region_scenes(meta: StoreMeta, splits: tuple[str, ...], source: SourceFiles 
         counts = {s: int(((split == s) & mask).sum()) for s in splits}
         counts["total"] = int(mask.sum())
         reg = rec.get("registration")
+        if len(records) == 1 and registration is not None and registration.record.is_file():
+            reg = {**(reg or {}), **read_json(registration.record, PublishError)}
         out.append(Scene(
             id=sid, region=meta.region, provider=str(sar.get("provider") or "unknown"), product=sar.get("product"),
             datetime=sar.get("datetime"), licence=sar.get("licence"), attribution=sar.get("attribution"),
