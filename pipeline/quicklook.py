@@ -56,18 +56,23 @@ def sar_preview(path: str | Path, max_size: int, db_range: tuple[float, float] |
         db = ds.read(1, out_shape=shape, resampling=Resampling.average).astype(np.float32)
         calibrated = ds.tags().get("calibrated", "false") == "true"
         metres = _metres_per_px(ds, ds.width / shape[1])
+    rgb, lo, hi = db_to_rgb(db, db_range if calibrated else None)
+    return SarPreview(rgb, lo, hi, calibrated and db_range is not None, metres)
+
+
+def db_to_rgb(db: np.ndarray, db_range: tuple[float, float] | None) -> tuple[np.ndarray, float, float]:
+    """dB -> grey RGB over ``db_range`` (calibrated SAR), else over its own 2-98 % percentiles; NaN dark blue."""
     ok = np.isfinite(db)
-    if calibrated and db_range is not None:
+    if db_range is not None:
         lo, hi = db_range
     elif ok.any():
         lo, hi = (float(v) for v in np.percentile(db[ok], [2, 98]))
         hi = hi if hi > lo else lo + 1.0
     else:
         lo, hi = 0.0, 1.0
-    grey = stretch_db(db, lo, hi)
-    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    rgb = np.repeat(stretch_db(db, lo, hi)[:, :, None], 3, axis=2)
     rgb[~ok] = NODATA_RGB
-    return SarPreview(rgb, float(lo), float(hi), calibrated and db_range is not None, metres)
+    return rgb, float(lo), float(hi)
 
 
 def read_sar_preview(path: str | Path, max_size: int, db_range: tuple[float, float] | None = None) -> np.ndarray:

@@ -143,8 +143,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("patches", "cut patches, split them, write the region's Zarr store", "pipeline.patches", _patches,
           (ParamUse(PatchesParams), ParamUse(SplitsParams)),
           _region_dirs("source", "registration", "grid", "labels"), _region_dirs("store")),
-    # publish also reads each region's registration.json and links its quick looks; every one of those
-    # is an input of the region's store, so a change there reaches publish through data/patches
+    # publish also reads each region's registration.json, source/sar_metadata.json and grid/eo.tif (the
+    # browser's background) and links its quick looks; every one of those is an input of the region's
+    # store, so a change there reaches publish through data/patches
     Stage("publish", "write the dataset index, STAC collection and statistics", "pipeline.publish.stage", _publish,
           (ParamUse(PublishParams),), lambda p: [p.patches_dir, p.index_file],
           lambda p: [p.dataset.dir, p.stac], per_region=False),

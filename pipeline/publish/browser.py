@@ -71,22 +71,10 @@ def _decimate(a: np.ndarray, size: int) -> np.ndarray:
 
 
 def sar_thumb(db: np.ndarray, calibrated: bool, size: int) -> np.ndarray:
-    """dB patch -> grey RGB (calibrated: fixed -25..5 dB; else its 2-98 %), no data dark blue."""
-    from pipeline.quicklook import NODATA_RGB, stretch_db
+    """dB patch -> grey RGB (calibrated: fixed -25..5 dB, as the quick looks; else its 2-98 %), no data dark blue."""
+    from pipeline.quicklook import db_to_rgb
 
-    db = _decimate(np.asarray(db, np.float32), size)
-    ok = np.isfinite(db)
-    if calibrated:
-        lo, hi = SAR_DB_RANGE
-    elif ok.any():
-        lo, hi = (float(v) for v in np.percentile(db[ok], [2, 98]))
-        hi = hi if hi > lo else lo + 1
-    else:
-        lo, hi = 0.0, 1.0
-    grey = stretch_db(db, lo, hi)
-    rgb = np.repeat(grey[:, :, None], 3, axis=2)
-    rgb[~ok] = NODATA_RGB
-    return rgb
+    return db_to_rgb(_decimate(np.asarray(db, np.float32), size), SAR_DB_RANGE if calibrated else None)[0]
 
 
 def label_thumb(label: np.ndarray, classes: list[LegendClass], size: int) -> np.ndarray:
