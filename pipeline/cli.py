@@ -110,6 +110,12 @@ def _cmd_plan(args: argparse.Namespace, ctx: Context) -> None:
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
 
 
+def _cmd_info(args: argparse.Namespace, ctx: Context) -> None:
+    from pipeline.info import info
+
+    print(info(args.path))
+
+
 def _cmd_stage(args: argparse.Namespace, ctx: Context) -> None:
     stage = BY_NAME[args.stage]
     if stage.per_region:
@@ -158,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_plan)
     s = sub.add_parser("params", help="list every parameter with its default and meaning")
     s.set_defaults(func=_cmd_params)
+    s = sub.add_parser("info", help="summarise a patch store or the published dataset (regions, scenes, splits, "
+                       "classes, size)")
+    s.add_argument("path", help="a store (data/patches/NAME.zarr) or the dataset folder (data/dataset)")
+    s.set_defaults(func=_cmd_info)
     for stage in STAGES:
         s = sub.add_parser(stage.name, help=stage.help + (" (one region)" if stage.per_region else ""))
         if stage.per_region:

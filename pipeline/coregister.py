@@ -34,6 +34,7 @@ from pipeline.documents import read_json
 from pipeline.grid import grid_for_bbox, metres_per_degree
 from pipeline.layout import RegistrationFiles, SourceFiles
 from pipeline.params import param
+from pipeline.progress import Progress
 from pipeline.provenance import attribution_lines
 
 log = logging.getLogger("sareo.coregister")
@@ -328,8 +329,14 @@ def estimate(read: Reader, shape: tuple[int, int], gsd_m: float, p: CoregisterPa
     log.info("matching %d tiles of %d px", len(corners), tile)
     import dask
 
-    jobs = [dask.delayed(_match)(read, r0, c0, tile, tile, 1, fine_radius, guess, p) for r0, c0 in corners]
-    results = dask.compute(*jobs, scheduler="threads", num_workers=p.workers)
+    with Progress("registration tiles", len(corners), "tiles", logger=log) as bar:
+        def match(r0: int, c0: int) -> Any:
+            res = _match(read, r0, c0, tile, tile, 1, fine_radius, guess, p)
+            bar.update()
+            return res
+
+        results = dask.compute(*[dask.delayed(match)(r0, c0) for r0, c0 in corners], scheduler="threads",
+                               num_workers=p.workers)
     tps: list[TiePoint] = []
     for (r0, c0), res in zip(corners, results):
         if res is None:

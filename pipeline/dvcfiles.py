@@ -26,6 +26,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 RESOURCES: dict[str, tuple[str, ...]] = {
     "pipeline/legend.py": ("pipeline/legend.yaml",),
     "pipeline/demo/stage.py": ("pipeline/demo_data",),
+    "pipeline/publish/browser.py": ("pipeline/publish/browser.html",),
 }
 
 # Modules every stage runs through: the typed contracts (parameters, file layout). The CLI and the

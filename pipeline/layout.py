@@ -137,6 +137,23 @@ class DatasetFiles(_Files):
     def plots(self) -> Path:
         return self.dir / "plots"
 
+    @property
+    def splits(self) -> Path:
+        """Per-split copies of the index rows (splits/train.parquet...), the card's split configs."""
+        return self.dir / "splits"
+
+    @property
+    def card(self) -> Path:
+        return self.dir / "README.md"
+
+    @property
+    def croissant(self) -> Path:
+        return self.dir / "croissant.json"
+
+    @property
+    def browser(self) -> Path:
+        return self.dir / "index.html"
+
 
 @dataclass(frozen=True)
 class RegionLayout:

@@ -28,6 +28,7 @@ from pipeline.documents import read_json
 from pipeline.grid import Grid
 from pipeline.layout import GridFiles, LabelFiles, RegistrationFiles, SourceFiles
 from pipeline.params import param
+from pipeline.progress import Progress
 from pipeline.provenance import attribution_lines, licences, parse_datetime, sha256_file
 from pipeline.scenes import Scene, SceneError, read_scenes
 from pipeline.splits import SPLITS, SplitsParams, split_footprints, split_patches
@@ -203,6 +204,8 @@ class _SegmentWriter:
         self.buf: dict[int, dict[str, Any]] = {}
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.pending: Future | None = None
+        segments = sum((e - 1) // shard - s // shard + 1 for s, e in zip(starts, self.ends) if e > s)
+        self.bar = Progress("patches: shard writes", segments, "shards", logger=log)
 
     def _segment(self, s: int, i: int) -> tuple[int, int]:
         a = max(self.starts[s], (i // self.shard) * self.shard)
@@ -234,11 +237,13 @@ class _SegmentWriter:
     def _write(self, seg: dict[str, Any]) -> None:
         for name in ("sar", "eo", "label"):
             self.group[name][seg["a"] : seg["b"]] = seg[name]
+        self.bar.update()
 
     def close(self) -> None:
         if self.pending is not None:
             self.pending.result()
         self.pool.shutdown()
+        self.bar.close()
         if self.buf:
             raise RuntimeError(f"internal: unfinished segments {list(self.buf)}")
 

@@ -114,7 +114,8 @@ def _publish(ctx: Context) -> Any:
     regions = {n: lay.region(n) for n in ctx.regions}
     return publish(stores, {n: r.registration for n, r in regions.items()}, lay.dataset, lay.stac,
                    ctx.params[PublishParams], grids={n: r.grid for n, r in regions.items()},
-                   labels={n: r.labels for n, r in regions.items()})
+                   labels={n: r.labels for n, r in regions.items()},
+                   sources={n: r.source for n, r in regions.items()})
 
 
 def _region_dirs(*names: str) -> Callable[[RegionLayout], list[Path]]:
@@ -142,8 +143,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("patches", "cut patches, split them, write the region's Zarr store", "pipeline.patches", _patches,
           (ParamUse(PatchesParams), ParamUse(SplitsParams)),
           _region_dirs("source", "registration", "grid", "labels"), _region_dirs("store")),
-    # publish also reads each region's registration.json and links its quick looks; every one of those
-    # is an input of the region's store, so a change there reaches publish through data/patches
+    # publish also reads each region's registration.json, source/sar_metadata.json and grid/eo.tif (the
+    # browser's background) and links its quick looks; every one of those is an input of the region's
+    # store, so a change there reaches publish through data/patches
     Stage("publish", "write the dataset index, STAC collection and statistics", "pipeline.publish.stage", _publish,
           (ParamUse(PublishParams),), lambda p: [p.patches_dir, p.index_file],
           lambda p: [p.dataset.dir, p.stac], per_region=False),

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_path
+from pipeline.progress import Progress
 
 log = logging.getLogger("sareo.tiles")
 
@@ -168,6 +169,7 @@ def mosaic(
         atomic_path(dest) as tmp,
         rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
         ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        Progress(f"tiles z{zoom}", len(coords), "tiles", logger=log) as bar,
     ):
         with rasterio.open(tmp, "w", **profile) as dst:
             for batch in _chunks(coords, max(1, workers) * 4):
@@ -178,7 +180,8 @@ def mosaic(
                     dst.write(rgb, window=win)
                     dst.write_mask(mask, window=win)
                 done += len(batch)
-                log.info("tiles: %d/%d written (%d missing)", done, len(coords), missing)
+                bar.update(len(batch))
+                log.debug("tiles: %d/%d written (%d missing)", done, len(coords), missing)
         if missing == len(coords):
             raise TileError(f"{template}: none of the {len(coords)} tiles at zoom {zoom} covering {bbox} exists")
     return {

@@ -46,6 +46,7 @@ from pipeline.documents import read_json
 from pipeline.grid import Grid, aoi_mask, grid_for_bbox, metres_per_degree
 from pipeline.layout import GridFiles, RegistrationFiles, SourceFiles
 from pipeline.params import param
+from pipeline.progress import Progress
 from pipeline.quicklook import side_by_side
 from pipeline.provenance import sar_attribution
 
@@ -366,7 +367,7 @@ def run_blocks(grid: Grid, block: int, compute: Callable[[Window], Any], write: 
     wins = list(blocks(grid, block))
     batch = max(1, threads * 2)
     pending = None
-    with ThreadPoolExecutor(max_workers=1) as writer:
+    with ThreadPoolExecutor(max_workers=1) as writer, Progress(label, len(wins), "blocks", logger=log) as bar:
         for i in range(0, len(wins), batch):
             part = wins[i : i + batch]
             results = dask.compute(*[dask.delayed(compute)(w) for w in part], scheduler="threads",
@@ -374,7 +375,7 @@ def run_blocks(grid: Grid, block: int, compute: Callable[[Window], Any], write: 
             if pending is not None:
                 pending.result()
             pending = writer.submit(lambda p=part, rs=results: [write(w, r) for w, r in zip(p, rs)])
-            log.info("%s: %d/%d blocks", label, min(i + batch, len(wins)), len(wins))
+            bar.update(len(part))
         if pending is not None:
             pending.result()
 

@@ -26,7 +26,7 @@ def test_committed_dvc_yaml_is_the_rendered_registry() -> None:
 def test_cli_offers_exactly_the_registered_stages() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert [s.name for s in STAGES] == [c for c in sub.choices if c in {s.name for s in STAGES}]
-    assert {"validate", "sync", "params", "plan", "run"} | {s.name for s in STAGES} == set(sub.choices)
+    assert {"validate", "sync", "params", "plan", "info", "run"} | {s.name for s in STAGES} == set(sub.choices)
 
 
 def test_import_closure_follows_lazy_relative_and_package_imports(tmp_path: Path) -> None:

@@ -9,14 +9,12 @@ and the published index matches the stores.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-import yaml
 
 from pipeline.cli import main
 from pipeline.coregister import estimate_shift
@@ -25,28 +23,7 @@ from pipeline.loader import PatchDataset
 from pipeline.store import read_meta, store_attrs
 
 ROOT = Path(__file__).resolve().parent.parent
-# about 560 x 500 m per region: big enough for several split blocks, small enough for seconds
-BBOXES = {"helsinki": [24.939, 60.1665, 24.949, 60.171], "uppland": [17.588, 59.906, 17.598, 59.9105]}
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    (root / "pipeline").mkdir()
-    os.symlink(ROOT / "pipeline" / "demo_data", root / "pipeline" / "demo_data")
-    (root / "regions").mkdir()
-    for name, bbox in BBOXES.items():
-        region = yaml.safe_load((ROOT / "regions" / f"{name}.yaml").read_text())
-        region["aoi"]["bbox"] = bbox
-        (root / "regions" / f"{name}.yaml").write_text(yaml.safe_dump(region))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for name, bbox in BBOXES.items():
-        params["demo"]["regions"][name]["bbox"] = bbox
-    params["fetch"]["cache_dir"] = str(root / ".cache")
-    params["osm"]["cache_dir"] = str(root / ".cache" / "osmnx")
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    assert main(["--root", str(root), "-q", "run"]) == 0
-    return root
+from conftest import BBOXES  # noqa: E402 - the reduced demo regions; the `built` project fixture is in conftest.py
 
 
 def scene_of(built: Path, name: str) -> str:

@@ -20,6 +20,7 @@ from pipeline.layout import DatasetFiles, RegionLayout
 from pipeline.legend import load_legend
 from pipeline.params import ParamsError, parse_section
 from pipeline.publish.index import PublishError, legend_classes, read_store_meta
+from pipeline.publish.browser import sample_patches
 from pipeline.publish.params import PublishParams
 from pipeline.publish.stac import check_stac
 from pipeline.publish.stage import publish
@@ -140,13 +141,20 @@ def write_test_store(
     return arrays
 
 
-def corrupt_image_arrays(store: Path) -> None:
-    """Overwrite every chunk of sar/eo/label: any read of them would now fail to decode."""
+def corrupt_image_arrays(store: Path, keep_shards: set[int] = frozenset()) -> int:
+    """Overwrite every shard of sar/eo/label but ``keep_shards``: any read of them would now fail to decode.
+
+    Returns how many shard files were corrupted.
+    """
+    n = 0
     for name in ("sar", "eo", "label"):
         chunks = [p for p in (store / name).rglob("*") if p.is_file() and p.name != "zarr.json"]
         assert chunks
         for p in chunks:
-            p.write_bytes(b"not a chunk")
+            if int(p.relative_to(store / name).parts[1]) not in keep_shards:  # c/<shard>/...
+                p.write_bytes(b"not a chunk")
+                n += 1
+    return n
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +162,7 @@ def project(tmp_path_factory) -> dict:
     """Two regions laid out as in the project (data/patches/NAME.zarr, data/regions/NAME/), published once."""
     root = tmp_path_factory.mktemp("proj")
     stores, arrays, registrations, labels = [], {}, {}, {}
+    params = PublishParams(id="sareo-test", version="1.2.3", browser_samples=3)
     specs = [
         # Paris-like urban region, full coverage; Charleston-like rural one with a hole in the middle.
         ("paris", (2.3300, 48.8500, 2.3420, 48.8580), 5.0, 1, "urban", "2024-07-09T04:03:29Z", "2022-05-01", set()),
@@ -167,7 +176,9 @@ def project(tmp_path_factory) -> dict:
         )
         region.labels.dir.mkdir(parents=True)
         region.labels.png.write_bytes(b"\x89PNG fake")
-        corrupt_image_arrays(region.store)
+        # only the shards holding index.html's sample patches stay readable: publish reads nothing else
+        sample = sample_patches(arrays[name]["split"], params.browser_samples, ("train", "val", "test"))
+        assert corrupt_image_arrays(region.store, {int(i) // 16 for i in sample}) > 0
         stores.append(region.store)
         registrations[name] = region.registration  # charleston-rural's record file does not exist
         labels[name] = region.labels
@@ -177,7 +188,6 @@ def project(tmp_path_factory) -> dict:
                     "shift_m": {"east": -1.5, "north": 2.0}, "tie_points": [[1, 2]]})  # fmt: skip
     )
     out_dir, stac_dir = root / "data" / "dataset", root / "stac" / "dataset"
-    params = PublishParams(id="sareo-test", version="1.2.3")
     stats = publish(stores, registrations, DatasetFiles(out_dir), stac_dir, params, labels=labels)
     return {"root": root, "stores": stores, "arrays": arrays, "specs": specs, "out": out_dir, "stac": stac_dir,
             "stats": stats, "registrations": registrations, "labels": labels, "params": params}  # fmt: skip
@@ -302,8 +312,10 @@ def test_stac_collection_reads_back_and_links_resolve(project) -> None:
     stac_dir = project["stac"]
     assert check_stac(stac_dir / "collection.json") == []
     col = pystac.Collection.from_file(str(stac_dir / "collection.json"))
-    items = {i.id: i for i in col.get_items(recursive=True)}
+    every = {i.id: i for i in col.get_items(recursive=True)}
+    items = {k: i for k, i in every.items() if "sareo:region" not in i.properties}  # region items
     assert sorted(items) == sorted(project["arrays"])
+    assert sorted(set(every) - set(items)) == sorted(f"{r}_{s}" for r in project["arrays"] for s in ("train", "val", "test"))
     assert col.id == "sareo-test" and col.extra_fields["version"] == "1.2.3"
     assert col.license == "other"
     hrefs = {l.href for l in col.links if l.rel == "license"}
@@ -428,7 +440,7 @@ def test_store_without_patches_is_left_out(project, tmp_path) -> None:
     with pytest.raises(PublishError, match="none of the 1 stores holds a patch"):
         publish([empty], {}, DatasetFiles(tmp_path / "o"), tmp_path / "s", PublishParams())
     stats = publish([empty, project["stores"][0]], {}, DatasetFiles(tmp_path / "data" / "dataset"),
-                    tmp_path / "stac" / "dataset", PublishParams())  # fmt: skip
+                    tmp_path / "stac" / "dataset", project["params"])  # fmt: skip
     assert list(stats["patches"]["by_region"]) == ["paris"]
 
 

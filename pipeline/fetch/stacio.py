@@ -34,6 +34,7 @@ import pystac
 from pystac.stac_io import DefaultStacIO
 
 from pipeline.fetch.params import FetchParams
+from pipeline.progress import Progress
 
 log = logging.getLogger("sareo.stacio")
 
@@ -265,12 +266,14 @@ class Transport:
         def once() -> tuple[str, int]:
             h = hashlib.sha256()
             n = 0
-            with self._open_once(href) as (f, size), open(dest, "wb") as out:
+            with (self._open_once(href) as (f, size), open(dest, "wb") as out,
+                  Progress(f"download {href.rsplit('/', 1)[-1]}", size, "B", logger=log) as bar):
                 try:
                     while block := f.read(chunk):
                         h.update(block)
                         out.write(block)
                         n += len(block)
+                        bar.update(len(block))
                 except http.client.IncompleteRead as exc:
                     got = n + len(exc.partial)
                     raise FetchError(f"{href}: truncated download: got {got} of {size} bytes") from None

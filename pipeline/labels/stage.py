@@ -26,6 +26,7 @@ from pipeline.labels.classify import classify_tags, empty_classified, sea_featur
 from pipeline.labels.coast import SeaResult
 from pipeline.labels.params import LabelsParams
 from pipeline.labels.rasterize import iter_label_blocks
+from pipeline.progress import Progress
 from pipeline.labels.urban import equal_area_crs, urban_rural, zone_frames
 from pipeline.layout import GridFiles, LabelFiles, SourceFiles
 from pipeline.legend import Legend, load_legend
@@ -193,14 +194,14 @@ def label_region(
         with rasterio.open(t.labels, "w", nodata=legend.nodata, **profile) as dst:
             dst.update_tags(legend="pipeline/legend.yaml", attribution=credit.attribution)
             n_blocks = math.ceil(g.height / block) * math.ceil(g.width / block)
-            for i, (win, arr) in enumerate(iter_label_blocks(classified, g.crs, g.transform, g.shape,
-                                                             None, block, p.workers)):
-                inside = aoi_mask(polygon, g, win)
-                if inside is not None:
-                    arr[~inside] = legend.nodata
-                hist += np.bincount(arr.ravel(), minlength=256)
-                dst.write(arr, 1, window=win)
-                log.info("labels: block %d/%d", i + 1, n_blocks)
+            with Progress(f"labels {region.name}", n_blocks, "blocks", logger=log) as bar:
+                for win, arr in iter_label_blocks(classified, g.crs, g.transform, g.shape, None, block, p.workers):
+                    inside = aoi_mask(polygon, g, win)
+                    if inside is not None:
+                        arr[~inside] = legend.nodata
+                    hist += np.bincount(arr.ravel(), minlength=256)
+                    dst.write(arr, 1, window=win)
+                    bar.update()
         with rasterio.open(t.zones, "w", **profile) as dst:
             dst.update_tags(values=ZONE_VALUES, attribution=credit.attribution)
             for win, arr in iter_label_blocks(zones, g.crs, g.transform, g.shape, None, block, p.workers):

@@ -52,6 +52,9 @@ class PublishParams:
         "left edges of the SAR/EO time-gap histogram in days; the last bin is open-ended",
     )
     plot_dpi: int = param(100, "resolution of the PNG plots")
+    browser_samples: int = param(24, "patches per region whose SAR/EO/label images index.html embeds (0 = none)")
+    browser_thumb_px: int = param(128, "edge of those embedded images, pixels (patches are decimated to it)")
+    browser_background_px: int = param(720, "longest edge of each region's optical background in index.html")
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.id):
@@ -63,3 +66,7 @@ class PublishParams:
             raise ValueError(f"gap_bins_days: {edges} must be a non-empty, strictly increasing list")
         if self.plot_dpi <= 0:
             raise ValueError(f"plot_dpi: must be > 0, got {self.plot_dpi}")
+        if self.browser_samples < 0:
+            raise ValueError(f"browser_samples: must be >= 0, got {self.browser_samples}")
+        if self.browser_thumb_px < 8 or self.browser_background_px < 8:
+            raise ValueError("browser_thumb_px and browser_background_px: must be >= 8 pixels")

@@ -21,11 +21,14 @@ from pipeline.layout import DatasetFiles, GridFiles, LabelFiles, RegistrationFil
 from pipeline.provenance import OSM, sar_source
 from pipeline.publish.index import LegendClass, PublishError, StoreMeta, relpath
 from pipeline.publish.params import PublishParams
+from pipeline.publish.scenes import Scene, common_fields, extensions_for
 from pipeline.publish.stats import PLOTS, rounded
 
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 LABEL_EXTENSION = "https://stac-extensions.github.io/label/v1.0.1/schema.json"
+ML_AOI_EXTENSION = "https://stac-extensions.github.io/ml-aoi/v0.2.0/schema.json"
+ML_AOI_SPLIT = {"train": "train", "val": "validate", "test": "test"}  # ml-aoi's names for our splits
 
 
 @dataclass(frozen=True)
@@ -145,8 +148,13 @@ def build_collection(
     out: DatasetFiles,
     stac_dir: Path,
     regions: Mapping[str, RegionFiles],
+    scenes: Mapping[str, list[Scene]] | None = None,
 ):
     """The STAC collection (label + classification extensions) with one item per region store.
+
+    Each region item carries the SAR product's sar/sat/view fields (those all its scenes share)
+    and the processing fields; each (region, split) gets an ``ml-aoi`` item covering that
+    split's patches, and a region with several scenes one item per scene.
 
     Hrefs are made relative to the final locations of ``stac_dir`` and ``out``, so the
     catalog is self-contained and can be moved together with the data. ``regions`` names the
@@ -217,14 +225,21 @@ def build_collection(
         item.properties["label:overviews"] = [
             {"property_key": None, "counts": [{"name": c.slug, "count": int(h)} for c, h in zip(classes, hist)]}
         ]
-        item.stac_extensions = sorted({LABEL_EXTENSION, ClassificationExtension.get_schema_uri()})
+        region_scenes = list((scenes or {}).get(region, []))
+        sar_fields = {**common_fields(region_scenes), **_processing(region_scenes, m)}
+        item.properties.update(sar_fields)
+        if region_scenes:
+            item.properties["sareo:scenes"] = [{"id": sc.id, "patches": sc.patches} for sc in region_scenes]
+        item.stac_extensions = sorted({LABEL_EXTENSION, ClassificationExtension.get_schema_uri(),
+                                       *extensions_for(sar_fields)})  # fmt: skip
         ClassificationExtension.ext(item.assets["patches"], add_if_missing=True).classes = cls_objs
         items.append(item)
+        items.extend(_sub_items(item, sub, p.splits, region_scenes, m))
 
     rng = _dt_range(gdf["sar_datetime"], gdf["eo_datetime"])
     if rng is None:
         raise PublishError("no patch in any store has a SAR or EO datetime; the collection needs a time extent")
-    region_bboxes = [list(items[i].bbox) for i in range(len(items))]
+    region_bboxes = [list(i.bbox) for i in items if i.id in by_region]
     overall = [min(b[0] for b in region_bboxes), min(b[1] for b in region_bboxes),
                max(b[2] for b in region_bboxes), max(b[3] for b in region_bboxes)]  # fmt: skip
     collection = pystac.Collection(
@@ -271,6 +286,60 @@ def build_collection(
     collection.normalize_hrefs(os.path.abspath(stac_dir), skip_unresolved=False)
     collection.catalog_type = pystac.CatalogType.SELF_CONTAINED
     return collection
+
+
+def _processing(scenes: list[Scene], meta: StoreMeta) -> dict[str, Any]:
+    """processing: fields of the derived product: what sareo did, with which software."""
+    software: dict[str, str] = {}
+    for sc in scenes:
+        software.update(sc.fields.get("processing:software") or {})
+    sw = meta.attrs.get("software") or {}
+    software[str(sw.get("name") or "sareo")] = str(sw.get("version") or "unknown")
+    cal = sorted({str(sc.calibration.get("radiometry") or "relative") for sc in scenes}) or ["unknown"]
+    lineage = (f"SAR ({', '.join(cal)}) in dB and optical RGB resampled once onto a common EPSG:4326 grid after "
+               "automatic SAR-to-optical co-registration; labels rasterised from OpenStreetMap on the same grid; "
+               "cut into patches with spatially blocked splits")  # fmt: skip
+    return {"processing:lineage": lineage, "processing:software": dict(sorted(software.items()))}
+
+
+def _sub_items(region_item, sub, splits: tuple[str, ...], scenes: list[Scene], meta: StoreMeta) -> list[Any]:
+    """One ml-aoi item per split of the region and, for several scenes, one item per scene."""
+    import pystac
+    import shapely
+
+    out = []
+    groups: list[tuple[str, Any, dict[str, Any]]] = []
+    for s in splits:
+        part = sub[sub["split"] == s]
+        if len(part):
+            groups.append((f"{region_item.id}_{s}", part, {"ml-aoi:split": ML_AOI_SPLIT.get(s, s), "sareo:split": s}))
+    if len(scenes) > 1:
+        for sc in scenes:
+            part = sub[sub["sar_item"] == sc.id]
+            if len(part):
+                groups.append((f"{region_item.id}_{sc.id}", part, {**sc.fields, "sareo:scene": sc.id,
+                                                                    "sareo:registration": sc.registration}))
+    for item_id, part, extra in groups:
+        fp = shapely.union_all(part.geometry.values)
+        props = {k: v for k, v in region_item.properties.items()
+                 if not k.startswith(("sareo:patches", "sareo:area_km2", "sareo:scenes", "label:overviews"))}
+        rng = _dt_range(part["sar_datetime"], part["eo_datetime"])
+        if rng is not None:
+            props["start_datetime"], props["end_datetime"] = _iso(rng[0]), _iso(rng[1])
+        props.update({k: v for k, v in extra.items() if v is not None})
+        props["sareo:patches"] = int(len(part))
+        props["sareo:region"] = region_item.id
+        item = pystac.Item(id=item_id, geometry=shapely.geometry.mapping(fp), bbox=[float(v) for v in fp.bounds],
+                           datetime=None, properties=props)  # fmt: skip
+        item.add_asset("patches", region_item.assets["patches"].clone())
+        item.add_link(pystac.Link("derived_from", region_item, media_type="application/json",
+                                  title=f"region {region_item.id}"))  # fmt: skip
+        exts = set(region_item.stac_extensions) | set(extensions_for(props))
+        if "ml-aoi:split" in props:
+            exts.add(ML_AOI_EXTENSION)
+        item.stac_extensions = sorted(exts)
+        out.append(item)
+    return out
 
 
 def stac_documents(collection, stac_dir: Path) -> dict[str, dict[str, Any]]:

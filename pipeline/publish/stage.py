@@ -13,9 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_path, dumps_json
-from pipeline.layout import DatasetFiles, GridFiles, LabelFiles, RegistrationFiles
-from pipeline.publish.index import PublishError, patch_table, read_store_meta, store_legend
+from pipeline.provenance import sha256_file
+from pipeline.layout import DatasetFiles, GridFiles, LabelFiles, RegistrationFiles, SourceFiles
+from pipeline.publish.browser import page_data, render_page
+from pipeline.publish.card import citation, credits, dataset_card
+from pipeline.publish.croissant import croissant_document
+from pipeline.publish.index import PublishError, patch_table, read_store_meta, relpath, store_legend
 from pipeline.publish.params import PublishParams
+from pipeline.publish.scenes import region_scenes
 from pipeline.publish.stac import RegionFiles, build_collection, check_stac, stac_documents
 from pipeline.publish.stats import dataset_stats, region_footprints, write_plots
 from pipeline.splits import SPLITS, audit_footprints
@@ -52,11 +57,14 @@ def publish(
     *,
     grids: Mapping[str, GridFiles] | None = None,
     labels: Mapping[str, LabelFiles] | None = None,
+    sources: Mapping[str, SourceFiles] | None = None,
 ) -> dict[str, Any]:
     """Write ``out`` (index, stats, plots) and ``stac_dir`` (collection.json, one item per region).
 
     ``registrations``, ``grids`` and ``labels`` map a region name to the files its item links
     to; a region without an entry, or whose file does not exist, simply lacks that asset.
+    ``sources`` maps a region to its source files, whose ``sar_metadata.json`` (the product's own
+    metadata) gives the STAC sar/sat/view fields of a single-scene store.
     Both directories are replaced whole and atomically. Returns the statistics written.
     """
     stac_dir = Path(stac_dir)
@@ -86,16 +94,34 @@ def publish(
         name: RegionFiles(registrations.get(name), (grids or {}).get(name), (labels or {}).get(name))
         for name in names
     }
+    scenes = {m.region: region_scenes(m, p.splits, (sources or {}).get(m.region), registrations.get(m.region))
+              for m in metas}
     # Everything that can fail on bad data runs before the first output is replaced.
-    collection = build_collection(metas, gdf, stats, footprints, classes, p, out, stac_dir, regions)
+    collection = build_collection(metas, gdf, stats, footprints, classes, p, out, stac_dir, regions, scenes)
     docs = stac_documents(collection, stac_dir)
+
+    splits = [s for s in p.splits if stats["totals"]["patches_by_split"].get(s)]
+    times = [t for col in ("sar_datetime", "eo_datetime") for t in gdf[col].dropna()]
+    year = str(max(times).year) if times else "unknown"  # from the data, never "now"
+    browser = render_page(page_data(gdf, stats, classes, metas, scenes, p.splits, p.title, grids, p.browser_samples,
+                                    p.browser_thumb_px, p.browser_background_px))  # fmt: skip
+    card = dataset_card(stats, classes, metas, scenes, p, splits, year)
 
     with atomic_path(out.dir) as tmp:
         tmp.mkdir()
         t = out.at(tmp)
         gdf.to_parquet(t.index, index=False, compression="zstd")
+        t.splits.mkdir()
+        for s in splits:
+            gdf[gdf["split"] == s].to_parquet(t.splits / f"{s}.parquet", index=False, compression="zstd")
         t.stats.write_text(dumps_json(stats), encoding="utf-8")
         write_plots(stats, t.plots, p.plot_dpi, p.splits)
+        stores_glob = relpath(metas[0].path.parent, out.dir) + "/*.zarr/**"
+        doc = croissant_document(gdf, stats, classes, metas, scenes, p, sha256_file(t.index), stores_glob,
+                                 citation(p, year, credits(metas)))  # fmt: skip
+        t.croissant.write_text(dumps_json(doc), encoding="utf-8")
+        t.card.write_text(card, encoding="utf-8")
+        t.browser.write_text(browser, encoding="utf-8")
     log.info("wrote %s", out.dir)
     with atomic_path(stac_dir) as tmp:
         for rel, doc in docs.items():
