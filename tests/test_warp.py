@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -370,3 +371,33 @@ def test_polygon_aoi_masks_outside_pixels(gridded, tmp_path):
     keep = inside & np.isfinite(full_sar)
     np.testing.assert_array_equal(sar[keep], full_sar[keep])
     assert eo_ok[inside].mean() > 0.9
+
+
+def test_scenes_of_different_gsd_each_land_on_the_region_grid(tmp_path, fixtures):
+    """Two scenes (0.5 m and 0.3 m, one rotated): each is resampled once onto the one region grid,
+    its target on its pixel; a scene's registration correction moves only that scene."""
+    src = make_source(tmp_path, fixtures)
+    as_region_source(src, "A")
+    b = src / "scenes" / "B"
+    b.mkdir(parents=True)
+    shutil.copy(src / "sar_metadata.json", b / "sar_metadata.json")
+    scale = json.loads((b / "sar_metadata.json").read_text())["collect"]["image"]["scale_factor"]
+    write_sar(b / "sar.tif", scale, res=0.3, size=1000, rotation_deg=20.0)
+    os.link(src / "eo.tif", b / "eo.tif")
+    (b / "provenance.json").write_text((src / "scenes" / "A" / "provenance.json").read_text())
+    prov = json.loads((src / "provenance.json").read_text())
+    prov["scenes"].append({**prov["scenes"][0], "scene": "B"})
+    (src / "provenance.json").write_text(json.dumps(prov))
+    reg_dir = tmp_path / "registration"
+    (reg_dir / "scenes" / "B").mkdir(parents=True)
+    (reg_dir / "scenes" / "B" / "registration.json").write_text(json.dumps(
+        {"applied": True, "sar_crs": "EPSG:32635", "correction": [1, 0, 2.0, 0, 1, 0]}))  # B 2 m east
+    reg = region(tmp_path)
+    grid = grid_region(reg, SourceFiles(src), RegistrationFiles(reg_dir), GridFiles(tmp_path / "grid"), SMALL)
+    ec, er = grid.lonlat_to_pixel(LON, LAT)
+    for scene, shift_px in (("A", 0.0), ("B", 2.0 / grid.gsd_m)):
+        with rasterio.open(tmp_path / "grid" / "scenes" / scene / "sar_db.tif") as ds:
+            assert ds.transform == grid.transform and ds.shape == grid.shape and ds.tags()["scene"] == scene
+            col, row = peak_centroid(10 ** (ds.read(1) / 10))
+        assert np.hypot(col - (ec + shift_px), row - er) < 0.15, (scene, col - ec, row - er)
+    assert (tmp_path / "grid" / "eo.tif").is_file() and not (tmp_path / "grid" / "scenes" / "B" / "eo.tif").exists()
