@@ -121,18 +121,23 @@ def scene_grid(
     if s.provider == "umbra":
         cx, cy = tf.c + width_m / 2 + de, tf.f - height_m / 2 + dno
         rot = Affine.rotation(-s.footprint_rotation_deg)  # image 'up' points at this azimuth
-        return crs, Affine.translation(cx, cy) @ rot @ Affine.scale(px, -px) @ Affine.translation(-sw / 2, -sh / 2), (
-            sh, sw)
+        tf_rot = Affine.translation(cx, cy) @ rot @ Affine.scale(px, -px) @ Affine.translation(-sw / 2, -sh / 2)
+        return crs, tf_rot, (sh, sw)
     x0 = round((tf.c + de + (1 - s.size) * width_m / 2) / px) * px
     y1 = round((tf.f + dno - (1 - s.size) * height_m / 2) / px) * px
     return crs, Affine(px, 0.0, x0, 0.0, -px, y1), (sh, sw)
 
 
-def grid_lonlat_bounds(crs: CRS, transform: Affine, shape: tuple[int, int]) -> tuple[float, float, float, float]:
-    """Lon/lat bounds of a (possibly rotated) grid."""
+def grid_bounds(transform: Affine, shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """Map bounds (min x, min y, max x, max y) of a grid, rotated or not: its four corners."""
     h, w = shape
     xs, ys = zip(*(transform @ (c, r) for c, r in ((0, 0), (w, 0), (w, h), (0, h))))
-    return transform_bounds(crs, "EPSG:4326", min(xs), min(ys), max(xs), max(ys), densify_pts=21)
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def grid_lonlat_bounds(crs: CRS, transform: Affine, shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """Lon/lat bounds of a (possibly rotated) grid."""
+    return transform_bounds(crs, "EPSG:4326", *grid_bounds(transform, shape), densify_pts=21)
 
 
 def mercator_grid(
@@ -155,19 +160,19 @@ def _check_size(name: str, what: str, shape: tuple[int, int], p: DemoParams) -> 
 
 
 def scene_classes(
-    classified: gpd.GeoDataFrame, crs: CRS, transform: Affine, shape: tuple[int, int], workers: int
+    name: str, classified: gpd.GeoDataFrame, crs: CRS, transform: Affine, shape: tuple[int, int], p: DemoParams
 ) -> np.ndarray:
     """The class map on a scene grid. A rotated grid is burnt north-up at half its pixel size, then
     sampled (nearest) into the rotated frame: the simulated product's geometry, not a pipeline warp."""
     if transform.b == 0 and transform.d == 0:
-        return rasterize_classes(classified, crs, transform, shape, workers=workers)
-    h, w = shape
-    xs, ys = zip(*(transform @ (c, r) for c, r in ((0, 0), (w, 0), (w, h), (0, h))))
+        return rasterize_classes(classified, crs, transform, shape, workers=p.workers)
+    minx, miny, maxx, maxy = grid_bounds(transform, shape)
     fine = math.hypot(transform.a, transform.d) / 2
-    x0, y1 = math.floor(min(xs) / fine - 2) * fine, math.ceil(max(ys) / fine + 2) * fine
+    x0, y1 = math.floor(minx / fine - 2) * fine, math.ceil(maxy / fine + 2) * fine
     up_tf = Affine(fine, 0.0, x0, 0.0, -fine, y1)
-    up_shape = (math.ceil((y1 - min(ys)) / fine) + 2, math.ceil((max(xs) - x0) / fine) + 2)
-    north_up = rasterize_classes(classified, crs, up_tf, up_shape, workers=workers)
+    up_shape = (math.ceil((y1 - miny) / fine) + 2, math.ceil((maxx - x0) / fine) + 2)
+    _check_size(name, "north-up class", up_shape, p)
+    north_up = rasterize_classes(classified, crs, up_tf, up_shape, workers=p.workers)
     out = np.zeros(shape, np.uint8)
     reproject(north_up, out, src_transform=up_tf, src_crs=crs, dst_transform=transform, dst_crs=crs,
               resampling=Resampling.nearest)
@@ -202,7 +207,7 @@ def build_scene(
     umbra = s.provider == "umbra"
     log.info("demo %s: %s %s %s %dx%d px in %s", name, s.provider, info["polarization"], s.item_id,
              shape[1], shape[0], crs.to_string())
-    classes = scene_classes(classified, crs, true_tf, shape, p.workers)
+    classes = scene_classes(name, classified, crs, true_tf, shape, p)
     # toward_sensor works in the image frame: a rotated grid turns the look direction with it
     frame_az = s.range_azimuth_deg - (s.footprint_rotation_deg if umbra else 0.0)
     pixel_m = math.hypot(true_tf.a, true_tf.d)
