@@ -36,8 +36,10 @@ from pipeline.demo.rural import osm_xml, procedural_rural
 from pipeline.demo.stage import build_demo, scene_facts, scene_grid, utm_grid
 from pipeline.fetch.cache import Cache
 from pipeline.fetch.items import (
+    ItemFacts,
     classify_asset,
     coverage,
+    facts_reason,
     footprint,
     item_facts,
     select_data_asset,
@@ -540,25 +542,33 @@ def test_tiles_at_right_zoom_and_place(out: Path, cfg: DemoParams, name: str) ->
 
 
 
-def test_eo_and_sar_dates_differ_in_region_files(cfg: DemoParams) -> None:
-    for name, r in REGIONS.items():
+def test_region_files_select_every_demo_scene_and_eo_dates_differ() -> None:
+    """Each demo scene passes one of its region file's sar sources (the fetch stage's own filter), on the
+    catalog its provider's layout is written to; every scene has its own SAR/EO gap."""
+    catalogs = {"capella": "data/demo/capella/catalog.json", "umbra": "data/demo/umbra/stac/catalog.json"}
+    for name, r in DemoParams().regions.items():
         reg = load_region(ROOT / "regions" / f"{name}.yaml")
-        first = r.scenes[0]
-        sar_day = parse_item_id(first.item_id)["start"].date()
-        if "ids" in reg.sar:  # selected by id, or by filters that admit the demo item's date
-            assert reg.demo and reg.sar["ids"] == [first.item_id]
-        else:
-            start, end = reg.sar["datetime"].split("/")
-            assert reg.demo and start <= sar_day.isoformat() <= end
-        assert tuple(reg.bbox) == r.bbox
+        raw = reg.raw["sar"]
+        sources = raw if isinstance(raw, list) else [raw]
+        for sc in r.scenes:
+            f = scene_facts(sc)
+            facts = ItemFacts(sc.item_id, sc.provider, f["product"], (f["polarization"],), f["mode"], f["start"],
+                              f["end"], f["start"].isoformat())
+            admitted = [src for src in sources if src.get("stac") == catalogs[sc.provider]
+                        and sc.item_id in src.get("ids", [sc.item_id])
+                        and facts_reason(facts, {k: v for k, v in src.items() if (k, v) != ("polarization", "any")},
+                                         "product" in src) is None]
+            assert admitted, (name, sc.item_id, sources)
+        assert reg.demo and tuple(reg.bbox) == r.bbox
         assert reg.eo["tiles"] == f"data/demo/tiles/{name}/{{z}}/{{x}}/{{y}}.png"
         assert reg.eo["zoom"] == tiles.zoom_for_gsd((reg.bbox[1] + reg.bbox[3]) / 2, DemoParams().eo_gsd_m)
         eo_day = dt.date.fromisoformat(reg.eo["datetime"])
-        gaps = [abs((scene_facts(s.complete())["start"].date() - eo_day).days) for s in r.scenes]
+        gaps = [abs((scene_facts(s)["start"].date() - eo_day).days) for s in r.scenes]
         assert min(gaps) > 30 and len(set(gaps)) == len(gaps)  # every scene its own SAR/EO gap
         assert reg.resolve(reg.osm["file"]).endswith(
             "Helsinki.osm.pbf" if r.osm != PROCEDURAL else f"data/demo/osm/{name}.osm"
         )
+
 
 # --------------------------------------------------------------------------- determinism, errors, units
 
