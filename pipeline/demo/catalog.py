@@ -2,7 +2,8 @@
 
 By-datetime year/month/day sub-catalogs (zero-padded or not, as in different vintages), a second
 by-product-type path to the same items, Capella item ids and assets HH / metadata / preview /
-thumbnail with relative hrefs: the fetch stage must walk it exactly like the real bucket.
+thumbnail with relative hrefs (the data asset keyed by its polarisation, HH or VV): the fetch stage
+must walk it exactly like the real bucket.
 """
 
 from __future__ import annotations
@@ -20,6 +21,36 @@ from pipeline.demo.product import iso_time
 from pipeline.provenance import SOURCES
 
 CAPELLA = SOURCES["capella"]
+EXT = "https://stac-extensions.github.io/{}/schema.json"
+
+
+def providers(source: Any, layout: str) -> list[dict[str, Any]]:
+    """STAC providers of a simulated item: the demo produced it; ``source`` licensed the ``layout`` it copies."""
+    return [
+        {
+            "name": "sareo demo (simulated from OpenStreetMap)",
+            "roles": ["producer", "processor"],
+            "url": "https://www.openstreetmap.org/copyright",
+        },
+        {"name": source.name, "roles": ["licensor"], "url": source.url, "description": layout},
+    ]
+
+
+def simulated_item(p: dict[str, Any], geometry: dict[str, Any], props: dict[str, Any],
+                   extensions: list[str]) -> pystac.Item:
+    """A pystac Item of a simulated product: footprint bbox, mid-collect datetime, the given properties."""
+    info = p["info"]
+    mid = info["start"] + (info["end"] - info["start"]) / 2
+    item = pystac.Item(
+        id=p["item_id"],
+        geometry=geometry,
+        bbox=[round(v, 7) for v in p["footprint"].bounds],
+        datetime=mid,
+        properties=props,
+        stac_extensions=extensions,
+    )
+    item.properties["datetime"] = iso_time(mid)
+    return item
 
 
 def _item(p: dict[str, Any]) -> pystac.Item:
@@ -59,47 +90,22 @@ def _item(p: dict[str, Any]) -> pystac.Item:
         "capella:collect_id": p["ext"]["collect"]["collect_id"],
         "capella:image_formation_algorithm": img["algorithm"],
         "license": CAPELLA.licence,
-        "providers": [
-            {
-                "name": "sareo demo (simulated from OpenStreetMap)",
-                "roles": ["producer", "processor"],
-                "url": "https://www.openstreetmap.org/copyright",
-            },
-            {
-                "name": CAPELLA.name,
-                "roles": ["licensor"],
-                "url": CAPELLA.url,
-                "description": "product layout and metadata structure of Capella Open Data (CC BY 4.0)",
-            },
-        ],
+        "providers": providers(CAPELLA, "product layout and metadata structure of Capella Open Data (CC BY 4.0)"),
         "title": f"{p['item_id']} (SIMULATED)",
         "description": f"Simulated Capella-style GEO product over demo region {p['name']}; not Capella data.",
     }
-    mid = info["start"] + (info["end"] - info["start"]) / 2
-    item = pystac.Item(
-        id=p["item_id"],
-        geometry=shapely.geometry.mapping(fp),
-        bbox=[round(v, 7) for v in fp.bounds],
-        datetime=mid,
-        properties=props,
-        stac_extensions=[
-            "https://stac-extensions.github.io/sar/v1.0.0/schema.json",
-            "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
-            "https://stac-extensions.github.io/view/v1.0.0/schema.json",
-            "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
-        ],
-    )
-    item.properties["datetime"] = iso_time(mid)
-    return item
+    extensions = [EXT.format(e) for e in ("sar/v1.0.0", "sat/v1.0.0", "view/v1.0.0", "projection/v1.1.0")]
+    return simulated_item(p, shapely.geometry.mapping(fp), props, extensions)
 
 
+POLARIZATION = "{pol}"  # the data asset's key is the product's polarisation, as in Capella's catalog
 _ASSETS = (
     (
-        "HH",
+        POLARIZATION,
         ".tif",
         "image/tiff; application=geotiff; profile=cloud-optimized",
         ["data"],
-        "HH amplitude (UInt16, sigma0 = (scale_factor * DN)^2)",
+        "{pol} amplitude (UInt16, sigma0 = (scale_factor * DN)^2)",
     ),
     ("metadata", "_extended.json", "application/json", ["metadata"], "Extended metadata"),
     ("preview", "_preview.png", "image/png", ["overview"], "Preview"),
@@ -143,11 +149,16 @@ def write_catalog(dest: Path, products: list[dict[str, Any]]) -> Path:
     for item, p in items:
         item_dir = Path(item.get_self_href()).parent
         item_dir.mkdir(parents=True, exist_ok=True)
+        pol = p["info"]["polarization"]
         for key, suffix, media, roles, title in _ASSETS:
             f = p["stage"] / f"{p['item_id']}{suffix}"
             target = item_dir / f.name
             f.replace(target)
-            item.add_asset(key, pystac.Asset(href=str(target), media_type=media, roles=roles, title=title))
+            item.add_asset(key.format(pol=pol), pystac.Asset(href=str(target), media_type=media, roles=roles,
+                                                             title=title.format(pol=pol)))
+            if key == POLARIZATION:
+                p["data_path"] = target
+        p["item_path"] = Path(item.get_self_href())
     # A second path to the same items, as in the real bucket: by product type.
     by_pt = pystac.Catalog(
         id="capella-open-data-by-product-type",

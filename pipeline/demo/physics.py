@@ -4,11 +4,12 @@ Pure functions on numpy arrays (no I/O), so the physics can be tested on a hand-
 and the demo stage only wires them to real OSM. The models are deliberately simple but have the
 properties the rest of the pipeline must cope with:
 
-- SAR: a mean sigma0 per class (dB table below, X-band HH at ~35-40 deg incidence), a mild
-  low-frequency texture, bright double-bounce edges on the sensor-facing side of buildings and
-  radar shadow behind them, then gamma-distributed multiplicative speckle (``looks`` looks)
-  and UInt16 amplitude quantisation ``DN = round(sqrt(sigma0) / scale_factor)``, the inverse
-  of Capella's ``sigma0 = (scale_factor * DN)**2``.
+- SAR: a mean sigma0 per class (dB table below, X-band HH at ~35-40 deg incidence; VV differs
+  by :data:`VV_MINUS_HH_DB`), a mild low-frequency texture, bright double-bounce edges on the
+  sensor-facing side of buildings and radar shadow behind them, then gamma-distributed
+  multiplicative speckle (``looks`` looks) and amplitude quantisation
+  ``DN = round(sqrt(sigma0) / scale_factor)``, the inverse of Capella's
+  ``sigma0 = (scale_factor * DN)**2`` (UInt16; Umbra's uint8 display products saturate at 255).
 - EO: a colour per class with class-specific texture (noise at two scales, furrows on
   cropland, tone per roof), sun shadows behind buildings and a slight optical blur.
 
@@ -57,6 +58,12 @@ SIGMA0_DB: dict[int, float] = {
     23: -19.0,  # beach / sand
     24: -12.0,  # bare rock / quarry
 }
+
+# VV minus HH (dB) at X band where the two differ: small-roughness (Bragg-like) surfaces such as
+# water, wet ground and smooth pavement return more in VV; a dihedral (double bounce) returns less.
+VV_MINUS_HH_DB: dict[int, float] = {22: 5.0, 21: 2.0, 12: 1.0, 13: 1.0, 7: 1.0, 8: 1.0, 9: 1.0, 17: 1.0, 16: 0.5}
+VV_EDGE_LOSS_DB = 5.0  # double bounce: VV this much below HH
+POLARIZATIONS = ("HH", "VV")
 
 # Standard deviation (dB) of the smooth per-pixel texture inside a class.
 SAR_TEXTURE_DB: dict[int, float] = {1: 2.0, 4: 1.5, 3: 1.5, 17: 1.0, 18: 1.5, 19: 1.5, 20: 1.2, 22: 0.3}
@@ -184,6 +191,7 @@ class SarGeometry:
     range_azimuth_deg: float = 260.0
     incidence_deg: float = 38.0
     building_height_m: float = 12.0
+    polarization: str = "HH"
     edge_m: float = 1.0
     edge_gain_db: float = 12.0
     shadow_db: float = -24.0
@@ -207,12 +215,17 @@ class SarScene:
 def mean_sigma0(classes: np.ndarray, geometry: SarGeometry, rng: np.random.Generator) -> SarScene:
     """The expected sigma0 of every pixel (before speckle): class mean, texture, edges, shadow."""
     c = _check_classes(classes)
+    if geometry.polarization not in POLARIZATIONS:
+        raise SimulationError(f"polarization {geometry.polarization!r}: expected one of {', '.join(POLARIZATIONS)}")
+    vv = geometry.polarization == "VV"
     db = _lut(SIGMA0_DB, -11.0)[c]
+    if vv:
+        db += _lut(VV_MINUS_HH_DB, 0.0)[c]
     tex = _lut(SAR_TEXTURE_DB, SAR_TEXTURE_DEFAULT_DB)[c]
     db += tex * smooth_noise(rng, c.shape, geometry.texture_m / geometry.pixel_m)
     step = toward_sensor(geometry.range_azimuth_deg)
     edge, shadow = edges_and_shadow(c == BUILDING, step, geometry.edge_m / geometry.pixel_m, geometry.shadow_px)
-    db[edge] = SIGMA0_DB[BUILDING] + geometry.edge_gain_db
+    db[edge] = SIGMA0_DB[BUILDING] + geometry.edge_gain_db - (VV_EDGE_LOSS_DB if vv else 0.0)
     db[shadow] = geometry.shadow_db
     return SarScene(np.power(np.float32(10.0), db / np.float32(10.0)).astype(np.float32), edge, shadow)
 
@@ -225,12 +238,19 @@ def speckle(sigma0: np.ndarray, looks: float, rng: np.random.Generator) -> np.nd
     return (np.asarray(sigma0, np.float32) * g).astype(np.float32)
 
 
-def sigma0_to_dn(sigma0: np.ndarray, scale_factor: float, valid: np.ndarray | None = None) -> np.ndarray:
-    """UInt16 amplitude DN = round(sqrt(sigma0) / scale_factor), 1..65535 inside, 0 (nodata) outside."""
+def sigma0_to_dn(
+    sigma0: np.ndarray, scale_factor: float, valid: np.ndarray | None = None, dtype: str = "uint16"
+) -> np.ndarray:
+    """Amplitude DN = round(sqrt(sigma0) / scale_factor), 1..max of ``dtype`` inside, 0 (nodata) outside.
+
+    uint16: Capella GEO/GEC; uint8: a display product (Umbra GEC), bright targets saturate.
+    """
     if not (scale_factor > 0 and math.isfinite(scale_factor)):
         raise SimulationError(f"scale_factor: {scale_factor!r} must be a positive finite number")
+    if dtype not in ("uint16", "uint8"):
+        raise SimulationError(f"dtype {dtype!r}: expected uint16 or uint8")
     amp = np.sqrt(np.asarray(sigma0, np.float64)) / scale_factor
-    dn = np.clip(np.rint(amp), 1, 65535).astype(np.uint16)
+    dn = np.clip(np.rint(amp), 1, np.iinfo(dtype).max).astype(dtype)
     if valid is not None:
         dn[~np.asarray(valid, bool)] = 0
     return dn

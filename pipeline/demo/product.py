@@ -1,4 +1,4 @@
-"""A simulated Capella GEO product: item id fields, ``*_extended.json``, the HH COG, previews, footprint.
+"""A simulated Capella GEO product: item id fields, ``*_extended.json``, the HH/VV COG, previews, footprint.
 
 The structure, field names and static constants follow a real Capella Open Data product
 (CC BY 4.0); geometry, calibration and times are the simulated scene's. Fixed compression
@@ -152,8 +152,15 @@ def capella_extended(
     }
 
 
-def write_cog(path: Path, dn: np.ndarray, crs: CRS, transform: Affine, description: dict[str, Any]) -> None:
-    """UInt16 COG, nodata 0, DEFLATE + predictor, 512 px blocks, averaged overviews; fixed bytes."""
+def write_cog(
+    path: Path, dn: np.ndarray, crs: CRS, transform: Affine, tags: dict[str, str], band: str | None = None,
+    nodata: int | None = 0,
+) -> None:
+    """Single-band COG (dtype of ``dn``), DEFLATE + predictor, 512 px blocks, averaged overviews; fixed bytes.
+
+    Capella GEO: UInt16, nodata 0, band named for its polarisation. Umbra GEC: uint8 and neither
+    a nodata tag nor a band name (DN 0 outside the footprint all the same), as Umbra's files.
+    """
     h, w = dn.shape
     with MemoryFile() as mem:
         with mem.open(
@@ -161,20 +168,18 @@ def write_cog(path: Path, dn: np.ndarray, crs: CRS, transform: Affine, descripti
             width=w,
             height=h,
             count=1,
-            dtype="uint16",
+            dtype=dn.dtype.name,
             crs=crs,
             transform=transform,
-            nodata=0,
+            nodata=nodata,
             tiled=True,
             blockxsize=512,
             blockysize=512,
         ) as ds:
             ds.write(dn, 1)
-            ds.set_band_description(1, "HH")
-            ds.update_tags(
-                TIFFTAG_IMAGEDESCRIPTION=json.dumps(description, sort_keys=True, separators=(",", ":")),
-                TIFFTAG_SOFTWARE="sareo demo (simulated Capella GEO)",
-            )
+            if band:
+                ds.set_band_description(1, band)
+            ds.update_tags(**tags)
         with mem.open() as src:
             rasterio.shutil.copy(
                 src,
@@ -187,6 +192,14 @@ def write_cog(path: Path, dn: np.ndarray, crs: CRS, transform: Affine, descripti
                 OVERVIEW_RESAMPLING="AVERAGE",
                 BIGTIFF="NO",
             )
+
+
+def capella_tags(description: dict[str, Any]) -> dict[str, str]:
+    """TIFF tags of a Capella GEO COG: a JSON description (collect id, product type, scale factor)."""
+    return {
+        "TIFFTAG_IMAGEDESCRIPTION": json.dumps(description, sort_keys=True, separators=(",", ":")),
+        "TIFFTAG_SOFTWARE": "sareo demo (simulated Capella GEO)",
+    }
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
