@@ -70,7 +70,7 @@ class Cache:
                 return dest, meta["sha256"], n
         dest.parent.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s", href)
-        with atomic_path(dest, suffix="") as tmp:
+        with atomic_path(dest) as tmp:
             digest, n = self.transport.download(href, tmp)
             _verify(href, digest, n, sha256, size)
         write_json(side, {"href": href, "sha256": digest, "bytes": n})
