@@ -13,7 +13,7 @@ import pystac
 
 from pipeline import tiles as xyz
 from pipeline.fetch.cache import Cache, link_or_copy
-from pipeline.fetch.geotiff import check_geotiff, to_uint8_rgb
+from pipeline.fetch.geotiff import check_geotiff, to_uint8_rgb, whole_geotiff
 from pipeline.fetch.items import Candidate, coverage, href_suffix, item_facts, rank_key
 from pipeline.fetch.params import FetchParams
 from pipeline.fetch.stacio import FetchError, NotFound, check_href, href_dir, is_remote, load_json, local_path
@@ -32,7 +32,7 @@ def fetch_eo(region: Region, cache: Cache, p: FetchParams, dest: Path) -> dict[s
         zoom = eo.get("zoom")
         if zoom is None:
             zoom = xyz.zoom_for_gsd(lat, region.gsd_m, p.tile_zoom_factor, p.max_zoom, p.tile_size)
-        summary = xyz.mosaic(template, region.bbox, int(zoom), dest, lambda h: _read_tile(cache, h),
+        summary = xyz.mosaic(template, region.bbox, int(zoom), dest, lambda h: _read_tile(cache, h, p.tile_size),
                              p.tile_size, p.workers)
         rec.update({"source": template, "kind": "tiles", "zoom": int(zoom), "tiles": summary})
     else:
@@ -43,7 +43,7 @@ def fetch_eo(region: Region, cache: Cache, p: FetchParams, dest: Path) -> dict[s
         else:
             href = region.resolve(eo["file"])
             rec.update({"source": href, "kind": "file"})
-        path, digest, n = cache.get(href)
+        path, digest, n = cache.get(href, check=whole_geotiff(href))
         info = check_geotiff(path, href, region.aoi)
         rec.update({"source_sha256": digest, "source_bytes": n})
         if info["dtype"] == "uint8" and info["count"] == 3 and eo.get("bands") in (None, [1, 2, 3]):
@@ -56,11 +56,11 @@ def fetch_eo(region: Region, cache: Cache, p: FetchParams, dest: Path) -> dict[s
     return rec
 
 
-def _read_tile(cache: Cache, href: str) -> bytes | None:
-    """A tile's bytes (cached when remote), None when it does not exist."""
+def _read_tile(cache: Cache, href: str, tile_size: int) -> bytes | None:
+    """A tile's bytes (cached when remote, only once they decode), None when it does not exist."""
     try:
         if is_remote(href):
-            path, _, _ = cache.get(href)
+            path, _, _ = cache.get(href, check=lambda path, d, n: xyz.decode_tile(path.read_bytes(), tile_size, href))
             return path.read_bytes()
         p = local_path(href)
         return p.read_bytes() if p.is_file() else None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.fetch.cache import Cache, link_or_copy
-from pipeline.fetch.geotiff import check_geotiff
+from pipeline.fetch.geotiff import check_geotiff, whole_geotiff
 from pipeline.fetch.items import (
     SELECTION_RULE,
     Candidate,
@@ -28,7 +28,7 @@ from pipeline.fetch.items import (
     select_metadata_asset,
 )
 from pipeline.fetch.params import FetchParams
-from pipeline.fetch.stacio import FetchError, check_href, href_dir, load_json
+from pipeline.fetch.stacio import Check, FetchError, check_href, href_dir, load_json
 from pipeline.fetch.walk import WalkFilter, WalkStats, walk_catalog
 from pipeline.layout import SourceFiles
 from pipeline.provenance import local_source, sar_source
@@ -135,7 +135,7 @@ def fetch_sar(region: Region, cache: Cache, p: FetchParams, out: SourceFiles) ->
     sar = region.sar
     if sar.get("file"):
         href = region.resolve(sar["file"])
-        path, digest, n = cache.get(href)
+        path, digest, n = cache.get(href, check=whole_geotiff(href))
         check_geotiff(path, href, region.aoi)
         link_or_copy(path, out.sar)
         provider = sar.get("provider", "unknown")
@@ -144,8 +144,7 @@ def fetch_sar(region: Region, cache: Cache, p: FetchParams, out: SourceFiles) ->
                                "polarization": sar.get("polarization"), **_licence(provider, region)}
         if sar.get("metadata"):
             mhref = region.resolve(sar["metadata"])
-            mpath, mdigest, _ = cache.get(mhref)
-            _check_json(mpath, mhref)
+            mpath, mdigest, _ = cache.get(mhref, check=_json_check(mhref))
             link_or_copy(mpath, out.sar_metadata)
             rec["metadata"] = {"href": mhref, "sha256": mdigest}
         return rec
@@ -157,8 +156,9 @@ def fetch_sar(region: Region, cache: Cache, p: FetchParams, out: SourceFiles) ->
     key, asset = select_data_asset(item, sar.get("polarization"))
     href = check_href(asset.href, best.href, root_dir)
     sha, size = expected_checksum(asset)
-    path, digest, n = cache.get(href, sha, size)
-    check_geotiff(path, f"{item.id} asset {key!r} ({href})", region.aoi)
+    what = f"{item.id} asset {key!r} ({href})"
+    path, digest, n = cache.get(href, sha, size, check=whole_geotiff(what))
+    check_geotiff(path, what, region.aoi)
     link_or_copy(path, out.sar)
     ranked = [{"item_id": c.facts.id, "coverage": round(c.coverage, 6), "datetime": c.facts.datetime}
               for c in found.candidates[: p.max_candidates]]
@@ -183,20 +183,23 @@ def fetch_sar(region: Region, cache: Cache, p: FetchParams, out: SourceFiles) ->
     if meta:
         mhref = check_href(meta[1].href, best.href, root_dir)
         msha, msize = expected_checksum(meta[1])
-        mpath, mdigest, _ = cache.get(mhref, msha, msize)
-        _check_json(mpath, mhref)
+        mpath, mdigest, _ = cache.get(mhref, msha, msize, check=_json_check(mhref))
         link_or_copy(mpath, out.sar_metadata)
         rec["metadata"] = {"asset": meta[0], "href": mhref, "sha256": mdigest}
     log.info("SAR %s: %s (%d bytes) of %d candidate(s)", region.name, item.id, n, len(found.candidates))
     return rec
 
 
-def _check_json(path: Path, href: str) -> None:
-    """Refuse metadata that is not JSON before it lands in source/."""
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FetchError(f"{href}: metadata is not JSON ({exc})") from None
+def _json_check(href: str) -> Check:
+    """A download-cache check: metadata that is not JSON (or was cut) never lands in the cache or source/."""
+
+    def check(path: Path, digest: str, n: int) -> None:
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FetchError(f"{href}: metadata is not JSON ({exc})") from None
+
+    return check
 
 
 def _licence(provider: str, region: Region) -> dict[str, str]:
