@@ -1,17 +1,16 @@
 """Atomic outputs: everything the pipeline writes appears whole or not at all.
 
-Writers produce into a temporary and rename it into place, so an interrupted run never
-leaves a half-written file that a later stage, DVC or a loader would trust.
+Writers produce into a temporary sibling and rename it into place, so an interrupted run
+never leaves a half-written file that a later stage, DVC or a loader would trust.
 
-A temporary lives inside a hidden *container* directory next to the destination,
-``.NAME.XXXXXXXX.sareo-tmp/NAME``: the writer sees the real file name (drivers that pick a
-format from the extension still work), while nothing that globs the destination's folder
-(``data/patches/*.zarr``) can match it, and ``.dvcignore`` keeps DVC from hashing it. The
-container holds an ``flock``-ed lock file for as long as its writer lives; a container whose
-lock is free was left by a killed run and is removed by the next write of the same
-destination (:func:`clean_stale`). A directory that already exists is replaced with one
-``renameat2(RENAME_EXCHANGE)`` where the OS offers it, so a reader never finds the path
-missing and never sees a mix of the old and the new tree.
+The temporary of ``NAME`` is ``.NAME.XXXXXXXX.sareo-tmp`` beside it: hidden, and ending in
+neither ``NAME``'s suffix nor anything a loader globs for (``data/patches/*.zarr`` cannot
+match it), and ``.dvcignore`` keeps DVC from hashing it. Being a sibling, relative paths
+resolve from it as from ``NAME``. Its writer holds an ``flock`` on ``.NAME.XXXXXXXX.sareo-tmp.lock``
+for as long as it lives; a temporary whose lock is free was left by a killed run, and the next
+write of the same destination removes it (:func:`clean_stale`). A directory that already
+exists is replaced with one ``renameat2(RENAME_EXCHANGE)`` where the OS offers it, so a reader
+never finds the path missing and never sees a mix of the old and the new tree.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -32,49 +32,57 @@ from typing import Any
 
 log = logging.getLogger("sareo.atomic")
 
-TMP_SUFFIX = ".sareo-tmp"  # the suffix of every temporary container (see .dvcignore)
-_LOCK = ".lock"
-_ORPHAN_AGE_S = 60.0  # a container without a lock file (killed within microseconds of mkdtemp) after this age
+TMP_SUFFIX = ".sareo-tmp"  # every temporary; with .lock (its writer's lock) and .old (a replaced tree)
+_NEW = ".sareo-new"  # a lock file in the microseconds before it is locked and named
+_ORPHAN_AGE_S = 60.0  # pieces without a lock file count as stale after this age
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
-def _containers(dest: Path) -> list[Path]:
-    """The temporary containers of ``dest`` (live or stale) in its folder."""
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _lock_is_free(lock: Path) -> bool:
     try:
-        return sorted(p for p in dest.parent.glob(f".{dest.name}.*{TMP_SUFFIX}") if p.is_dir())
+        fd = os.open(lock, os.O_RDWR)
     except FileNotFoundError:
-        return []
-
-
-def _legacy(dest: Path) -> list[Path]:
-    """Temporaries of earlier versions (``.NAME.XXXX.tmp.zarr``, ``.NAME.old-PID``): they carry no
-    lock, so only old ones count as stale."""
-    sfx = "".join(dest.suffixes)
-    try:
-        found = [*dest.parent.glob(f".{dest.name}.*.tmp{sfx}"), *dest.parent.glob(f".{dest.name}.old-*")]
-    except FileNotFoundError:
-        return []
-    now = time.time()
-    return sorted(p for p in found if now - p.lstat().st_mtime > _ORPHAN_AGE_S)
-
-
-def _is_stale(container: Path) -> bool:
-    """True when no live writer holds the container's lock (its writer was killed)."""
-    try:
-        fd = os.open(container / _LOCK, os.O_RDWR)
-    except FileNotFoundError:
-        try:
-            return time.time() - container.stat().st_mtime > _ORPHAN_AGE_S
-        except FileNotFoundError:
-            return False
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     finally:
-        os.close(fd)  # closing drops the lock we may have taken; rmtree follows at once
+        os.close(fd)
     return True
+
+
+def _stale(dest: Path) -> list[Path]:
+    """Temporaries of ``dest``'s folder-mates named like ``dest``'s, whose writer is gone."""
+    parent, name, now = dest.parent, dest.name, time.time()
+    if not parent.is_dir():
+        return []
+    found: list[Path] = []
+    for lock in parent.glob(f".{name}.*{TMP_SUFFIX}.lock"):
+        if _lock_is_free(lock):
+            stem = lock.with_name(lock.name.removesuffix(".lock"))
+            found += [p for p in (stem, stem.with_name(stem.name + ".old")) if p.exists() or p.is_symlink()]
+            found.append(lock)  # last: a kill while removing leaves the lock, so the next run finishes the job
+    pieces = [*parent.glob(f".{name}.*{TMP_SUFFIX}"), *parent.glob(f".{name}.*{TMP_SUFFIX}.old"),
+              *parent.glob(f".{name}.*{_NEW}"),
+              # earlier versions' temporaries (.NAME.XXXX.tmp.zarr, .NAME.old-PID): no lock, so by age
+              *parent.glob(f".{name}.*.tmp{''.join(dest.suffixes)}"), *parent.glob(f".{name}.old-*")]
+    for p in pieces:
+        stem = p.name.removesuffix(".old")
+        if p in found or (p.parent / f"{stem}.lock").exists():
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if now - p.lstat().st_mtime > _ORPHAN_AGE_S:
+                found.insert(0, p)
+    return found
 
 
 def clean_stale(dest: str | os.PathLike[str]) -> list[Path]:
@@ -83,14 +91,11 @@ def clean_stale(dest: str | os.PathLike[str]) -> list[Path]:
     Called by every :func:`atomic_path`, so a stage cleans up after itself on its next run.
     Temporaries of a writer that is still running are left alone.
     """
-    dest = Path(dest)
-    removed = [c for c in _containers(dest) if _is_stale(c)] + _legacy(dest)
-    for c in removed:
-        if c.is_dir() and not c.is_symlink():
-            shutil.rmtree(c, ignore_errors=True)
-        else:
-            c.unlink(missing_ok=True)
-        log.warning("removed %s, a temporary left by an interrupted run", c)
+    removed = _stale(Path(dest))
+    for p in removed:
+        _remove(p)
+        if not p.name.endswith(".lock"):
+            log.warning("removed %s, a temporary left by an interrupted run", p)
     return removed
 
 
@@ -109,14 +114,13 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a))
 
 
-def _install(tmp: Path, dest: Path, container: Path) -> None:
-    """Put ``tmp`` at ``dest``; an existing directory ends up inside ``container`` (removed after)."""
+def _install(tmp: Path, dest: Path) -> None:
+    """Put ``tmp`` at ``dest``; an existing directory ends up at ``tmp`` (or ``tmp.old``), removed after."""
     if dest.is_dir() and not dest.is_symlink():
         if not _exchange(tmp, dest):
-            # no atomic exchange: move the old tree into the container, then the new one in place.
-            # A kill between the two renames leaves dest missing (never half-written) and the old
-            # tree in a stale container that the next run removes.
-            os.replace(dest, container / "old")
+            # no atomic exchange: move the old tree aside, then the new one in place. A kill between
+            # the two renames leaves dest missing (never half-written) and the old tree stale.
+            os.replace(dest, tmp.with_name(tmp.name + ".old"))
             os.replace(tmp, dest)
     else:
         os.replace(tmp, dest)
@@ -124,39 +128,45 @@ def _install(tmp: Path, dest: Path, container: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path for ``dest``; put it at ``dest`` only on success.
+    """Yield a temporary sibling path for ``dest``; put it at ``dest`` only on success.
 
     Works for files and directories (e.g. a Zarr store): the caller creates whatever it
-    likes at the yielded path, which has ``dest``'s own name. On error, or if the process is
-    killed, ``dest`` is untouched; the temporary is removed now or by the next run.
+    likes at the yielded path (whose name keeps no suffix of ``dest``: writers must name
+    their format, not infer it). On error, or if the process is killed, ``dest`` is
+    untouched; the temporary is removed now, or by the next write of ``dest``.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(dest)
-    container = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=TMP_SUFFIX, dir=dest.parent))
-    # lock first, then name it: a container's .lock is never seen unlocked while its writer lives
-    lock = os.open(container / f"{_LOCK}.new", os.O_RDWR | os.O_CREAT, 0o644)
+    # lock first, then name it: a *.sareo-tmp.lock is never seen unlocked while its writer lives
+    fd, new = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=_NEW, dir=dest.parent)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        os.replace(container / f"{_LOCK}.new", container / _LOCK)
-        tmp = container / dest.name
-        yield tmp
-        if not (tmp.exists() or tmp.is_symlink()):
-            raise FileNotFoundError(f"{dest}: writer produced nothing at {tmp}")
-        _install(tmp, dest, container)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        tmp = Path(new.removesuffix(_NEW) + TMP_SUFFIX)
+        lock = tmp.with_name(tmp.name + ".lock")
+        os.replace(new, lock)
+        try:
+            yield tmp
+            if not (tmp.exists() or tmp.is_symlink()):
+                raise FileNotFoundError(f"{dest}: writer produced nothing at {tmp}")
+            _install(tmp, dest)
+        finally:
+            _remove(tmp)
+            _remove(tmp.with_name(tmp.name + ".old"))
+            lock.unlink(missing_ok=True)
     finally:
-        shutil.rmtree(container, ignore_errors=True)
-        os.close(lock)
+        Path(new).unlink(missing_ok=True)
+        os.close(fd)
 
 
 def remove_tree(path: str | os.PathLike[str]) -> None:
-    """Remove a file or directory so that it disappears at once (renamed into a temporary first)."""
+    """Remove a file or directory so that it disappears at once (renamed to a temporary first)."""
     path = Path(path)
     if not (path.exists() or path.is_symlink()):
         return
-    container = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
-    os.replace(path, container / path.name)
-    shutil.rmtree(container, ignore_errors=True)
+    gone = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}.old")
+    os.rename(path, gone)
+    _remove(gone)
 
 
 def write_bytes(dest: str | os.PathLike[str], data: bytes) -> Path:

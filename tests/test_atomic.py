@@ -88,8 +88,8 @@ def test_killed_writer_leaves_nothing_a_glob_or_dvc_takes_and_next_run_cleans(tm
     dest = tmp_path / "patches" / "r.zarr"
     proc = _writer(dest, "kill")
     assert proc.wait(10) == -signal.SIGKILL
-    left = list((tmp_path / "patches").iterdir())
-    assert len(left) == 1 and left[0].name.endswith(TMP_SUFFIX)  # the half-written store, in its container
+    left = sorted(p.name for p in (tmp_path / "patches").iterdir())
+    assert len(left) == 2 and left[0].endswith(TMP_SUFFIX) and left[1] == left[0] + ".lock"  # store, lock
     # what the README's loader snippet and a recursive search for stores would take
     assert sorted((tmp_path / "patches").glob("*.zarr")) == []
     assert not dest.exists()
@@ -109,7 +109,7 @@ def test_running_writer_keeps_its_temporary(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(10)
-    assert len(clean_stale(dest)) == 1
+    assert len(clean_stale(dest)) == 2  # the temporary and its lock
     assert list(tmp_path.iterdir()) == []
 
 
