@@ -58,6 +58,7 @@ SCHEMA: dict[str, Any] = {
                 "file": {"type": "string", "minLength": 1},
                 "metadata": {"type": "string", "minLength": 1},
                 "provider": {"type": "string", "enum": ["capella", "umbra"]},
+                "catalog_root": {"type": "string", "minLength": 1},
             },
         },
         "eo": {
@@ -71,6 +72,7 @@ SCHEMA: dict[str, Any] = {
                 "file": {"type": "string", "minLength": 1},
                 "datetime": _DATE,
                 "bands": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1, "maxItems": 3},
+                "catalog_root": {"type": "string", "minLength": 1},
             },
         },
         "osm": {
@@ -183,6 +185,9 @@ def validate(data: Any, where: str) -> None:
         raise RegionError(f"{where}: sar.product: {product!r} is not geocoded; use GEO or GEC")
     if product not in ("GEO", "GEC"):
         raise RegionError(f"{where}: sar.product: {product!r} is not a known product; use GEO or GEC")
+    for section in ("sar", "eo"):
+        if "catalog_root" in data[section] and "stac" not in data[section]:
+            raise RegionError(f"{where}: {section}.catalog_root: only meaningful with {section}.stac")
     if sar_src == "file" and "ids" in data["sar"]:
         raise RegionError(f"{where}: sar.ids: only meaningful with sar.stac, not with sar.file")
     if "datetime" in data["sar"]:

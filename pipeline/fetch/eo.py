@@ -16,7 +16,8 @@ from pipeline.fetch.cache import Cache, link_or_copy
 from pipeline.fetch.geotiff import check_geotiff, to_uint8_rgb, whole_geotiff
 from pipeline.fetch.items import Candidate, coverage, href_suffix, item_facts, rank_key
 from pipeline.fetch.params import FetchParams
-from pipeline.fetch.stacio import FetchError, NotFound, check_href, href_dir, is_remote, load_json, local_path
+from pipeline.fetch.sar import catalog_root
+from pipeline.fetch.stacio import FetchError, NotFound, check_href, is_remote, load_json, local_path
 from pipeline.fetch.walk import WalkFilter, walk_catalog
 from pipeline.provenance import sha256_file
 from pipeline.regions import Region
@@ -75,7 +76,8 @@ def _eo_from_stac(region: Region, cache: Cache, p: FetchParams) -> tuple[str, di
     doc = load_json(href, cache.transport)
     if doc.get("type") != "Feature":
         items = [Candidate(d, h, item_facts(d), coverage(region.aoi, d))
-                 for h, d in walk_catalog(href, cache, p, WalkFilter(bbox=tuple(region.bbox), by_facts=False), doc)]
+                 for h, d in walk_catalog(href, cache, p, WalkFilter(bbox=tuple(region.bbox), by_facts=False), doc,
+                                          root_dir=catalog_root(region, "eo", href))]
         items = [c for c in items if c.coverage > 0]
         if not items:
             raise FetchError(f"{href}: no EO item intersects the AOI {region.bbox} of region {region.name}")
@@ -93,7 +95,7 @@ def _eo_from_stac(region: Region, cache: Cache, p: FetchParams) -> tuple[str, di
         if not tiffs:
             raise FetchError(f"{ihref}: no GeoTIFF asset; set eo.asset to one of {sorted(item.assets)}")
         key = min(tiffs, key=lambda k: (k != "visual", "visual" not in (item.assets[k].roles or []), k))
-    asset_href = check_href(item.assets[key].href, ihref, href_dir(href))
+    asset_href = check_href(item.assets[key].href, ihref, catalog_root(region, "eo", href))
     return asset_href, {"source": asset_href, "kind": "stac", "item_id": item.id, "item_href": ihref, "asset": key,
                         "item_datetime": item.properties.get("datetime")}
 

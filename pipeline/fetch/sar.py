@@ -28,7 +28,7 @@ from pipeline.fetch.items import (
     select_metadata_asset,
 )
 from pipeline.fetch.params import FetchParams
-from pipeline.fetch.stacio import Check, FetchError, check_href, href_dir, load_json
+from pipeline.fetch.stacio import Check, FetchError, check_href, load_json, trust_root
 from pipeline.fetch.walk import WalkFilter, WalkStats, walk_catalog
 from pipeline.layout import SourceFiles
 from pipeline.provenance import local_source, sar_source
@@ -89,7 +89,7 @@ def find_sar_items(region: Region, cache: Cache, p: FetchParams) -> tuple[WalkRe
     if first is not None and _is_api(first):
         pairs: Iterable[tuple[str, dict[str, Any]]] = [(h, d) for d, h in search_api(href, first, region, p)]
     else:
-        pairs = walk_catalog(href, cache, p, filt, first, stats, memo)
+        pairs = walk_catalog(href, cache, p, filt, first, stats, memo, catalog_root(region, "sar", href))
     res = WalkResult()
     try:
         for ih, doc in pairs:
@@ -152,7 +152,7 @@ def fetch_sar(region: Region, cache: Cache, p: FetchParams, out: SourceFiles) ->
     found, catalog = find_sar_items(region, cache, p)
     best = found.candidates[0]
     item, facts = best.item, best.facts
-    root_dir = href_dir(catalog)
+    root_dir = catalog_root(region, "sar", catalog)
     key, asset = select_data_asset(item, sar.get("polarization"))
     href = check_href(asset.href, best.href, root_dir)
     sha, size = expected_checksum(asset)
@@ -200,6 +200,12 @@ def _json_check(href: str) -> Check:
             raise FetchError(f"{href}: metadata is not JSON ({exc})") from None
 
     return check
+
+
+def catalog_root(region: Region, section: str, catalog: str) -> str:
+    """The trust root of the region's ``section`` catalog (``catalog_root``, else the catalog's folder)."""
+    root = getattr(region, section).get("catalog_root")
+    return trust_root(catalog, region.resolve(root) if root else None, f"{region.path}: {section}.catalog_root")
 
 
 def _licence(provider: str, region: Region) -> dict[str, str]:

@@ -140,15 +140,32 @@ def is_within(href: str, root_dir: str) -> bool:
 def check_href(raw: str, base: str, root_dir: str) -> str:
     """Resolve ``raw`` against ``base``.
 
-    Refuses relative hrefs that leave ``root_dir`` and local files named by remote catalogs.
+    Refuses relative hrefs that leave ``root_dir``, local files outside it (absolute paths and
+    file:// too: a catalog must not make the pipeline read any file it likes) and local files
+    named by remote catalogs. Absolute URLs may point at other hosts or buckets.
     """
     resolved = join_href(base, raw)
-    relative = scheme(raw) == "" and (not raw.startswith("/") or is_remote(base))  # '/x' is relative in a URL
-    if relative and not is_within(resolved, root_dir):
-        raise Unsafe(f"{raw!r} in {base}: resolves to {resolved}, outside the catalog root {root_dir}")
     if is_remote(base) and not is_remote(resolved):
         raise Unsafe(f"{raw!r} in {base}: a remote catalog may not point at local file {resolved}")
+    relative = scheme(raw) == "" and (not raw.startswith("/") or is_remote(base))  # '/x' is relative in a URL
+    if (relative or not is_remote(resolved)) and not is_within(resolved, root_dir):
+        raise Unsafe(f"{raw!r} in {base}: resolves to {resolved}, outside the catalog root {root_dir}"
+                     " (a mirror whose data lies beside the catalog folder: set sar.catalog_root / eo.catalog_root)")
     return resolved
+
+
+def trust_root(catalog: str, root: str | None, where: str) -> str:
+    """The folder every href of ``catalog`` must stay under: ``root`` (a region's ``catalog_root``,
+    e.g. the mirror or bucket root) or else the catalog file's own folder. ``root`` must hold it."""
+    if root is None:
+        return href_dir(catalog)
+    prefix, path, _ = _split(root)
+    root_dir = prefix + _normalise(path, root).rstrip("/") + "/"
+    if scheme(root_dir) != scheme(catalog) and {scheme(root_dir), scheme(catalog)} - {"", "file"}:
+        raise Unsafe(f"{where}: {root!r} and the catalog {catalog} are not on the same kind of store")
+    if not is_within(catalog, root_dir):
+        raise Unsafe(f"{where}: {root!r} does not contain the catalog {catalog}")
+    return root_dir
 
 
 # --------------------------------------------------------------------------- transport
