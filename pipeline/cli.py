@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.atomic import write_text
+from pipeline.atomic import remove_tree, write_text
 from pipeline.coregister import CoregisterParams
 from pipeline.dvcfiles import build_regions, index_sets, render_dvc_yaml, render_index
 from pipeline.layout import INDEX_FILE, ProjectLayout
+from pipeline.locks import stage_lock
 from pipeline.params import load_params, section_docs
 from pipeline.regions import Region, RegionError, load_region, overlaps
 from pipeline.stages import BY_NAME, PARAM_SECTIONS, REGION_STAGES, STAGES, Context, Stage
@@ -35,28 +36,50 @@ def region_of(layout: ProjectLayout, name: str) -> Region:
     return load_region(path, root=layout.root)
 
 
-def run_stage(stage: Stage, ctx: Context, name: str | None = None) -> None:
-    """Run one stage (for one region, when it is a region stage), timed in the log."""
-    t0 = time.perf_counter()
+def run_stage(stage: Stage, ctx: Context, name: str | None = None, wait: bool = True) -> None:
+    """Run one stage (for one region, when it is a region stage), timed in the log.
+
+    Holds the stage's lock for the region while it runs: a second run of the same stage and
+    region waits for the first (saying so), or with ``wait=False`` refuses at once.
+    """
     what = f"{stage.name} {name}" if name else stage.name
-    log.info("%s: start", what)
-    if stage.per_region:
-        stage.run(ctx, region_of(ctx.layout, str(name)))
-    else:
-        stage.run(ctx)
-    log.info("%s: done in %.1f s", what, time.perf_counter() - t0)
+    region = region_of(ctx.layout, str(name)) if stage.per_region else None
+    with stage_lock(ctx.layout.lock(stage.name, name if stage.per_region else None), what, wait):
+        t0 = time.perf_counter()
+        log.info("%s: start", what)
+        if region is not None:
+            stage.run(ctx, region)
+        else:
+            stage.run(ctx)
+        log.info("%s: done in %.1f s", what, time.perf_counter() - t0)
 
 
 def sync(layout: ProjectLayout, sets: tuple[str, ...] | None = None) -> list[str]:
     """Validate every region and write what DVC reads: regions.index.yaml and dvc.yaml (only if changed).
 
     ``sets``: the named region sets to build (regions/SET/*.yaml); None keeps those of the index.
+    Then remove the outputs of regions that are no longer in the build (see :func:`prune_removed`).
     """
     index, names = render_index(layout, sets)
     for target, text in ((layout.index_file, index), (layout.root / "dvc.yaml", render_dvc_yaml())):
         if not target.exists() or target.read_text(encoding="utf-8") != text:
             write_text(target, text)
+    prune_removed(layout, names)
     return names
+
+
+def prune_removed(layout: ProjectLayout, names: list[str]) -> list[Path]:
+    """Remove the store and stage directories of every region not in ``names`` (its file was deleted).
+
+    A removed region's store would otherwise stay in data/patches/, where `glob("*.zarr")`, the
+    loader and publish's DVC dependency all take it. They are derived data: DVC's cache keeps a
+    copy (restore the region file, `sareo sync`, `dvc repro` checks them out again).
+    """
+    stale = layout.stale_outputs(names)
+    for path in stale:
+        remove_tree(path)
+        log.warning("removed %s: region %s is not in the build any more (no region file, or its set was dropped)", path, path.name.removesuffix(".zarr"))
+    return stale
 
 
 def _names(layout: ProjectLayout) -> list[str]:
@@ -119,22 +142,23 @@ def _cmd_info(args: argparse.Namespace, ctx: Context) -> None:
 def _cmd_stage(args: argparse.Namespace, ctx: Context) -> None:
     stage = BY_NAME[args.stage]
     if stage.per_region:
-        run_stage(stage, ctx, args.region)
+        run_stage(stage, ctx, args.region, wait=not args.no_wait)
     else:
-        run_stage(stage, Context(ctx.layout, ctx.params, _names(ctx.layout)))
+        run_stage(stage, Context(ctx.layout, ctx.params, _names(ctx.layout)), wait=not args.no_wait)
 
 
 def _cmd_run(args: argparse.Namespace, ctx: Context) -> None:
     """Every stage for the given (default: all) regions, without DVC: handy for a quick try."""
     names = args.regions or _names(ctx.layout)
+    wait = not args.no_wait
     if any(region_of(ctx.layout, n).demo for n in names) and not ctx.layout.demo.exists():
-        run_stage(BY_NAME["demo"], ctx)
+        run_stage(BY_NAME["demo"], ctx, wait=wait)
     for name in names:
         for stage in REGION_STAGES:
             if stage.name == "register" and not ctx.params[CoregisterParams].enabled:
                 continue
-            run_stage(stage, ctx, name)
-    run_stage(BY_NAME["publish"], Context(ctx.layout, ctx.params, _names(ctx.layout)))
+            run_stage(stage, ctx, name, wait=wait)
+    run_stage(BY_NAME["publish"], Context(ctx.layout, ctx.params, _names(ctx.layout)), wait=wait)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data directory (default: ROOT/data)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--no-wait", action="store_true",
+                   help="refuse to run a stage that another sareo run is running for the same region "
+                   "(default: say so and wait for it)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("validate", help="check region files against the schema")
     s.add_argument("files", nargs="*", help="region files (default: regions/*.yaml)")

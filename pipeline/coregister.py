@@ -36,6 +36,7 @@ from pipeline.layout import RegistrationFiles, SourceFiles
 from pipeline.params import param
 from pipeline.progress import Progress
 from pipeline.provenance import attribution_lines
+from pipeline.rasters import reading
 
 log = logging.getLogger("sareo.coregister")
 
@@ -431,9 +432,10 @@ def warp_window(
         win = Window(c0, r0, c1 - c0, r1 - r0)
         dec = max(1, int(min(win.width / width, win.height / height)))
         shape = (max(1, win.height // dec), max(1, win.width // dec))
-        data = src.read(bands, window=win, out_shape=(len(bands),) + shape, out_dtype="float32",
-                        resampling=Resampling.average if dec > 1 else Resampling.nearest)
-        mask = src.dataset_mask(window=win, out_shape=shape)
+        with reading(path, f"window {win}"):
+            data = src.read(bands, window=win, out_shape=(len(bands),) + shape, out_dtype="float32",
+                            resampling=Resampling.average if dec > 1 else Resampling.nearest)
+            mask = src.dataset_mask(window=win, out_shape=shape)
         data[:, mask == 0] = np.nan
         st = win_transform(win, s_t) @ type(s_t).scale(win.width / shape[1], win.height / shape[0])
         reproject(

@@ -238,6 +238,19 @@ class ProjectLayout:
     def stac(self) -> Path:
         return self.root / "stac" / "dataset"
 
+    def stale_outputs(self, names: list[str] | tuple[str, ...]) -> list[Path]:
+        """Stores and region directories under data/ of regions not in ``names`` (temporaries excluded)."""
+        keep = set(names)
+        stores = [p for p in sorted(self.patches_dir.glob("*.zarr")) if p.stem not in keep]
+        regions = self.data / "regions"
+        dirs = [p for p in sorted(regions.iterdir()) if p.is_dir() and not p.name.startswith(".")
+                and p.name not in keep] if regions.is_dir() else []
+        return stores + dirs
+
+    def lock(self, stage: str, region: str | None = None) -> Path:
+        """The lock file of one stage run (``data/.locks/STAGE@REGION.lock``): outside every DVC output."""
+        return self.data / ".locks" / (f"{stage}@{region}.lock" if region else f"{stage}.lock")
+
     def cache(self, cache_dir: str | Path) -> Path:
         """A cache directory from params: relative paths are relative to the project root."""
         p = Path(cache_dir)

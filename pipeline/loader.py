@@ -70,9 +70,13 @@ class ShardReader:
     decompressed length.
     """
 
-    def __init__(self, array_dir: str | os.PathLike[str], max_open_files: int = 128):
+    def __init__(self, array_dir: str | os.PathLike[str], max_open_files: int = 128,
+                 pin: _Pin | None = None):
         self.dir = Path(array_dir)
-        meta = json.loads((self.dir / "zarr.json").read_text())
+        # pinned: every file is opened relative to the store directory the dataset opened, so a rebuild
+        # swapped in meanwhile is never mixed in (see _Pin)
+        self.pin, self._rel = pin, (f"{self.dir.name}/" if pin else str(self.dir) + "/")
+        meta = json.loads(self._read_small("zarr.json"))
         codecs = meta.get("codecs") or []
         if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
             raise UnsupportedLayout(f"{self.dir}: not a sharded array ({[c.get('name') for c in codecs]})")
@@ -112,15 +116,28 @@ class ShardReader:
         self._index: dict[int, np.ndarray | None] = {}
         self._local = threading.local()
 
+    def _open(self, rel: str) -> int:
+        if self.pin is None:
+            return os.open(self._rel + rel, os.O_RDONLY)
+        return os.open(self._rel + rel, os.O_RDONLY, dir_fd=self.pin.fd)
+
+    def _read_small(self, rel: str) -> bytes:
+        fd = self._open(rel)
+        try:
+            return os.read(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+
     def _fd(self, shard: int) -> int | None:
         fd = self._fds.get(shard)
         if fd is not None:
             self._fds.move_to_end(shard)
             return fd
-        path = self.dir / f"{self.prefix}{shard}{self.sep}{self.tail}"
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = self._open(f"{self.prefix}{shard}{self.sep}{self.tail}")
         except FileNotFoundError:
+            if self.pin is not None:
+                self.pin.check()  # gone because a rebuild replaced the store: an error, never fill values
             return None  # a shard never written: all fill value
         self._fds[shard] = fd
         if len(self._fds) > self.max_open:
@@ -187,6 +204,54 @@ class ShardReader:
         self._index.clear()
 
 
+class _Pin:
+    """The store directory a dataset opened, held open: (device, inode) and a directory descriptor.
+
+    Renaming a rebuilt store into place (pipeline.atomic) gives the path a new inode; files opened
+    relative to the held descriptor still come from the store the index was read from, and a file
+    the rebuild's cleanup removed is reported as a replacement, not read as fill values.
+    """
+
+    def __init__(self, path: Path, generation: tuple[int, int]):
+        self.path, self.generation = path, generation
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        if _generation_of(os.fstat(self.fd)) != generation:
+            os.close(self.fd)
+            raise _replaced(path)
+
+    def check(self) -> None:
+        try:
+            now = _generation_of(os.stat(self.path))
+        except FileNotFoundError:
+            now = None
+        if now != self.generation:
+            raise _replaced(self.path)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _generation_of(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_dev, st.st_ino)
+
+
+def _replaced(path: Path) -> StoreError:
+    return StoreError(f"{path}: replaced by a rebuild since this dataset was opened; open a new PatchDataset")
+
+
+def _pinned_meta(path: Path, read: Any, tries: int = 5) -> tuple[tuple[int, int], Any]:
+    """``read()`` of the store at ``path`` and the generation it came from (retried if a swap hit it)."""
+    for _ in range(tries):
+        try:
+            before = _generation_of(os.stat(path))
+            value = read()
+            if _generation_of(os.stat(path)) == before:
+                return before, value
+        except FileNotFoundError:
+            pass
+    raise StoreError(f"{path}: replaced {tries} times while its index was read; try again when the rebuild is done")
+
+
 class _ZarrReader:
     """zarr-python reads of one array: the reference path and the fallback."""
 
@@ -236,16 +301,14 @@ class PatchDataset:
             raise ValueError(f"urban: {urban!r}; expected 'urban', 'rural', True, False or None")
         store_ids, local, self._meta = [], [], []
         self.regions: list[str] = []
+        self._generations: list[tuple[int, int]] = []
         for k, path in enumerate(self.stores):
-            group = open_store(path)
-            attrs = store_attrs(path)
+            generation, (attrs, fields) = _pinned_meta(path, lambda: self._read_index(path))
+            self._generations.append(generation)
             region = str(attrs.get("region", path.stem))
             ur = attrs.get("urban_rural")
             ur_class = ur.get("class") if isinstance(ur, dict) else ur
             self.regions.append(region)
-            fields = {name: np.asarray([str(v) for v in group[name][:].tolist()], dtype=object)
-                      if group[name].dtype.kind not in "biuf" else np.asarray(group[name][:])
-                      for name in ("id", "split", *self.meta_fields)}  # fmt: skip
             self._meta.append(fields)
             n = len(fields["id"])
             keep = np.ones(n, bool)
@@ -263,6 +326,13 @@ class PatchDataset:
         self._pid: int | None = None
         self._readers: list[dict[str, Any]] = []
 
+    def _read_index(self, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        group = open_store(path)
+        fields = {name: np.asarray([str(v) for v in group[name][:].tolist()], dtype=object)
+                  if group[name].dtype.kind not in "biuf" else np.asarray(group[name][:])
+                  for name in ("id", "split", *self.meta_fields)}  # fmt: skip
+        return store_attrs(path), fields
+
     def __len__(self) -> int:
         return len(self._local)
 
@@ -273,17 +343,18 @@ class PatchDataset:
                 for readers in self._readers:
                     for r in readers.values():
                         r.close()
-            self._readers = [self._make_readers(p) for p in self.stores]
+            self._readers = [self._make_readers(p, g) for p, g in zip(self.stores, self._generations, strict=True)]
             self._pid = os.getpid()
         return self._readers
 
-    def _make_readers(self, path: Path) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def _make_readers(self, path: Path, generation: tuple[int, int]) -> dict[str, Any]:
+        pin = _Pin(path, generation)
+        out: dict[str, Any] = {"_pin": pin}
         group = None
         for name in self.layers:
             if self.fast:
                 try:
-                    out[name] = ShardReader(path / name, MAX_OPEN_FILES)
+                    out[name] = ShardReader(path / name, MAX_OPEN_FILES, pin)
                     continue
                 except UnsupportedLayout as exc:
                     log.warning("fast path off for %s: %s", path / name, exc)

@@ -17,8 +17,11 @@ from typing import Any
 import jsonschema
 
 from pipeline.documents import read_yaml
+from pipeline.grid import GridError, grid_for_bbox
 
 NOT_GEOCODED = {"SLC", "SICD", "CPHD", "SIDD"}
+MAX_GRID_SIDE_PX = 200_000  # 100 km at 0.5 m: several Capella scenes; one region must stay one place
+MIN_GSD_M, MAX_GSD_M = 0.05, 100.0  # finer than any open SAR product by 5x; coarser is not a patch dataset
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 _DATE_RANGE = {"type": "string", "pattern": r"^(\d{4}-\d{2}-\d{2}|\.\.)?/(\d{4}-\d{2}-\d{2}|\.\.)?$"}
@@ -52,7 +55,7 @@ SCHEMA: dict[str, Any] = {
                 "geojson": {"type": "object", "required": ["type", "coordinates"]},
             },
         },
-        "gsd_m": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+        "gsd_m": {"type": "number", "minimum": MIN_GSD_M, "maximum": MAX_GSD_M},
         # one source mapping, or a list of them (several catalogs / providers); see SAR_SOURCE
         "sar": {"type": ["object", "array"], "minItems": 1},
         "eo": {
@@ -67,6 +70,7 @@ SCHEMA: dict[str, Any] = {
                 "datetime": _DATE,
                 "bands": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1, "maxItems": 3},
                 **EO_SEARCH_PROPERTIES,
+                "catalog_root": {"type": "string", "minLength": 1},
             },
         },
         "osm": {
@@ -101,6 +105,7 @@ SAR_SOURCE: dict[str, Any] = {
         "file": {"type": "string", "minLength": 1},
         "metadata": {"type": "string", "minLength": 1},
         "provider": {"type": "string", "enum": ["capella", "umbra"]},
+        "catalog_root": {"type": "string", "minLength": 1},
     },
 }
 
@@ -157,6 +162,8 @@ def _explain(err: jsonschema.ValidationError) -> str:
         return err.message.replace("is a required property", "is required but missing")
     if err.validator == "pattern" and err.absolute_path and err.absolute_path[-1] == "name":
         return f"{err.instance!r} must be lower-case letters, digits, '-' or '_'"
+    if err.validator in ("minimum", "maximum") and list(err.absolute_path) == ["gsd_m"]:
+        return f"{err.instance!r} metres is outside {MIN_GSD_M}..{MAX_GSD_M}"
     if err.validator == "pattern":
         return f"{err.instance!r} is not of the form YYYY-MM-DD (ranges: START/END, '..' for open)"
     if err.validator in ("minProperties", "maxProperties") and err.absolute_path:
@@ -199,7 +206,7 @@ def _validate_sar(data: dict[str, Any], where: str) -> None:
         if product not in ("GEO", "GEC"):
             raise RegionError(f"{where}: {at}.product: {product!r} is not a known product; use GEO or GEC")
         if kind == "file":
-            for key in ("ids", "min_coverage", "max_items", "mode"):
+            for key in ("ids", "min_coverage", "max_items", "mode", "catalog_root"):
                 if key in src:
                     raise RegionError(f"{where}: {at}.{key}: only meaningful with {at}.stac, not with {at}.file")
         elif "metadata" in src:
@@ -259,17 +266,22 @@ def validate(data: Any, where: str) -> None:
     _validate_sar(data, where)
     validate_eo(data, where)
     _one_of(data["osm"], "osm", ("file", "overpass"), where)
+    if "catalog_root" in data["eo"] and not (data["eo"].get("stac") or data["eo"].get("search")):
+        raise RegionError(f"{where}: eo.catalog_root: only meaningful with eo.stac or eo.search")
     if "bbox" in data["aoi"]:
         w, s, e, n = data["aoi"]["bbox"]
         if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= 90 and -90 <= n <= 90):
             raise RegionError(f"{where}: aoi.bbox: {data['aoi']['bbox']} is not [west, south, east, north] in degrees")
-        if w >= e:
+        if w == e or s == n:
+            raise RegionError(f"{where}: aoi.bbox: {data['aoi']['bbox']} has zero area "
+                              f"({'west == east' if w == e else 'south == north'}); give [west, south, east, north]")
+        if w > e:
             raise RegionError(
-                f"{where}: aoi.bbox: west {w} >= east {e}; AOIs crossing the antimeridian are not supported "
+                f"{where}: aoi.bbox: west {w} > east {e}; AOIs crossing the antimeridian are not supported "
                 "(split the place into two regions)"
             )
-        if s >= n:
-            raise RegionError(f"{where}: aoi.bbox: south {s} >= north {n}")
+        if s > n:
+            raise RegionError(f"{where}: aoi.bbox: south {s} > north {n}; give [west, south, east, north]")
     else:
         from shapely.geometry import shape
 
@@ -282,12 +294,44 @@ def validate(data: Any, where: str) -> None:
         w, s, e, n = geom.bounds
         if e - w > 180:
             raise RegionError(f"{where}: aoi.geojson: spans {e - w:.1f} degrees of longitude (antimeridian?)")
+    try:
+        grid = grid_for_bbox((w, s, e, n), float(data["gsd_m"]))
+    except GridError as exc:
+        raise RegionError(f"{where}: aoi, gsd_m: {exc}") from None
+    if max(grid.width, grid.height) > MAX_GRID_SIDE_PX:
+        raise RegionError(
+            f"{where}: aoi, gsd_m: the region grid would be {grid.width} x {grid.height} px at {data['gsd_m']} m; "
+            f"at most {MAX_GRID_SIDE_PX} px a side (split the place into several regions, or raise gsd_m)")
     if Path(where).stem != data["name"] and where.endswith((".yaml", ".yml")):
         raise RegionError(f"{where}: name: {data['name']!r} must match the file name {Path(where).stem!r}")
 
 
-def load_region(path: str | Path, root: str | Path | None = None) -> Region:
-    """Read and validate one region file."""
+LOCAL_INPUTS = (("sar", "file"), ("sar", "metadata"), ("sar", "stac"), ("eo", "file"), ("eo", "stac"),
+                ("osm", "file"))
+DEMO_OUTPUT = Path("data") / "demo"  # what the demo stage writes: demo regions may name it before it exists
+
+
+def check_local_inputs(region: Region) -> None:
+    """Every local file the region names exists, before any stage runs (a missing ``osm.file`` used
+    to fail only after the SAR and all tiles were downloaded). URLs are checked when fetched."""
+    named = [(f"sar[{i}]" if len(region.sar) > 1 else "sar", spec) for i, spec in enumerate(region.sar)]
+    named += [("eo", region.eo), ("osm", region.osm)]
+    for at, spec in named:
+        for section, key in LOCAL_INPUTS:
+            if not at.startswith(section):
+                continue
+            href = spec.get(key)
+            if not href or re.match(r"^[a-z][a-z0-9+.-]*://", str(href)):
+                continue
+            path = Path(region.resolve(str(href)))
+            if region.demo and path.absolute().is_relative_to((region.root / DEMO_OUTPUT).absolute()):
+                continue  # made by the demo stage; fetch checks it
+            if not path.is_file():
+                raise RegionError(f"{region.path}: {at}.{key}: {href!r}: no such file ({path})")
+
+
+def load_region(path: str | Path, root: str | Path | None = None, check_files: bool = True) -> Region:
+    """Read and validate one region file (and, with ``check_files``, that its local inputs exist)."""
     path = Path(path)
     where = str(path)
     data = read_yaml(path, "region file", RegionError)
@@ -301,7 +345,7 @@ def load_region(path: str | Path, root: str | Path | None = None) -> Region:
         geojson = data["aoi"]["geojson"]
         bbox = tuple(float(v) for v in shape(geojson).bounds)
     sar = tuple({**src, "product": str(src.get("product", "GEO")).upper()} for src in sar_sources(data))
-    return Region(
+    region = Region(
         name=data["name"],
         bbox=bbox,  # type: ignore[arg-type]
         gsd_m=float(data["gsd_m"]),
@@ -316,6 +360,9 @@ def load_region(path: str | Path, root: str | Path | None = None) -> Region:
         demo=bool(data.get("demo", False)),
         raw=data,
     )
+    if check_files:
+        check_local_inputs(region)
+    return region
 
 
 def region_files(regions_dir: str | Path, sets: tuple[str, ...] = ()) -> list[Path]:

@@ -8,6 +8,7 @@ layout and the validated parameters, then calls the stage's entry function.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from pipeline.publish.stage import publish
 from pipeline.regions import Region
 from pipeline.splits import SplitsParams
 from pipeline.warp import GridParams, grid_region
+
+log = logging.getLogger("sareo.stages")
 
 # Local files a region file names: DVC must see them as inputs of the region's fetch stage
 # (regions.index.yaml lists them per region; see pipeline.regions.local_inputs).
@@ -110,6 +113,10 @@ def _patches(ctx: Context, region: Region) -> Any:
 
 def _publish(ctx: Context) -> Any:
     lay = ctx.layout
+    for stray in lay.stale_outputs(ctx.regions):
+        if stray.parent == lay.patches_dir:
+            log.warning("%s: not published: no region file regions/%s.yaml (`sareo sync` removes it)", stray,
+                        stray.stem)
     stores = [lay.region(n).store for n in ctx.regions if lay.region(n).store.exists()]
     regions = {n: lay.region(n) for n in ctx.regions}
     return publish(stores, {n: r.registration for n, r in regions.items()}, lay.dataset, lay.stac,

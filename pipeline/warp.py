@@ -48,6 +48,7 @@ from pipeline.layout import GridFiles, RegistrationFiles, SourceFiles
 from pipeline.params import param
 from pipeline.progress import Progress
 from pipeline.quicklook import side_by_side
+from pipeline.rasters import reading
 from pipeline.provenance import sar_attribution
 
 log = logging.getLogger("sareo.warp")
@@ -291,7 +292,7 @@ def warp_sar_block(sar: SarSource, dst_transform: Affine, dst_shape: tuple[int, 
     win = source_window(sar, dst_transform, dst_shape, dst_crs, resampling, pad_px)
     if win is None:
         return np.full(dst_shape, np.nan, dtype=np.float32)
-    with rasterio.open(sar.path) as ds:
+    with rasterio.open(sar.path) as ds, reading(sar.path, f"window {win}"):
         dn = ds.read(1, window=win)
     power = dn_to_linear(dn, sar.cal)
     del dn
@@ -325,7 +326,7 @@ def warp_eo_block(eo: Source, dst_transform: Affine, dst_shape: tuple[int, int],
     if win is None:
         return rgb, np.zeros((h, w), dtype=bool)
     bands = [1, 2, 3] if eo.count >= 3 else [1, 1, 1]
-    with rasterio.open(eo.path) as ds:
+    with rasterio.open(eo.path) as ds, reading(eo.path, f"window {win}"):
         data = ds.read(bands, window=win).astype(np.float32)
         mask = ds.dataset_mask(window=win)  # alpha, nodata or internal mask, whichever the file has
     data[:, mask == 0] = np.nan

@@ -158,3 +158,162 @@ def http_dir() -> Iterator[Callable[..., str]]:
     with contextlib.ExitStack() as stack:
         yield lambda directory, truncate=(), latency_s=0.0, requests=None: stack.enter_context(
             serve_directory(directory, tuple(truncate), latency_s, requests))
+
+
+# --------------------------------------------------------------------------- fault injection
+
+SLOWDOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+            b'<Message>Please reduce your request rate.</Message></Error>')
+FAULTS = ("500", "503", "slowdown", "reset", "cut", "cut-nolength", "latency")
+
+
+@dataclass
+class Fault:
+    """``kind`` for the next ``times`` requests whose path contains ``match``."""
+
+    kind: str
+    match: str
+    times: int
+    latency_s: float = 0.0
+
+
+class FaultProxy:
+    """A loopback HTTP proxy in front of ``upstream`` (an HTTP file server or the moto S3 server).
+
+    It answers GET/HEAD from the upstream's bytes itself, with Range support (``ranges``) and
+    Content-Length (``lengths``) as a real server would, and injects a bounded number of faults:
+    500, 503, S3 SlowDown, a connection reset before the answer, a body cut short with or
+    without Content-Length, or latency. ``served`` lists (path, fault or "ok") per request.
+    """
+
+    def __init__(self, upstream: str, ranges: bool = True, lengths: bool = True) -> None:
+        self.upstream, self.ranges, self.lengths = upstream.rstrip("/"), ranges, lengths
+        self.faults: list[Fault] = []
+        self.served: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def inject(self, kind: str, match: str, times: int, latency_s: float = 0.0) -> None:
+        assert kind in FAULTS, kind
+        with self._lock:
+            self.faults.append(Fault(kind, match, times, latency_s))
+
+    def clear(self) -> None:
+        with self._lock:
+            self.faults.clear()
+            self.served.clear()
+
+    def injected(self) -> int:
+        return sum(1 for _, k in self.served if k != "ok")
+
+    def _take(self, path: str) -> Fault | None:
+        with self._lock:
+            for f in self.faults:
+                if f.times > 0 and f.match in path:
+                    f.times -= 1
+                    self.served.append((path, f.kind))
+                    return f
+            self.served.append((path, "ok"))
+            return None
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    proxy: FaultProxy
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def _reset(self) -> None:
+        """Close with RST (SO_LINGER 0): the client sees 'connection reset by peer'."""
+        import struct
+
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+        self.connection.close()
+
+    def _upstream(self) -> tuple[int, bytes, dict[str, str]]:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.proxy.upstream + self.path, method="GET")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read(), dict(exc.headers)
+
+    def _answer(self, head: bool) -> None:
+        fault = self.proxy._take(self.path)
+        kind = fault.kind if fault else "ok"
+        if kind == "latency":
+            time.sleep(fault.latency_s if fault else 0.0)
+        if kind == "reset":
+            self._reset()
+            return
+        if kind in ("500", "503", "slowdown"):
+            body = SLOWDOWN if kind == "slowdown" else f"injected {kind}".encode()
+            self.send_response(503 if kind == "slowdown" else int(kind))
+            self.send_header("Content-Type", "application/xml" if kind == "slowdown" else "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        status, body, headers = self._upstream()
+        keep = {k: v for k, v in headers.items() if k.lower() in ("content-type", "etag", "last-modified")}
+        rng = self.headers.get("Range")
+        if status == 200 and rng and self.proxy.ranges and kind in ("ok", "latency"):
+            start_s, _, end_s = rng.removeprefix("bytes=").partition("-")
+            start = int(start_s)
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            end = min(int(end_s), len(body) - 1) if end_s else len(body) - 1
+            status, keep["Content-Range"], body = 206, f"bytes {start}-{end}/{len(body)}", body[start:end + 1]
+        self.send_response(status)
+        for k, v in keep.items():
+            self.send_header(k, v)
+        if self.proxy.ranges:
+            self.send_header("Accept-Ranges", "bytes")
+        if kind == "cut" or (self.proxy.lengths and kind != "cut-nolength"):
+            self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()
+        if head:
+            return
+        if kind in ("cut", "cut-nolength"):
+            self.wfile.write(body[: len(body) // 2])
+            self._reset() if kind == "cut" else self.wfile.flush()
+            return
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._answer(head=False)
+
+    def do_HEAD(self) -> None:
+        self._answer(head=True)
+
+
+@contextlib.contextmanager
+def fault_proxy(upstream: str, ranges: bool = True, lengths: bool = True) -> Iterator[tuple[str, FaultProxy]]:
+    """Serve a :class:`FaultProxy` for ``upstream`` on 127.0.0.1; yields (its URL, the proxy)."""
+    proxy = FaultProxy(upstream, ranges, lengths)
+    handler = type("P", (_ProxyHandler,), {"proxy": proxy})
+    server = _Server(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.handle_error = lambda request, client_address: None  # injected resets are not errors
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", proxy
+    finally:
+        server.shutdown()
+        server.server_close()

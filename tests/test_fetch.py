@@ -48,7 +48,7 @@ from pipeline.fetch.walk import WalkFilter, extent_outside, link_name, name_date
 from pipeline.layout import SourceFiles
 from pipeline.osm import OsmParams
 from pipeline.provenance import parse_datetime
-from pipeline.regions import load_region
+from pipeline.regions import RegionError, load_region
 from pipeline.scenes import read_scenes
 
 LON, LAT = 24.945, 60.17
@@ -224,7 +224,8 @@ def write_osm(path: Path) -> Path:
 
 
 def make_region(tmp: Path, sar: dict[str, Any] | list[dict[str, Any]], eo: dict[str, Any] | None = None,
-                bbox: list[float] | None = None, gsd: float = 1.0, osm: dict[str, Any] | None = None):
+                bbox: list[float] | None = None, gsd: float = 1.0, osm: dict[str, Any] | None = None,
+                check_files: bool = True):
     (tmp / "regions").mkdir(exist_ok=True)
     if osm is None:
         osm = {"file": "osm/area.osm"}
@@ -234,7 +235,7 @@ def make_region(tmp: Path, sar: dict[str, Any] | list[dict[str, Any]], eo: dict[
            "eo": eo or {"tiles": "tiles/{z}/{x}/{y}.png", "datetime": "2024-06-01"}, "osm": osm}
     path = tmp / "regions" / "testregion.yaml"
     path.write_text(yaml.safe_dump(doc))
-    return load_region(path, root=tmp)
+    return load_region(path, root=tmp, check_files=check_files)
 
 
 def _local_region(tmp_path: Path, demo: Path, osm: dict[str, Any] | None = None, **sar: Any):
@@ -580,7 +581,7 @@ def test_eo_file_converted_to_uint8_rgb(tmp_path: Path, fixtures: Path) -> None:
         crs, transform, shape = s.crs, s.transform, s.shape
         pan = s.read(1)
     region = make_region(tmp_path, {"file": "x.tif"}, eo={"file": str(src), "datetime": "2016-01-01"},
-                         bbox=[w, so, e, n], gsd=0.5)
+                         bbox=[w, so, e, n], gsd=0.5, check_files=False)
     dest = tmp_path / "eo.tif"
     rec = fetch_eo(region, Cache(tmp_path / "c", Transport()), FAST, dest)
     assert rec["kind"] == "file" and rec["source_sha256"] == sha(src)
@@ -610,7 +611,7 @@ def test_eo_from_stac_item(tmp_path: Path) -> None:
                        "visual": {"href": "./visual.tif", "type": "image/tiff; application=geotiff",
                                   "roles": ["visual"]}}}
     (tmp_path / "eo/item.json").write_text(json.dumps(item))
-    region = make_region(tmp_path, {"file": "x.tif"}, eo={"stac": "eo/item.json"})
+    region = make_region(tmp_path, {"file": "x.tif"}, eo={"stac": "eo/item.json"}, check_files=False)
     dest = tmp_path / "out.tif"
     rec = fetch_eo(region, Cache(tmp_path / "c", Transport()), FAST, dest)
     assert rec["kind"] == "stac" and rec["asset"] == "visual" and rec["item_id"] == "eo-1"
@@ -620,7 +621,8 @@ def test_eo_from_stac_item(tmp_path: Path) -> None:
     (tmp_path / "eo/item.json").write_text(json.dumps(item))
     with pytest.raises(Unsafe):
         fetch_eo(region, Cache(tmp_path / "c", Transport()), FAST, tmp_path / "o2.tif")
-    region_bad = make_region(tmp_path, {"file": "x.tif"}, eo={"stac": "eo/item.json", "asset": "nir"})
+    region_bad = make_region(tmp_path, {"file": "x.tif"}, eo={"stac": "eo/item.json", "asset": "nir"},
+                             check_files=False)
     with pytest.raises(FetchError, match="eo.asset 'nir' not among"):
         fetch_eo(region_bad, Cache(tmp_path / "c", Transport()), FAST, tmp_path / "o3.tif")
 
@@ -1206,9 +1208,9 @@ def test_fetch_puts_osm_file_into_source(tmp_path: Path, demo: Path, fixtures: P
     assert (out / "osm.osm.bz2").read_bytes() == (fixtures / "osm" / "West-Oakland.osm.bz2").read_bytes()
     assert rec["sha256"] == sha(out / "osm.osm.bz2")
     # a file that is not there, or not an OSM extract, fails the stage naming the field; nothing is written
-    region = _local_region(tmp_path, demo, osm={"file": "osm/missing.osm.pbf"})
-    with pytest.raises(FetchError, match=r"testregion.yaml: osm.file 'osm/missing.osm.pbf': no such file"):
-        run_fetch(region, tmp_path / "missing", tmp_path / "cache")
+    # (a missing one is refused when the region file is read, before any download; issue 12)
+    with pytest.raises(RegionError, match=r"testregion.yaml: osm.file: 'osm/missing.osm.pbf': no such file"):
+        _local_region(tmp_path, demo, osm={"file": "osm/missing.osm.pbf"})
     (tmp_path / "osm" / "notes.txt").write_text("x")
     region = _local_region(tmp_path, demo, osm={"file": "osm/notes.txt"})
     with pytest.raises(FetchError, match=r"osm.file: osm/notes.txt: expected an OSM extract"):
@@ -1268,8 +1270,8 @@ def test_labels_read_the_fetched_osm_not_the_region_file(tmp_path: Path, demo: P
     assert report["osm"]["source"] == "helsinki.osm.pbf" and report["osm"]["file"] == "osm.osm.pbf"
     assert report["osm"]["sha256"] == sha(fixtures / "osm" / "Helsinki.osm.pbf") and report["osm"]["features"] > 50
     # the region file now names another extract, and the original file is gone
-    region = _local_region(tmp_path, demo, osm={"file": "osm/area.osm"})
     write_osm(tmp_path / "osm" / "area.osm")
+    region = _local_region(tmp_path, demo, osm={"file": "osm/area.osm"})
     (tmp_path / "helsinki.osm.pbf").unlink()
     second = label_region(load_region(region.path, root=tmp_path), source, grid, LabelFiles(rdir / "labels2"), params,
                           OsmParams())
@@ -1281,3 +1283,48 @@ def test_labels_read_the_fetched_osm_not_the_region_file(tmp_path: Path, demo: P
     with pytest.raises(LabelsError, match=r"osm.osm.pbf: sha256 .* differs .*Re-run the fetch stage"):
         label_region(region, source, grid, LabelFiles(rdir / "labels3"), params, OsmParams())
     assert not (rdir / "labels3").exists()
+
+
+def test_mirror_trust_root_named_by_the_region(tmp_path: Path, demo: Path, s3_server) -> None:  # noqa: F811
+    """A bucket mirror keeps the data beside the catalog folder (mirror/stac/... and mirror/data/...): the
+    region names the mirror root as its trust root; what leaves that root is still refused (issue 12)."""
+    item_path = _copy_catalog(demo, tmp_path / "mirror" / "stac")
+    data = tmp_path / "mirror" / "data" / "2024" / f"{WINNER}.tif"
+    data.parent.mkdir(parents=True)
+    shutil.move(item_path.with_suffix(".tif"), data)
+    item = json.loads(item_path.read_text())
+    item["assets"]["HH"]["href"] = f"../../../../../data/2024/{WINNER}.tif"  # item dir -> mirror/
+    item_path.write_text(json.dumps(item))
+    os.symlink(demo / "tiles", tmp_path / "tiles")
+    sar = {"stac": "mirror/stac/capella/catalog.json", "polarization": "HH"}
+    with pytest.raises(Unsafe, match=r"outside the catalog root .*mirror/stac/capella/.*set sar.catalog_root"):
+        run_fetch(make_region(tmp_path, sar), tmp_path / "out", tmp_path / "cache")
+    out = run_fetch(make_region(tmp_path, {**sar, "catalog_root": "mirror"}), tmp_path / "out", tmp_path / "cache")
+    assert sha(out / "sar.tif") == sha(data)
+    # the same mirror in a bucket: the root is a prefix of it
+    url = s3_server.publish(tmp_path / "mirror", "mirror-bucket", prefix="m")
+    params = dataclasses.replace(FAST, s3_endpoint=s3_server.endpoint)
+    remote = {"stac": f"{url}/stac/capella/catalog.json", "polarization": "HH", "catalog_root": url}
+    out = run_fetch(make_region(tmp_path, remote), tmp_path / "s3out", tmp_path / "cache", params)
+    assert sha(out / "sar.tif") == sha(data)
+    # escaping the named root is refused, and a root that does not hold the catalog is refused
+    item["assets"]["HH"]["href"] = f"../../../../../../outside/{WINNER}.tif"
+    item_path.write_text(json.dumps(item))
+    with pytest.raises(Unsafe, match=r"outside the catalog root .*/mirror/"):
+        run_fetch(make_region(tmp_path, {**sar, "catalog_root": "mirror"}), tmp_path / "o2", tmp_path / "cache")
+    with pytest.raises(Unsafe, match=r"sar.catalog_root: '.*/elsewhere' does not contain the catalog"):
+        run_fetch(make_region(tmp_path, {**sar, "catalog_root": "elsewhere"}), tmp_path / "o3", tmp_path / "cache")
+
+
+@pytest.mark.parametrize("form", ["path", "file-url"])
+def test_absolute_local_href_outside_the_root_refused(tmp_path: Path, demo: Path, form: str) -> None:
+    item_path = _copy_catalog(demo, tmp_path)
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere.tif"
+    shutil.copy(item_path.with_suffix(".tif"), outside)  # any readable GeoTIFF on the machine
+    item = json.loads(item_path.read_text())
+    item["assets"]["HH"]["href"] = str(outside) if form == "path" else outside.as_uri()
+    item_path.write_text(json.dumps(item))
+    region = make_region(tmp_path, {"stac": "capella/catalog.json", "polarization": "HH"})
+    with pytest.raises(Unsafe, match=r"elsewhere.tif.*outside the catalog root"):
+        run_fetch(region, tmp_path / "out", tmp_path / "cache")
+    assert not (tmp_path / "out").exists()

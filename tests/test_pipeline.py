@@ -161,3 +161,66 @@ def test_cli_stage_error_is_one_clear_line(built: Path, tmp_path: Path, capsys: 
     assert err.startswith("sareo: error:") and "Traceback" not in err
     assert main(["--root", str(tmp_path), "fetch", "nowhere"]) == 2
     assert "regions/nowhere.yaml: no such region file (known regions: helsinki, uppland)" in capsys.readouterr().err
+
+
+def _tree(d: Path) -> dict[str, bytes]:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+KILL_TRIES = 3  # bounded: each try is one `sareo patches` process (~2-4 s, most of it imports)
+
+
+def test_patches_killed_at_random_points_leaves_nothing_taken_and_rebuilds_same_bytes(
+        built: Path, tmp_path: Path) -> None:
+    """SIGKILL `sareo patches helsinki` while it writes (issue 12: the temporary store used to glob as
+    *.zarr, so the loader took 520 patches instead of 361): after every kill, data/patches holds the old
+    store whole or nothing, no leftover is a *.zarr or anything DVC hashes, and the next run gives the
+    clean build's bytes."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    work = tmp_path / "project"
+    shutil.copytree(built, work, symlinks=True)
+    patches = work / "data" / "patches"
+    clean = _tree(built / "data" / "patches" / "helsinki.zarr")
+    n_clean = len(PatchDataset([built / "data" / "patches" / "helsinki.zarr"]))
+    cmd = [sys.executable, "-m", "pipeline.cli", "--root", str(work), "-q", "patches", "helsinki"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    rng = random.Random(12)
+    outcomes, leftovers = [], set()
+    for attempt in range(KILL_TRIES):
+        had_store = attempt % 2 == 1  # alternate: a first build, and a rebuild over the complete store
+        shutil.rmtree(patches / "helsinki.zarr", ignore_errors=True)
+        if had_store:
+            shutil.copytree(built / "data" / "patches" / "helsinki.zarr", patches / "helsinki.zarr")
+        before = set(patches.glob(".helsinki.zarr.*"))
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+        t0 = time.monotonic()
+        while proc.poll() is None and not set(patches.glob(".helsinki.zarr.*")) - before:
+            time.sleep(0.005)  # the write has begun once a new temporary exists
+        time.sleep(rng.uniform(0.0, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        rc = proc.wait(30)
+        # what the README's loader snippet takes (the other region's store is not being written)
+        stores = [p for p in sorted(patches.glob("*.zarr")) if p.name != "uppland.zarr"]
+        leftovers |= {p.name for p in patches.iterdir() if p.name.startswith(".")}
+        assert [p.name for p in stores] in ([], ["helsinki.zarr"])
+        if stores:
+            assert _tree(stores[0]) == clean, "a store that globs must be whole"
+            assert len(PatchDataset(stores)) == n_clean
+        assert had_store <= bool(stores), "a killed rebuild must keep the previous complete store"
+        outcomes.append(f"{'rebuild' if had_store else 'build'} killed {time.monotonic() - t0:.2f} s in "
+                        f"(rc {rc}): {'complete store' if stores else 'no store'}, "
+                        f"{len(leftovers)} hidden leftovers so far")
+    # DVC hashes data/patches for publish: every leftover must be one .dvcignore excludes
+    out = subprocess.run(["dvc", "check-ignore", *(f"data/patches/{n}" for n in sorted(leftovers))], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert sorted(Path(x).name for x in out.stdout.split()) == sorted(leftovers), out.stdout + out.stderr
+    # the next run removes the stale temporaries and gives the clean bytes
+    assert subprocess.run(cmd, env=env).returncode == 0
+    assert sorted(p.name for p in patches.iterdir()) == ["helsinki.zarr", "uppland.zarr"]
+    assert _tree(patches / "helsinki.zarr") == clean
+    print("\nkill test:", *outcomes, sep="\n  ")

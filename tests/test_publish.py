@@ -472,3 +472,46 @@ def test_dataset_audit_fails_on_cross_store_leak(tmp_path) -> None:
     publish([a], {}, out, stac, PublishParams())
     audit = json.loads(out.stats.read_text())["audit"]
     assert audit["passed"] and audit["pairs"] == 0 and audit["patches"] == len(arrays["id"])
+
+
+def test_removed_region_is_unpublished_and_its_outputs_pruned(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Delete a region file, `sareo sync`, publish: the dataset, the STAC collection and data/patches hold
+    only the current regions (issue 12: the removed one stayed published and globbed)."""
+    import geopandas as gpd
+    import yaml
+    from test_regions import GOOD
+
+    from pipeline.cli import main
+
+    (tmp_path / "regions").mkdir()
+    specs = {"paris": (2.3300, 48.8500, 2.3420, 48.8580), "lyon": (4.8300, 45.7500, 4.8420, 45.7580)}
+    for seed, (name, bbox) in enumerate(specs.items()):
+        region = dict(GOOD, name=name, aoi={"bbox": list(bbox)})
+        (tmp_path / "regions" / f"{name}.yaml").write_text(yaml.safe_dump(region))
+        lay = RegionLayout(tmp_path / "data", name)
+        write_test_store(lay.store, name, bbox, 5.0, seed=seed + 1, urban="urban",
+                         sar_datetime="2024-07-09T04:03:29Z", eo_datetime="2022-05-01")
+        lay.labels.dir.mkdir(parents=True)
+    assert main(["--root", str(tmp_path), "-q", "sync"]) == 0
+    assert main(["--root", str(tmp_path), "-q", "publish"]) == 0
+    index = tmp_path / "data" / "dataset" / "index.parquet"
+    assert set(gpd.read_parquet(index)["region"]) == {"paris", "lyon"}
+
+    (tmp_path / "regions" / "lyon.yaml").unlink()
+    with caplog.at_level("WARNING"):
+        assert main(["--root", str(tmp_path), "-q", "sync"]) == 0
+    assert "region lyon has no region file any more" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "data" / "patches").iterdir()) == ["paris.zarr"]
+    assert sorted(p.name for p in (tmp_path / "data" / "regions").iterdir()) == ["paris"]
+    # a store that appears with no region file (copied in by hand) is warned about, never published
+    write_test_store(tmp_path / "data" / "patches" / "stray.zarr", "stray", specs["lyon"], 5.0, seed=3,
+                     urban="rural", sar_datetime="2024-07-09T04:03:29Z", eo_datetime="2022-05-01")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main(["--root", str(tmp_path), "-q", "publish"]) == 0
+    assert "stray.zarr: not published: no region file regions/stray.yaml" in caplog.text
+    assert set(gpd.read_parquet(index)["region"]) == {"paris"}
+    collection = json.loads((tmp_path / "stac" / "dataset" / "collection.json").read_text())
+    items = [ln["href"] for ln in collection["links"] if ln["rel"] == "item"]
+    assert len(items) == 1 and "paris" in items[0]

@@ -43,6 +43,8 @@ def variant(**changes: object) -> dict:
 
 
 def test_good_region_loads_and_resolves_paths(tmp_path: Path) -> None:
+    (tmp_path / "osm").mkdir()
+    (tmp_path / "osm/paris.osm.pbf").write_bytes(b"")
     r = load_region(write(tmp_path, variant(osm={"file": "osm/paris.osm.pbf"})))
     assert r.name == "paris" and r.bbox == (2.30, 48.85, 2.32, 48.86) and r.sar[0]["product"] == "GEO"
     assert r.resolve("osm/paris.osm.pbf") == str(tmp_path / "osm/paris.osm.pbf")
@@ -59,10 +61,21 @@ def test_good_region_loads_and_resolves_paths(tmp_path: Path) -> None:
         (variant(colour="red"), "(top level): unknown field(s) colour"),
         (variant(sar__pol="HH"), "sar: unknown field(s) pol"),
         (variant(gsd_m=None), "'gsd_m' is required but missing"),
-        (variant(gsd_m=-1), "gsd_m: -1 is less than or equal to the minimum of 0"),
-        (variant(gsd_m=0), "gsd_m: 0 is less than or equal to the minimum of 0"),
-        (variant(aoi={"bbox": [179.9, 10, -179.9, 11]}), "aoi.bbox: west 179.9 >= east -179.9; AOIs crossing the antimeridian"),
-        (variant(aoi={"bbox": [2.3, 48.9, 2.4, 48.8]}), "aoi.bbox: south 48.9 >= north 48.8"),
+        (variant(gsd_m=-1), "gsd_m: -1 metres is outside 0.05..100.0"),
+        (variant(gsd_m=0), "gsd_m: 0 metres is outside 0.05..100.0"),
+        (variant(gsd_m=1e-6), "gsd_m: 1e-06 metres is outside 0.05..100.0"),
+        (variant(aoi={"bbox": [179.9, 10, -179.9, 11]}), "aoi.bbox: west 179.9 > east -179.9; AOIs crossing the antimeridian"),
+        (variant(aoi={"bbox": [2.3, 48.9, 2.4, 48.8]}), "aoi.bbox: south 48.9 > north 48.8"),
+        (variant(aoi={"bbox": [2.3, 48.8, 2.3, 48.9]}), "aoi.bbox: [2.3, 48.8, 2.3, 48.9] has zero area (west == east)"),
+        (variant(aoi={"bbox": [2.3, 48.8, 2.4, 48.8]}), "aoi.bbox: [2.3, 48.8, 2.4, 48.8] has zero area (south == north)"),
+        (variant(aoi={"bbox": [-170, -80, 170, 80]}), "aoi, gsd_m: bbox (-170, -80, 170, 80) at 0.5 m makes a"),
+        (variant(aoi={"bbox": [10, 50, 12, 50.02]}),
+         "aoi, gsd_m: the region grid would be 286725 x 4450 px at 0.5 m; at most 200000 px a side"),
+        (variant(aoi={"bbox": [10, 87, 11, 88]}), "aoi, gsd_m: bbox (10, 87, 11, 88): latitude 87.50 is too close"),
+        (variant(osm={"file": "osm/missing.osm.pbf"}), "osm.file: 'osm/missing.osm.pbf': no such file"),
+        (variant(sar={"file": "scene.tif"}), "sar.file: 'scene.tif': no such file"),
+        (variant(eo={"file": "eo.tif", "datetime": "2023-01-01"}), "eo.file: 'eo.tif': no such file"),
+        (variant(sar__stac="stac/catalog.json"), "sar.stac: 'stac/catalog.json': no such file"),
         (variant(aoi={"bbox": [200, 48.8, 201, 48.9]}), "aoi.bbox: [200, 48.8, 201, 48.9] is not [west, south, east, north]"),
         (variant(aoi={"bbox": [1, 2, 3]}), "aoi.bbox: [1, 2, 3] is too short"),
         (variant(aoi={}), "aoi: give exactly one of bbox"),
@@ -95,6 +108,30 @@ def test_geojson_aoi(tmp_path: Path) -> None:
         load_region(write(tmp_path, variant(aoi={"geojson": bad})))
 
 
+def test_file_level_problems_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "regions").mkdir()
+    p = tmp_path / "regions" / "paris.yaml"
+    text = yaml.safe_dump(GOOD)
+    p.write_text(text + "gsd_m: 1.0\n")  # a second gsd_m: plain YAML keeps the last one silently
+    with pytest.raises(RegionError, match=r"paris.yaml: not valid YAML \(duplicate key 'gsd_m' \(first given on line"):
+        load_region(p)
+    p.write_bytes(text.encode() + "notes: Z\u00fcrich\n".encode("latin-1"))
+    with pytest.raises(RegionError, match=r"paris.yaml: not UTF-8 text \(byte \d+: b'\\xfc'\)"):
+        load_region(p)
+
+
+def test_demo_region_may_name_what_the_demo_stage_makes(root: Path, tmp_path: Path) -> None:
+    """Demo regions name files under data/demo/ that exist only after `sareo demo`; anything else must exist."""
+    (tmp_path / "regions").mkdir()
+    for name in ("helsinki", "uppland"):
+        (tmp_path / "regions" / f"{name}.yaml").write_text((root / "regions" / f"{name}.yaml").read_text())
+    (tmp_path / "pipeline" / "demo_data").mkdir(parents=True)
+    with pytest.raises(RegionError, match=r"helsinki.yaml: osm.file: 'pipeline/demo_data/Helsinki.osm.pbf': no such"):
+        load_regions(tmp_path / "regions")
+    (tmp_path / "pipeline" / "demo_data" / "Helsinki.osm.pbf").write_bytes(b"")
+    assert [r.name for r in load_regions(tmp_path / "regions")] == ["helsinki", "uppland"]
+
+
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(RegionError, match="no such region file"):
         load_region(tmp_path / "regions" / "nowhere.yaml")
@@ -106,13 +143,19 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 
 
 def test_sync_writes_index_and_cli_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    elsewhere = tmp_path / "elsewhere" / "eo.tif"  # a local file outside the project
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"")
+    tmp_path = tmp_path / "project"
+    (tmp_path / "osm").mkdir(parents=True)
+    (tmp_path / "osm" / "lyon.osm.pbf").write_bytes(b"")
     write(tmp_path, GOOD)
-    write(tmp_path, variant(name="lyon", osm={"file": "osm/lyon.osm.pbf"}, eo={"file": "/data/eo.tif",
+    write(tmp_path, variant(name="lyon", osm={"file": "osm/lyon.osm.pbf"}, eo={"file": str(elsewhere),
                                                                           "datetime": "2020-01-01"}), name="lyon")
     assert sync(ProjectLayout.at(tmp_path)) == ["lyon", "paris"]
     index = yaml.safe_load((tmp_path / "regions.index.yaml").read_text())["regions"]
     # local files become DVC inputs of the region's fetch stage; remote ones fall back to the region file
-    assert index["lyon"] == {"osm": "osm/lyon.osm.pbf", "eo": "/data/eo.tif", "sar": "regions/lyon.yaml",
+    assert index["lyon"] == {"osm": "osm/lyon.osm.pbf", "eo": str(elsewhere), "sar": "regions/lyon.yaml",
                              "sar_metadata": "regions/lyon.yaml", "demo": "regions/lyon.yaml",
                              "file": "regions/lyon.yaml"}
     assert set(index["paris"].values()) == {"regions/paris.yaml"}

@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.atomic import atomic_path, write_bytes, write_json
-from pipeline.fetch.stacio import FetchError, NotFound, Transport, Unsafe, is_remote, local_path, scheme
+from pipeline.fetch.stacio import (
+    Check,
+    FetchError,
+    Invalid,
+    NotFound,
+    Transport,
+    Unsafe,
+    is_remote,
+    local_path,
+    scheme,
+)
 from pipeline.provenance import sha256_file
 
 log = logging.getLogger("sareo.fetch")
@@ -47,33 +57,70 @@ class Cache:
             raise Unsafe(f"{href}: cache name {p} escapes {objects}")
         return p
 
-    def get(self, href: str, sha256: str | None = None, size: int | None = None) -> tuple[Path, str, int]:
+    def get(self, href: str, sha256: str | None = None, size: int | None = None,
+            check: Check | None = None) -> tuple[Path, str, int]:
         """(local path, sha256, bytes) of ``href``; local files are used in place, remote ones cached.
 
-        Expected ``sha256``/``size`` (from the catalog) are checked; on mismatch nothing is kept.
+        Expected ``sha256``/``size`` (from the catalog) and ``check(path, sha256, bytes)`` (the
+        content check of the caller: a GeoTIFF read whole, a tile decoded) run before anything is
+        kept, on every download attempt. A cached object is used only if its bytes still hash to
+        the sha256 recorded when it was downloaded; one that does not (corrupted in place, cut by
+        a crash) is reported, dropped and fetched again. So the digest returned (which provenance
+        records) is always that of the bytes on disk.
         """
+
+        def verified(path: Path, digest: str, n: int) -> None:
+            _verify(href, digest, n, sha256, size)
+            if check is not None:
+                check(path, digest, n)
+
         if not is_remote(href):
             p = local_path(href)
             if not p.is_file():
                 raise NotFound(f"{href}: no such file")
             digest, n = sha256_file(p), p.stat().st_size
-            _verify(href, digest, n, sha256, size)
+            try:
+                verified(p, digest, n)
+            except (NotFound, Unsafe, FetchError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - content checks raise what their parsers raise
+                raise Invalid(f"{href}: {exc}") from exc
             return p, digest, n
         dest = self.path_for(href)
         side = dest.with_name(dest.name + ".json")
-        if dest.is_file() and side.is_file():
-            meta = json.loads(side.read_text())
-            n = dest.stat().st_size
-            if (meta.get("href") == href and meta.get("bytes") == n and sha256 in (None, meta.get("sha256"))
-                    and size in (None, n)):
-                log.info("cache hit: %s", href)
-                return dest, meta["sha256"], n
+        hit = self._reuse(href, dest, side, sha256, size)
+        if hit is not None:
+            return hit
         dest.parent.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s", href)
-        with atomic_path(dest, suffix="") as tmp:
-            digest, n = self.transport.download(href, tmp)
-            _verify(href, digest, n, sha256, size)
+        with atomic_path(dest) as tmp:
+            digest, n = self.transport.download(href, tmp, check=verified)
         write_json(side, {"href": href, "sha256": digest, "bytes": n})
+        return dest, digest, n
+
+    def _reuse(self, href: str, dest: Path, side: Path, sha256: str | None,
+               size: int | None) -> tuple[Path, str, int] | None:
+        """The cached object of ``href`` if its bytes match its record (and the catalog), else None."""
+        if not (dest.is_file() and side.is_file()):
+            return None
+        try:
+            meta = json.loads(side.read_text(encoding="utf-8"))
+            recorded, want_n = str(meta["sha256"]), int(meta["bytes"])
+            same_href = meta.get("href") == href
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cache: %s: unreadable record %s (%s); fetching again", href, side, exc)
+            return None
+        if not same_href or sha256 not in (None, recorded) or size not in (None, want_n):
+            return None  # another object, or the catalog changed: fetch what it says now
+        n = dest.stat().st_size
+        digest = sha256_file(dest) if n == want_n else None
+        if digest != recorded:
+            log.warning("cache: %s: cached copy %s is corrupt (%s); fetching again", href, dest,
+                        f"{n} bytes, recorded {want_n}" if digest is None else f"sha256 {digest}, recorded {recorded}")
+            side.unlink(missing_ok=True)
+            dest.unlink(missing_ok=True)
+            return None
+        log.info("cache hit: %s", href)
         return dest, digest, n
 
     # -- walk cache: the parsed documents of a remote static catalog, reused across regions -------

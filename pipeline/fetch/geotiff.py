@@ -7,7 +7,43 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.fetch.stacio import FetchError
+from pipeline.fetch.stacio import Check, FetchError
+
+
+def read_whole(path: Path, what: str, max_px: int = 4_000_000) -> None:
+    """Decode every block of every band (and the internal mask) of ``path``, a band of rows at a time.
+
+    Headers alone prove nothing: a GeoTIFF cut short still opens, and its missing blocks would
+    only fail later, in another stage, with a message naming no file. Memory stays at one band
+    of ``max_px`` pixels per band (GDAL's block cache is kept small too).
+    """
+    import rasterio
+    from rasterio.enums import MaskFlags
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=64), rasterio.open(path) as src:
+            block_h = src.block_shapes[0][0] if src.block_shapes else 1
+            rows = max(block_h, (max_px // max(1, src.width)) // block_h * block_h)
+            masked = MaskFlags.per_dataset in src.mask_flag_enums[0]
+            for r in range(0, src.height, rows):
+                win = Window(0, r, src.width, min(rows, src.height - r))
+                try:
+                    src.read(window=win)
+                    if masked:
+                        src.read_masks(1, window=win)
+                except (RasterioError, Exception) as exc:  # noqa: BLE001 - GDAL's CPLE_* errors too
+                    cause = exc.__cause__ or exc.__context__ or exc
+                    raise FetchError(f"{what}: truncated or corrupt GeoTIFF: rows {r}..{r + win.height - 1} "
+                                     f"cannot be read ({cause})") from None
+    except RasterioError as exc:
+        raise FetchError(f"{what}: not a readable GeoTIFF ({exc})") from None
+
+
+def whole_geotiff(what: str) -> Check:
+    """A download-cache check (:meth:`Cache.get`): the GeoTIFF decodes whole, else nothing is kept."""
+    return lambda path, digest, n: read_whole(path, what)
 
 
 def check_geotiff(path: Path, what: str, aoi=None) -> dict[str, Any]:

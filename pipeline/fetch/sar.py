@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.fetch.cache import Cache, link_or_copy
-from pipeline.fetch.geotiff import check_geotiff
+from pipeline.fetch.geotiff import check_geotiff, whole_geotiff
 from pipeline.fetch.items import (
     SELECTION_RULE,
     Candidate,
@@ -31,7 +31,7 @@ from pipeline.fetch.items import (
     select_metadata_asset,
 )
 from pipeline.fetch.params import FetchParams
-from pipeline.fetch.stacio import FetchError, check_href, href_dir, load_json
+from pipeline.fetch.stacio import Check, FetchError, check_href, load_json, trust_root
 from pipeline.fetch.walk import WalkFilter, WalkStats, walk_catalog
 from pipeline.layout import SourceFiles
 from pipeline.provenance import local_source, sar_source
@@ -109,7 +109,7 @@ def find_sar_items(region: Region, src: SarSource, cache: Cache, p: FetchParams)
     if first is not None and _is_api(first):
         pairs: Iterable[tuple[str, dict[str, Any]]] = [(h, d) for d, h in search_api(href, first, region, src, p)]
     else:
-        pairs = walk_catalog(href, cache, p, filt, first, stats, memo)
+        pairs = walk_catalog(href, cache, p, filt, first, stats, memo, catalog_root(region, sar, src.where, href))
     res = WalkResult()
     try:
         for ih, doc in pairs:
@@ -216,7 +216,7 @@ def _file_scene(region: Region, src: SarSource, cache: Cache, out: SourceFiles) 
     """A local (or remote) GeoTIFF named by the region file: one scene."""
     sar = src.spec
     href = region.resolve(sar["file"])
-    path, digest, n = cache.get(href)
+    path, digest, n = cache.get(href, check=whole_geotiff(href))
     check_geotiff(path, href, region.aoi)
     link_or_copy(path, out.sar)
     provider = sar.get("provider", "unknown")
@@ -227,8 +227,7 @@ def _file_scene(region: Region, src: SarSource, cache: Cache, out: SourceFiles) 
                            **_licence(provider, region)}
     if sar.get("metadata"):
         mhref = region.resolve(sar["metadata"])
-        mpath, mdigest, _ = cache.get(mhref)
-        _check_json(mpath, mhref)
+        mpath, mdigest, _ = cache.get(mhref, check=_json_check(mhref))
         link_or_copy(mpath, out.sar_metadata)
         rec["metadata"] = {"href": mhref, "sha256": mdigest}
     return rec
@@ -238,13 +237,14 @@ def _catalog_scene(region: Region, sc: Scene, cache: Cache, p: FetchParams, out:
     """Download one chosen item's data (and metadata) asset into a scene folder; its provenance record."""
     sar, best, found, catalog = sc.source.spec, sc.candidate, sc.found, sc.catalog
     item, facts = best.item, best.facts
-    root_dir = href_dir(catalog)
+    root_dir = catalog_root(region, sar, sc.source.where, catalog)
     pol = sar.get("polarization")
     key, asset = select_data_asset(item, None if pol == "any" else pol)
     href = check_href(asset.href, best.href, root_dir)
     sha, size = expected_checksum(asset)
-    path, digest, n = cache.get(href, sha, size)
-    check_geotiff(path, f"{item.id} asset {key!r} ({href})", region.aoi)
+    what = f"{item.id} asset {key!r} ({href})"
+    path, digest, n = cache.get(href, sha, size, check=whole_geotiff(what))
+    check_geotiff(path, what, region.aoi)
     link_or_copy(path, out.sar)
     ranked = [{"item_id": c.facts.id, "coverage": round(c.coverage, 6), "datetime": c.facts.datetime}
               for c in found.candidates[: p.max_candidates]]
@@ -271,8 +271,7 @@ def _catalog_scene(region: Region, sc: Scene, cache: Cache, p: FetchParams, out:
     if meta:
         mhref = check_href(meta[1].href, best.href, root_dir)
         msha, msize = expected_checksum(meta[1])
-        mpath, mdigest, _ = cache.get(mhref, msha, msize)
-        _check_json(mpath, mhref)
+        mpath, mdigest, _ = cache.get(mhref, msha, msize, check=_json_check(mhref))
         link_or_copy(mpath, out.sar_metadata)
         rec["metadata"] = {"asset": meta[0], "href": mhref, "sha256": mdigest}
     return rec
@@ -306,12 +305,22 @@ def fetch_sar(region: Region, cache: Cache, p: FetchParams, out: SourceFiles) ->
     return recs
 
 
-def _check_json(path: Path, href: str) -> None:
-    """Refuse metadata that is not JSON before it lands in source/."""
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FetchError(f"{href}: metadata is not JSON ({exc})") from None
+def _json_check(href: str) -> Check:
+    """A download-cache check: metadata that is not JSON (or was cut) never lands in the cache or source/."""
+
+    def check(path: Path, digest: str, n: int) -> None:
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FetchError(f"{href}: metadata is not JSON ({exc})") from None
+
+    return check
+
+
+def catalog_root(region: Region, spec: dict[str, Any], where: str, catalog: str) -> str:
+    """The trust root of a catalog source ``spec`` (its ``catalog_root``, else the catalog's folder)."""
+    root = spec.get("catalog_root")
+    return trust_root(catalog, region.resolve(root) if root else None, f"{region.path}: {where}.catalog_root")
 
 
 def _licence(provider: str, region: Region) -> dict[str, str]:

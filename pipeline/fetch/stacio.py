@@ -54,6 +54,13 @@ class Unsafe(FetchError):
     """An href that escapes its catalog root or the cache directory."""
 
 
+class Invalid(FetchError):
+    """Bytes that arrived whole (their length confirmed) but fail their checks: retrying will not help."""
+
+
+Check = Callable[[Path, str, int], None]  # (path, sha256, bytes) -> None; raises on bad content
+
+
 # --------------------------------------------------------------------------- href arithmetic
 
 
@@ -134,15 +141,32 @@ def is_within(href: str, root_dir: str) -> bool:
 def check_href(raw: str, base: str, root_dir: str) -> str:
     """Resolve ``raw`` against ``base``.
 
-    Refuses relative hrefs that leave ``root_dir`` and local files named by remote catalogs.
+    Refuses relative hrefs that leave ``root_dir``, local files outside it (absolute paths and
+    file:// too: a catalog must not make the pipeline read any file it likes) and local files
+    named by remote catalogs. Absolute URLs may point at other hosts or buckets.
     """
     resolved = join_href(base, raw)
-    relative = scheme(raw) == "" and (not raw.startswith("/") or is_remote(base))  # '/x' is relative in a URL
-    if relative and not is_within(resolved, root_dir):
-        raise Unsafe(f"{raw!r} in {base}: resolves to {resolved}, outside the catalog root {root_dir}")
     if is_remote(base) and not is_remote(resolved):
         raise Unsafe(f"{raw!r} in {base}: a remote catalog may not point at local file {resolved}")
+    relative = scheme(raw) == "" and (not raw.startswith("/") or is_remote(base))  # '/x' is relative in a URL
+    if (relative or not is_remote(resolved)) and not is_within(resolved, root_dir):
+        raise Unsafe(f"{raw!r} in {base}: resolves to {resolved}, outside the catalog root {root_dir}"
+                     " (a mirror whose data lies beside the catalog folder: set sar.catalog_root / eo.catalog_root)")
     return resolved
+
+
+def trust_root(catalog: str, root: str | None, where: str) -> str:
+    """The folder every href of ``catalog`` must stay under: ``root`` (a region's ``catalog_root``,
+    e.g. the mirror or bucket root) or else the catalog file's own folder. ``root`` must hold it."""
+    if root is None:
+        return href_dir(catalog)
+    prefix, path, _ = _split(root)
+    root_dir = prefix + _normalise(path, root).rstrip("/") + "/"
+    if scheme(root_dir) != scheme(catalog) and {scheme(root_dir), scheme(catalog)} - {"", "file"}:
+        raise Unsafe(f"{where}: {root!r} and the catalog {catalog} are not on the same kind of store")
+    if not is_within(catalog, root_dir):
+        raise Unsafe(f"{where}: {root!r} does not contain the catalog {catalog}")
+    return root_dir
 
 
 # --------------------------------------------------------------------------- transport
@@ -181,7 +205,7 @@ class Transport:
         for attempt in range(attempts):
             try:
                 return fn()
-            except (NotFound, Unsafe):
+            except (NotFound, Unsafe, Invalid):
                 raise
             except Exception as exc:  # noqa: BLE001 - network stacks raise many types
                 last = exc
@@ -242,8 +266,56 @@ class Transport:
         else:
             raise FetchError(f"{href}: unsupported scheme {s!r}; use a path, file://, http(s):// or s3://")
 
-    def read_bytes(self, href: str) -> bytes:
-        """The whole resource (catalog JSON, a tile); checks Content-Length."""
+    def _confirm_length(self, href: str, n: int) -> bool:
+        """After a body that came without Content-Length: is ``n`` really its end?
+
+        A server that closes the connection early makes a close-delimited body look complete,
+        so ask for the bytes after ``n`` (``Range: bytes=n-``): 416 or an empty 206 confirms the
+        end, more bytes mean the first body was cut (an error, retried). Servers that ignore
+        Range answer 200: the length stays unconfirmed and the content checks must decide.
+        """
+        if scheme(href) == "s3":  # S3 always sends a length; an answer without one is checked by HEAD
+            u = urllib.parse.urlsplit(href)
+            total = int(self._s3().head_object(Bucket=u.netloc, Key=u.path.lstrip("/"))["ContentLength"])
+            if total != n:
+                raise FetchError(f"{href}: truncated: got {n} of {total} bytes")
+            return True
+        if scheme(href) not in ("http", "https"):
+            return False
+        req = urllib.request.Request(quote_url(href), headers={"User-Agent": "sareo", "Range": f"bytes={n}-"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                if resp.status != 206:
+                    return False
+                total = (resp.headers.get("Content-Range") or "").rpartition("/")[2]
+                more = resp.read(1)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416:
+                total = (exc.headers.get("Content-Range") or "").rpartition("/")[2]
+                if total.isdigit() and int(total) != n:
+                    raise FetchError(f"{href}: truncated: got {n} of {total} bytes") from None
+                return True
+            raise
+        if (total.isdigit() and int(total) != n) or more:
+            raise FetchError(f"{href}: truncated: the body ended after {n} bytes, the server has "
+                             f"{total if total.isdigit() else 'more'}")
+        return True
+
+    def _checked(self, href: str, path: Path, digest: str, n: int, confirmed: bool, check: Check | None) -> None:
+        """Run ``check``; a failure on bytes of confirmed length is final, else it may be a cut (retried)."""
+        if check is None:
+            return
+        try:
+            check(path, digest, n)
+        except (NotFound, Unsafe, Invalid):
+            raise
+        except Exception as exc:  # noqa: BLE001 - checks raise what their parsers raise
+            if confirmed:
+                raise Invalid(str(exc) if str(exc).startswith(href) else f"{href}: {exc}") from exc
+            raise
+
+    def read_bytes(self, href: str, check: Callable[[bytes], None] | None = None) -> bytes:
+        """The whole resource (catalog JSON, a tile); checks its length and ``check(data)``."""
 
         def once() -> bytes:
             with self._open_once(href) as (f, size):
@@ -253,14 +325,19 @@ class Transport:
                     raise FetchError(f"{href}: truncated: got {len(exc.partial)} of {size} bytes") from None
             if size is not None and len(data) != size:
                 raise FetchError(f"{href}: truncated: got {len(data)} of {size} bytes")
+            confirmed = size is not None or scheme(href) in ("", "file") or self._confirm_length(href, len(data))
+            if check is not None:
+                self._checked(href, Path(), "", len(data), confirmed, lambda *_: check(data))
             return data
 
         return self.retry(href, once)
 
-    def download(self, href: str, dest: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    def download(self, href: str, dest: Path, chunk: int = 1 << 20, check: Check | None = None) -> tuple[str, int]:
         """Stream ``href`` into ``dest`` (which the caller renames into place); (sha256, bytes).
 
-        A short read is an error (and is retried): a truncated GeoTIFF often still opens.
+        A short read is an error (and is retried): a truncated GeoTIFF often still opens. A body
+        without Content-Length has its end confirmed by a Range request where the server allows;
+        ``check(dest, sha256, bytes)`` runs on every attempt, so a cut it detects is retried too.
         """
 
         def once() -> tuple[str, int]:
@@ -279,7 +356,10 @@ class Transport:
                     raise FetchError(f"{href}: truncated download: got {got} of {size} bytes") from None
             if size is not None and n != size:
                 raise FetchError(f"{href}: truncated download: got {n} of {size} bytes")
-            return h.hexdigest(), n
+            confirmed = size is not None or self._confirm_length(href, n)
+            digest = h.hexdigest()
+            self._checked(href, dest, digest, n, confirmed, check)
+            return digest, n
 
         return self.retry(href, once)
 
@@ -337,11 +417,13 @@ class SareoStacIO(DefaultStacIO):
 
 def load_json(href: str, transport: Transport) -> dict[str, Any]:
     """A STAC JSON object; errors name the href."""
-    text = transport.read_bytes(href).decode("utf-8", errors="replace")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FetchError(f"{href}: not JSON ({exc})") from None
+    def parse(raw: bytes) -> Any:
+        try:
+            return json.loads(raw.decode("utf-8", errors="replace"))
+        except json.JSONDecodeError as exc:
+            raise FetchError(f"{href}: not JSON ({exc})") from None
+
+    data = parse(transport.read_bytes(href, check=parse))  # a cut body fails to parse: retried
     if not isinstance(data, dict):
         raise FetchError(f"{href}: expected a STAC object, got {type(data).__name__}")
     return data

@@ -382,16 +382,17 @@ class WalkFilter:
 def walk_catalog(
     href: str, cache: Cache, p: FetchParams, filt: WalkFilter | None = None,
     first: dict[str, Any] | None = None, stats: WalkStats | None = None,
-    memo: tuple[dict[str, dict[str, Any]], float] | None = None,
+    memo: tuple[dict[str, dict[str, Any]], float] | None = None, root_dir: str | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (item href, item dict) of a static catalog in depth-first link order, pruned by ``filt``.
 
     Documents are read by ``walk_workers`` threads; remote catalogs are memoised in the walk
     cache (``catalog_cache_ttl_h``), so a second region on the same catalog reads no JSON.
     ``memo``: the walk cache as :meth:`Cache.walk_memo` returned it, if the caller has it already.
+    ``root_dir``: the trust root no href may leave (default: the catalog's folder; see ``trust_root``).
     """
     filt = filt or WalkFilter()
-    root_dir = href_dir(href)
+    root_dir = root_dir or href_dir(href)
     known_docs, created = memo if memo is not None else cache.walk_memo(href, p.catalog_cache_ttl_h)
     reader = CatalogReader(cache.transport, lambda raw, base: check_href(raw, base, root_dir), known_docs)
     known = len(reader.memo)
