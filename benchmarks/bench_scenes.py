@@ -334,25 +334,33 @@ def write_project(project: Path, size: int, ns: list[int]) -> None:
         (project / "regions" / f"scenes{n}.yaml").write_text(yaml.safe_dump(region, sort_keys=False))
 
 
-def tree_rss(proc) -> int:
-    """RSS (bytes) of a process and all its descendants (shared pages counted in each: an upper bound)."""
+def tree_memory(proc) -> tuple[int, int]:
+    """(summed RSS, largest VmHWM) in bytes over a process and all its descendants.
+
+    The sum counts shared pages in each process (an upper bound); VmHWM is each process's own
+    peak since its exec, so it also catches a spike between two polls.
+    """
     import psutil
 
-    total = 0
     try:
         procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
-        return 0
+        return 0, 0
+    total = hwm = 0
     for p in procs:
         try:
             total += p.memory_info().rss
-        except psutil.Error:
+            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    hwm = max(hwm, int(line.split()[1]) * 1024)
+        except (psutil.Error, OSError):
             pass
-    return total
+    return total, hwm
 
 
 def run_stage(project: Path, stage: str, name: str, log: Path) -> dict[str, Any]:
-    """``sareo --root PROJECT STAGE NAME`` as a child; wall time, polled tree peak RSS, the child's own VmHWM."""
+    """``sareo --root PROJECT STAGE NAME`` as a child: wall time, peak tree RSS (polled every 0.1 s), the
+    largest single-process VmHWM seen."""
     import psutil
 
     sareo = shutil.which("sareo", path=str(Path(sys.executable).parent)) or "sareo"
@@ -362,21 +370,13 @@ def run_stage(project: Path, stage: str, name: str, log: Path) -> dict[str, Any]
         proc = subprocess.Popen([sareo, "--root", str(project), stage, name], stdout=out, stderr=subprocess.STDOUT,
                                 env=env)
         ps = psutil.Process(proc.pid)
-        peak = 0
-        while True:
-            peak = max(peak, tree_rss(ps))
-            try:
-                _, status, ru = os.wait4(proc.pid, os.WNOHANG)
-            except ChildProcessError:
-                status, ru = 0, None
-                break
-            if _ != 0:
-                break
+        peak = hwm = 0
+        while proc.poll() is None:
+            total, top = tree_memory(ps)
+            peak, hwm = max(peak, total), max(hwm, top)
             time.sleep(0.1)
         wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    res = {"stage": stage, "wall_s": wall, "peak_mb": peak / 2**20, "hwm_mb": (ru.ru_maxrss / 1024) if ru else float("nan"),
-           "rc": proc.returncode}
+    res = {"stage": stage, "wall_s": wall, "peak_mb": peak / 2**20, "hwm_mb": hwm / 2**20, "rc": proc.returncode}
     if proc.returncode != 0:
         res["error"] = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-3:]
     return res
@@ -423,7 +423,7 @@ def self_hwm_mb() -> float:
 def print_table(n: int, rows: list[dict[str, Any]], fig: dict[str, Any]) -> None:
     print(f"\nN = {n} scene(s): grid {fig.get('grid', ('?', '?'))[0]} x {fig.get('grid', ('?', '?'))[1]} px"
           + (f" = {fig['grid'][0] * fig['grid'][1] / 1e6:.0f} Mpx" if "grid" in fig else ""), flush=True)
-    print(f"  {'stage':9s} | {'wall s':>8s} | {'peak RSS MB':>11s} | {'max proc MB':>11s}")
+    print(f"  {'stage':9s} | {'wall s':>8s} | {'peak RSS MB':>11s} | {'proc HWM MB':>11s}")
     for r in rows:
         tail = "" if r["rc"] == 0 else f"  FAILED (exit {r['rc']}): {' / '.join(r.get('error', []))}"
         print(f"  {r['stage']:9s} | {r['wall_s']:8.1f} | {r['peak_mb']:11.0f} | {r['hwm_mb']:11.0f}{tail}")

@@ -221,22 +221,20 @@ def test_umbra_catalog_in_umbra_layout_found_by_the_pipeline(out: Path, tmp_path
         assert target.relative_to((out / "umbra").resolve()).parts[:3] == ("sar-data", "tasks", sc.task)
 
 
-@pytest.mark.xfail(strict=True, raises=FetchError, reason=(
-    "lead, issue 9: the fetch stage refuses a relative asset href that leaves the catalog's stac/ folder for the "
-    "bucket's sar-data/ (Umbra's layout) and does not percent-decode relative hrefs of a local catalog; when both "
-    "work this test passes: remove the mark"))
 def test_fetch_stage_takes_the_umbra_gec(out: Path, tmp_path: Path) -> None:
     """What dvc repro needs of the Umbra scene: the fetch stage downloads its GEC, flagged uncalibrated."""
     (name, sc), = UMBRA_SCENES
     doc = {"name": "umbra-demo", "aoi": {"bbox": list(SMALL.regions[name].bbox)}, "gsd_m": 0.5,
-           "sar": {"stac": str(out / "umbra" / "stac" / "catalog.json"), "provider": "umbra", "product": "GEC"},
+           "sar": {"stac": str(out / "umbra" / "stac" / "catalog.json"), "catalog_root": str(out / "umbra"),
+                   "provider": "umbra", "product": "GEC"},
            "eo": {"tiles": "t/{z}/{x}/{y}.png", "datetime": "2023-05-21"}, "osm": {"file": "x.osm"}}
     (tmp_path / "regions").mkdir()
     (tmp_path / "regions" / "umbra-demo.yaml").write_text(yaml.safe_dump(doc))
-    region = load_region(tmp_path / "regions" / "umbra-demo.yaml", root=tmp_path)
+    region = load_region(tmp_path / "regions" / "umbra-demo.yaml", root=tmp_path, check_files=False)
     (tmp_path / "src").mkdir()
-    files = SourceFiles(tmp_path / "src")
-    rec = fetch_sar(region, Cache(tmp_path / "cache", Transport()), FetchParams(), files)
+    out_files = SourceFiles(tmp_path / "src")
+    (rec,) = fetch_sar(region, Cache(tmp_path / "cache", Transport()), FetchParams(), out_files)
+    files = out_files.scene(rec["scene"])
     assert rec["item_id"] == sc.item_id and rec["provider"] == "umbra" and rec["calibrated"] is False
     assert files.sar.read_bytes() == (out / _truth(out)["scenes"][sc.item_id]["data"]).read_bytes()
 

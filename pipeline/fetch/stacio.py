@@ -75,10 +75,17 @@ def is_remote(href: str) -> bool:
 
 
 def local_path(href: str) -> Path:
-    """The file-system path of a local path or file:// href."""
+    """The file-system path of a local path or file:// href (STAC hrefs are URI references:
+    percent-encoded, as Umbra's folders with spaces and commas are, so they are decoded)."""
     if scheme(href) == "file":
         return Path(urllib.request.url2pathname(urllib.parse.urlparse(href).path))
-    return Path(href)
+    return Path(urllib.parse.unquote(href))
+
+
+def s3_key(href: str) -> tuple[str, str]:
+    """(bucket, key) of an s3:// href; the key percent-decoded (an href is a URI, a key is not)."""
+    u = urllib.parse.urlsplit(href)
+    return u.netloc, urllib.parse.unquote(u.path.lstrip("/"))
 
 
 def _normalise(path: str, href: str) -> str:
@@ -233,8 +240,7 @@ class Transport:
             with open(p, "rb") as f:
                 yield f, p.stat().st_size
         elif s == "s3":
-            u = urllib.parse.urlsplit(href)
-            bucket, key = u.netloc, u.path.lstrip("/")
+            bucket, key = s3_key(href)
             client = self._s3()
             try:
                 obj = client.get_object(Bucket=bucket, Key=key)
@@ -275,8 +281,8 @@ class Transport:
         Range answer 200: the length stays unconfirmed and the content checks must decide.
         """
         if scheme(href) == "s3":  # S3 always sends a length; an answer without one is checked by HEAD
-            u = urllib.parse.urlsplit(href)
-            total = int(self._s3().head_object(Bucket=u.netloc, Key=u.path.lstrip("/"))["ContentLength"])
+            bucket, key = s3_key(href)
+            total = int(self._s3().head_object(Bucket=bucket, Key=key)["ContentLength"])
             if total != n:
                 raise FetchError(f"{href}: truncated: got {n} of {total} bytes")
             return True
