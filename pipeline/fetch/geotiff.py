@@ -18,6 +18,7 @@ def read_whole(path: Path, what: str, max_px: int = 4_000_000) -> None:
     of ``max_px`` pixels per band (GDAL's block cache is kept small too).
     """
     import rasterio
+    from rasterio._err import CPLE_BaseError
     from rasterio.enums import MaskFlags
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
@@ -33,7 +34,7 @@ def read_whole(path: Path, what: str, max_px: int = 4_000_000) -> None:
                     src.read(window=win)
                     if masked:
                         src.read_masks(1, window=win)
-                except (RasterioError, Exception) as exc:  # noqa: BLE001 - GDAL's CPLE_* errors too
+                except (RasterioError, CPLE_BaseError) as exc:
                     cause = exc.__cause__ or exc.__context__ or exc
                     raise FetchError(f"{what}: truncated or corrupt GeoTIFF: rows {r}..{r + win.height - 1} "
                                      f"cannot be read ({cause})") from None
