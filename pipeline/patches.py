@@ -380,6 +380,8 @@ def patch_region(region: Any, source: SourceFiles, registration: RegistrationFil
         n = len(order)
         starts = [int((codes < s).sum()) for s in range(3)]
         report = {**result.report, "cells": int(len(cells)), "patches": n,
+                  "counts_are": "ground cells (every scene's patches of a cell share its split)",
+                  "patch_counts": {s: int((codes == i).sum()) for i, s in enumerate(SPLITS)},
                   "per_scene": {per_scene[k][0].id: {s: int(((scene_of == k) & (codes == i)).sum())
                                                     for i, s in enumerate(SPLITS)} for k in range(len(per_scene))},
                   "scenes_skipped": skipped}
