@@ -9,6 +9,7 @@ and the published index matches the stores.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
