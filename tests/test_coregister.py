@@ -120,9 +120,13 @@ def test_offset_beyond_search_radius_is_flagged(atlanta) -> None:
     eo = atlanta[0][:640, :640]
     moved = ndimage.shift(eo, (28.0, -28.5), order=3, mode="constant", cval=np.nan)
     sar = sar_like(moved, np.random.default_rng(2), looks=2)
-    params = dataclasses.replace(FAST, search_radius_m=10.0)
+    params = dataclasses.replace(FAST, search_radius_m=10.0, min_search_px=1)
     reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, params, gsd_m=0.5)
     assert reg.flagged
+    # the pixel floor of the search (min_search_px, default 32) reaches it: found, not flagged
+    reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0,
+                            dataclasses.replace(params, min_search_px=32), gsd_m=0.5)
+    assert not reg.flagged and math.hypot(reg.dx + 28.5, reg.dy - 28.0) < 1.0, reg.reason
 
 
 # ----------------------------------------------------------------------------- stage on files
