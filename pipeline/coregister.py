@@ -70,12 +70,13 @@ class CoregisterParams:
     sar_bright_mask_db: float | None = param(
         8.0, "fine level: ignore SAR this many dB over the local median (layover, double bounce); null = off")
     sar_bright_pfa: float | None = param(
-        1e-3, "fine level: also ignore bright scatterers found by CFAR at this false-alarm rate (null = off)")
+        1e-4, "fine level: also ignore bright scatterers found by CFAR at this false-alarm rate (null = off)")
+    cfar_max_share: float = param(0.6, "skip the CFAR mask in a window where it would cover more than this share")
     sar_mask_grow_px: int = param(3, "grow that mask (px) so its border makes no gradient")
     use_geometry: bool = param(True, "use the acquisition geometry (look direction) when the metadata gives it")
     claimed_accuracy_px: float = param(1.0, "independent estimates disagreeing by more than this: flagged")
     layover_leak: float = param(
-        0.35, "share of the bright-scatterer bias assumed left after masking (range uncertainty term)")
+        1.0, "range uncertainty from layover: this times the bright-minus-ground difference along range")
     eo_sigma: float = param(1.0, "Gaussian smoothing of the EO before its gradient, pixels")
     overlay_px: int = param(768, "side of the before/after overlay.png")
     workers: int | None = param(None, "threads for tile matching; null = one per core")
@@ -116,7 +117,7 @@ class TiePoint:
     inlier: bool = False
     dx_all: float | None = None  # the same tile matched with every SAR feature (bright scatterers kept)
     dy_all: float | None = None
-    family: str = "ground"  # "ground": bright scatterers masked; "all": fallback on every SAR feature
+    family: str = "ground"  # "ground": bright scatterers masked; "bright": fallback, only strong layover masked
 
     def to_dict(self, ndigits: int = 3) -> dict[str, Any]:
         return {
@@ -172,37 +173,44 @@ class Registration:
 Reader = Callable[[int, int, int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
-def _descriptors(
-    sar_db: np.ndarray, sar_valid: np.ndarray, eo: np.ndarray, eo_valid: np.ndarray, p: CoregisterParams, factor: int,
-    keep_all: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-    """CFOG descriptors of both images and the SAR pixels that count; the SAR gradient window
-    shrinks as looks are averaged. With ``keep_all``, also the SAR descriptor with every
-    feature (bright scatterers kept) and its mask: the second, layover-sensitive family."""
-    half = max(1, int(round(p.sar_half_window / factor)))
-    all_family = None
-    if keep_all:
-        agx, agy = dsc.sar_gradients(sar_db, sar_valid, half=half)
-        all_family = (dsc.cfog(agx, agy, p.n_orient, p.descriptor_sigma), sar_valid)
-    if p.sar_bright_mask_db is not None and factor == 1 and sar_valid.any():
-        # only at the fine level: at the coarse one the mask would cover most of a city and
-        # lose the global estimate, which the fine search needs
-        sar_valid = sar_valid & ~dsc.bright_mask(
-            sar_db, sar_valid, float(p.sar_bright_mask_db), grow=int(p.sar_mask_grow_px)
-        )
-    if p.sar_bright_pfa is not None and factor == 1 and sar_valid.any():
-        hit = dsc.bright_scatterers(sar_db, sar_valid, float(p.sar_bright_pfa))
+def _sar_masks(sar_db: np.ndarray, sar_valid: np.ndarray, p: CoregisterParams, factor: int
+               ) -> dict[str, np.ndarray]:
+    """The SAR pixels each feature family counts (fine level only; the coarse level keeps
+    everything: masked there, a dense city loses the global estimate the fine search needs).
+
+    ``all``: every valid pixel; ``bright``: minus the 7x7-mean-over-median mask (strong
+    layover areas, the previous method); ``ground``: also minus CFAR bright point and line
+    scatterers (thin facade and double-bounce lines that a 7x7 mean dilutes), unless they
+    would cover more than ``cfar_max_share`` of the window (CFAR assumes sparse targets)."""
+    out = {"all": sar_valid}
+    if factor != 1 or not sar_valid.any():
+        return {"all": sar_valid, "bright": sar_valid, "ground": sar_valid}
+    mid = sar_valid
+    if p.sar_bright_mask_db is not None:
+        mid = sar_valid & ~dsc.bright_mask(sar_db, sar_valid, float(p.sar_bright_mask_db),
+                                           grow=int(p.sar_mask_grow_px))
+    out["bright"] = mid
+    ground = mid
+    if p.sar_bright_pfa is not None and mid.any():
+        hit = dsc.bright_scatterers(sar_db, mid, float(p.sar_bright_pfa))
         if p.sar_mask_grow_px > 0:
             hit = ndimage.binary_dilation(hit, iterations=int(p.sar_mask_grow_px))
-        sar_valid = sar_valid & ~hit
-    sgx, sgy = dsc.sar_gradients(sar_db, sar_valid, half=half)
-    egx, egy = dsc.optical_gradients(eo, eo_valid, sigma=p.eo_sigma)
-    return (
-        dsc.cfog(sgx, sgy, p.n_orient, p.descriptor_sigma),
-        dsc.cfog(egx, egy, p.n_orient, p.descriptor_sigma),
-        sar_valid,
-        all_family,
-    )
+        if hit.sum() <= p.cfar_max_share * max(int(mid.sum()), 1):
+            ground = mid & ~hit
+    out["ground"] = ground
+    return out
+
+
+def _sar_descriptor(sar_db: np.ndarray, valid: np.ndarray, p: CoregisterParams, factor: int) -> np.ndarray:
+    """CFOG of the SAR ratio gradient over ``valid``; the gradient window shrinks as looks are averaged."""
+    half = max(1, int(round(p.sar_half_window / factor)))
+    gx, gy = dsc.sar_gradients(sar_db, valid, half=half)
+    return dsc.cfog(gx, gy, p.n_orient, p.descriptor_sigma)
+
+
+def _eo_descriptor(eo: np.ndarray, eo_valid: np.ndarray, p: CoregisterParams) -> np.ndarray:
+    gx, gy = dsc.optical_gradients(eo, eo_valid, sigma=p.eo_sigma)
+    return dsc.cfog(gx, gy, p.n_orient, p.descriptor_sigma)
 
 
 def _tile_confidence(peak: dsc.Peak) -> float:
@@ -220,13 +228,13 @@ def _tile_confidence(peak: dsc.Peak) -> float:
 
 def _match(
     read: Reader, row0: int, col0: int, h: int, w: int, factor: int, radius: int, guess: tuple[int, int],
-    p: CoregisterParams, min_overlap: float = 0.5, keep_all: bool = False,
-) -> tuple[dsc.Peak, float, dsc.Peak | None] | None:
+    p: CoregisterParams, min_overlap: float = 0.5, families: bool = False, family: str = "ground",
+) -> tuple[dsc.Peak, str, dsc.Peak | None] | None:
     """Match an EO window (template) inside a SAR window displaced by ``guess`` (+- radius).
 
-    Returns the peak (shift relative to ``guess``, in pixels at this level), the template's
-    valid share and (``keep_all``) the peak with every SAR feature, or None when the window
-    holds too little valid data.
+    Returns the peak (shift relative to ``guess``, in pixels at this level), the feature family
+    it came from and (``families``, fine level) the peak with every SAR feature, or None when
+    the window holds too little valid data. ``family`` names the SAR mask (see _sar_masks).
     """
     m = 8  # descriptor margin: filters near the window border see padding
     gx, gy = guess
@@ -234,27 +242,25 @@ def _match(
     sar, sv, _, _ = read(row0 + (gy - radius - m) * factor, col0 + (gx - radius - m) * factor, H, W, factor)
     _, _, eo, ev = read(row0 - m * factor, col0 - m * factor, h + 2 * m, w + 2 * m, factor)
     tmask = ev[m:-m, m:-m]
-    share = float(tmask.mean())
-    if share < 0.3 or sv.mean() < 0.3:
+    if tmask.mean() < 0.3 or sv.mean() < 0.3:
         return None
-    sd, ed, sv, fam = _descriptors(sar, sv, eo, ev, p, factor, keep_all)
-    if sv[m:-m, m:-m].mean() < 0.3:
+    masks = _sar_masks(sar, sv, p, factor)
+    ed = _eo_descriptor(eo, ev, p)[:, m:-m, m:-m]
+
+    def peak_of(name: str, with_null: bool = True) -> dsc.Peak | None:
+        v = masks[name]
+        if v[m:-m, m:-m].mean() < 0.3:
+            return None
+        sd, vv = _sar_descriptor(sar, v, p, factor)[:, m:-m, m:-m], v[m:-m, m:-m]
+        surface = dsc.masked_ncc(ed, tmask, sd, vv, radius, min_overlap)
+        null = dsc.null_ncc(ed, tmask, sd, vv, radius, min_overlap) if with_null else None
+        return dsc.find_peak(surface, null=null)
+
+    peak = peak_of(family)
+    if peak is None:
         return None
-    sd, sv = sd[:, m:-m, m:-m], sv[m:-m, m:-m]
-    ed = ed[:, m:-m, m:-m]
-    surface = dsc.masked_ncc(ed, tmask, sd, sv, radius, min_overlap)
-    null = dsc.null_ncc(ed, tmask, sd, sv, radius, min_overlap)
-    peak = dsc.find_peak(surface, null=null)
-    peak_all = None
-    if fam is not None:
-        sa, va = fam[0][:, m:-m, m:-m], fam[1][m:-m, m:-m]
-        if _tile_confidence(peak) > 0:
-            peak_all = dsc.find_peak(dsc.masked_ncc(ed, tmask, sa, va, radius, min_overlap))
-        else:  # the ground features alone give nothing here: fall back on every feature, said so
-            peak_all = dsc.find_peak(dsc.masked_ncc(ed, tmask, sa, va, radius, min_overlap),
-                                     null=dsc.null_ncc(ed, tmask, sa, va, radius, min_overlap))
-            return peak_all, share, None
-    return peak, share, peak_all
+    peak_all = peak_of("all", with_null=False) if families and family == "ground" else None
+    return peak, family, peak_all
 
 
 def _spread_tiles(
@@ -447,8 +453,6 @@ def _assess(tps: list[TiePoint], est: tuple[float, float], geometry: Acquisition
         if axes == "range_azimuth" and abs(bias[1]) > p.claimed_accuracy_px and not reason:
             reason = (f"ground and bright-scatterer estimates disagree by {abs(bias[1]):.2f} px along azimuth, "
                       "where layover cannot displace them")
-    n_all = sum(t.family == "all" for t in inl)
-    checks["bright_family_share"] = round(n_all / len(inl), 3)
     lay = p.layover_leak * (abs(bias[0]) if axes == "range_azimuth" else float(np.hypot(*bias)))
     s_r = math.sqrt(sig[0] ** 2 + (half_diff[0] / 2) ** 2 + lay**2)
     s_a = math.sqrt(sig[1] ** 2 + (half_diff[1] / 2) ** 2 + (0.0 if axes == "range_azimuth" else lay**2))
@@ -499,17 +503,30 @@ def estimate(read: Reader, shape: tuple[int, int], gsd_m: float, p: CoregisterPa
     log.info("matching %d tiles of %d px", len(corners), tile)
     import dask
 
-    jobs = [dask.delayed(_match)(read, r0, c0, tile, tile, 1, fine_radius, guess, p, 0.5, True) for r0, c0 in corners]
-    results = dask.compute(*jobs, scheduler="threads", num_workers=p.workers)
+    def run(family: str) -> tuple[Any, ...]:
+        jobs = [dask.delayed(_match)(read, r0, c0, tile, tile, 1, fine_radius, guess, p, 0.5, True, family)
+                for r0, c0 in corners]
+        return dask.compute(*jobs, scheduler="threads", num_workers=p.workers)
+
+    results = run("ground")
+    usable = [r for r in results if r is not None]
+    confident = sum(_tile_confidence(r[0]) > 0 for r in usable)
+    family = "ground"
+    if usable and confident < 0.5 * len(usable) and p.sar_bright_pfa is not None:
+        # the ground-level features alone do not carry this scene (dense city, layover over most
+        # of the ground): one family per scene, never mixed (their biases differ), so redo it
+        # with only the strong layover areas masked, and say so
+        family = "bright"
+        results = run("bright")
     tps: list[TiePoint] = []
     for (r0, c0), res in zip(corners, results):
         if res is None:
             continue
-        pk, _, pa = res
+        pk, fam, pa = res
         tps.append(
             TiePoint(c0 + tile / 2, r0 + tile / 2, guess[0] + pk.dx, guess[1] + pk.dy, _tile_confidence(pk), pk.score,
                      dx_all=None if pa is None else guess[0] + pa.dx, dy_all=None if pa is None else guess[1] + pa.dy,
-                     family="ground" if pa is not None else "all")
+                     family=fam)
         )
     tps, model, matrix, residuals, conf, reason = _fit(tps, p, shape)
     if not tps:
@@ -519,6 +536,7 @@ def estimate(read: Reader, shape: tuple[int, int], gsd_m: float, p: CoregisterPa
     a, b, c, d, e, f = matrix
     dx, dy = a * cx + b * cy + c - cx, d * cx + e * cy + f - cy
     unc, checks, why = _assess(tps, (dx, dy), geometry, p)
+    checks["family"] = family
     reason = reason or why
     if "p_within_1px" in unc:
         conf = conf * unc["p_within_1px"]

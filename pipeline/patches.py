@@ -31,6 +31,7 @@ from pipeline.params import param
 from pipeline.provenance import attribution_lines, licences, parse_datetime, sha256_file
 from pipeline.splits import SPLITS, SplitsParams, split_patches
 from pipeline.store import N_CLASSES, PATCH_ORDER, create_store, write_meta
+from pipeline.tiequality import tie_point_quality
 
 log = logging.getLogger("sareo.patches")
 
@@ -333,6 +334,7 @@ def patch_region(region: Any, source: SourceFiles, registration: RegistrationFil
                 writer.close()
             meta = _meta(name, grid, rows[order], cols[order], codes[order], both_share[order], size,
                          provenance, labels_json, layers["sar"])  # fmt: skip
+            meta["reg_local_error_m"], meta["reg_tie_distance_m"] = tie_point_quality(record, meta["lon"], meta["lat"])
             meta.update(derived)
             write_meta(group, meta)
     finally:
@@ -402,7 +404,8 @@ def _attrs(
     urban["class"] = urban_class(labels_json)
     reg = None
     if registration is not None:
-        reg = {k: registration.get(k) for k in ("applied", "flagged", "confidence", "model", "shift_m", "correction")}
+        reg = {k: registration.get(k) for k in ("applied", "flagged", "confidence", "model", "shift_m", "correction",
+                                                 "uncertainty_m", "geometry")}
     # keyed by stage directory and file name ("grid/grid.json"): no absolute paths in the store
     hashes = {f"{f.parent.name}/{f.name}": sha256_file(f) for f in inputs if f.is_file()}
     return {

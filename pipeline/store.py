@@ -52,6 +52,8 @@ META_ARRAYS: dict[str, str] = {
     "residential_share": "float32",
     "nonres_share": "float32",
     "valid_share": "float32",
+    "reg_local_error_m": "float32",  # misfit of the registration at the nearest tie points (NaN: not applied)
+    "reg_tie_distance_m": "float32",  # distance to the nearest agreeing tie point
 }
 HIST_ARRAY = "class_hist"  # (patch, class) int32: pixel count per class id 0..24
 
@@ -136,8 +138,11 @@ def write_meta(group, meta: Mapping[str, Any]) -> None:
         values = np.asarray(meta[name], dtype=object if dtype == "str" else dtype)
         if values.shape != (n,):
             raise StoreError(f"write_meta: {name} has shape {values.shape}; expected ({n},)")
-        if n:
-            group[name][:] = values.astype(str) if dtype == "str" else values
+        if n:  # an all-NaN array (no registration) is still written: same files whatever the values
+            import zarr
+
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                group[name][:] = values.astype(str) if dtype == "str" else values
     hist = np.asarray(meta[HIST_ARRAY], dtype="int32")
     if hist.shape != (n, N_CLASSES):
         raise StoreError(f"write_meta: {HIST_ARRAY} has shape {hist.shape}; expected ({n}, {N_CLASSES})")

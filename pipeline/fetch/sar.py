@@ -130,6 +130,10 @@ def find_sar_items(region: Region, cache: Cache, p: FetchParams) -> tuple[WalkRe
     return res, href
 
 
+GEOMETRY_FIELDS = ("view:incidence_angle", "view:off_nadir", "view:azimuth", "sar:observation_direction",
+                   "sat:orbit_state", "constellation", "umbra:squint_angle_degrees_off_broadside")
+
+
 def fetch_sar(region: Region, cache: Cache, p: FetchParams, out: SourceFiles) -> dict[str, Any]:
     """Put ``out.sar`` (and ``out.sar_metadata``) in place; return the provenance 'sar' record."""
     sar = region.sar
@@ -175,6 +179,9 @@ def fetch_sar(region: Region, cache: Cache, p: FetchParams, out: SourceFiles) ->
         "calibrated": facts.provider == "capella",
         **_licence(facts.provider, region),
     }
+    view = {k: v for k, v in sorted(item.properties.items()) if k in GEOMETRY_FIELDS}
+    if view:  # the acquisition geometry registration uses (pipeline.geometry), when no metadata file gives it
+        rec["view"] = view
     if facts.provider == "umbra":
         rec["note"] = (
             "Umbra GEC is a display product without a calibration constant: relative, uncalibrated backscatter"
