@@ -100,6 +100,12 @@ def _num(d: dict[str, Any], key: str, where: str, lo: float, hi: float) -> float
     return float(v)
 
 
+def _side(v: Any, where: str) -> Any:
+    if v is not None and v not in ("left", "right"):
+        raise GeometryError(f"{where}: expected 'left' or 'right', got {v!r}")
+    return v
+
+
 def _time(v: Any, where: str) -> float:
     """Seconds since the epoch of an ISO 8601 timestamp (nanosecond digits and Z allowed)."""
     if not isinstance(v, str):
@@ -205,9 +211,7 @@ def capella_geometry(meta: dict[str, Any], where: str = "sar_metadata.json") -> 
     inc = _num(cp, "incidence_angle", w, 0, 90)
     look = _num(cp, "look_angle", w, 0, 90)
     squint = _num(cp, "squint_angle", w, -180, 180)
-    side = radar.get("pointing")
-    if side is not None and side not in ("left", "right"):
-        raise GeometryError(f"{where}: collect.radar.pointing: expected 'left' or 'right', got {side!r}")
+    side = _side(radar.get("pointing"), f"{where}: collect.radar.pointing")
     state = collect.get("state") or {}
     orbit = state.get("direction") if isinstance(state.get("direction"), str) else None
     az = heading = None
@@ -246,9 +250,7 @@ def stac_geometry(item: dict[str, Any], where: str = "STAC item") -> Acquisition
     inc = _num(props, "view:incidence_angle", w, 0, 90)
     off = _num(props, "view:off_nadir", w, 0, 90)
     az = _num(props, "view:azimuth", w, -360, 360)
-    side = props.get("sar:observation_direction")
-    if side is not None and side not in ("left", "right"):
-        raise GeometryError(f"{w}.sar:observation_direction: expected 'left' or 'right', got {side!r}")
+    side = _side(props.get("sar:observation_direction"), f"{w}.sar:observation_direction")
     squint = _num(props, "umbra:squint_angle_degrees_off_broadside", w, -180, 180)
     orbit = props.get("sat:orbit_state") if isinstance(props.get("sat:orbit_state"), str) else None
     provider = str(props.get("constellation") or "stac")
