@@ -44,7 +44,7 @@ from pipeline import coregister as cr
 from pipeline.layout import RegistrationFiles, SourceFiles  # noqa: E402
 from pipeline.regions import Region, load_region  # noqa: E402
 
-TIMED = cr.CoregisterParams(record_timing=True)  # the benchmark reports seconds per Mpx
+TIMED = cr.CoregisterParams(record_timing=True)  # the benchmark reports seconds per Mpx (demo regions)
 CHIP = ROOT / "tests" / "data" / "eo" / "atlanta_pan_0p5m.tif"
 FAIL_PX = 3.0
 
@@ -89,13 +89,13 @@ def make_pair(eo: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.
     return 10 * np.log10(sar), np.isfinite(sar), (dx, dy), looks
 
 
-def part2a(eo: np.ndarray, trials: int) -> dict:
+def part2a(eo: np.ndarray, trials: int, m=cr) -> dict:
     errs, flags, secs = [], [], []
     for k in range(trials):
         rng = np.random.default_rng(1000 + k)
         sar_db, valid, (dx, dy), looks = make_pair(eo, rng)
         t = time.perf_counter()
-        reg = cr.estimate_shift(sar_db, eo, valid, eo > 0, gsd_m=0.5)
+        reg = m.estimate_shift(sar_db, eo, valid, eo > 0, gsd_m=0.5)
         secs.append(time.perf_counter() - t)
         err = math.hypot(reg.dx - dx, reg.dy - dy)
         errs.append(err)
@@ -113,7 +113,7 @@ def write_files(eo: np.ndarray, transform: Affine, crs, offset_m: tuple[float, f
     return Region(name="atlanta", bbox=bbox, gsd_m=0.5, sar={}, eo={}, osm={}, path=d / "atlanta.yaml", root=d)
 
 
-def part2b(eo: np.ndarray, transform: Affine, crs, trials: int) -> dict:
+def part2b(eo: np.ndarray, transform: Affine, crs, trials: int, m=cr) -> dict:
     errs, flags, secs = [], [], []
     mpx = 0.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,8 +121,8 @@ def part2b(eo: np.ndarray, transform: Affine, crs, trials: int) -> dict:
             rng = np.random.default_rng(5000 + k)
             off = tuple(float(v) for v in rng.uniform(-15, 15, 2))  # metres = +-30 px at 0.5 m
             region = write_files(eo, transform, crs, off, rng, Path(tmp) / f"t{k}" / "source")
-            rec = cr.register_region(region, SourceFiles(Path(tmp) / f"t{k}" / "source"),
-                                     RegistrationFiles(Path(tmp) / f"t{k}" / "reg"), TIMED)
+            rec = m.register_region(region, SourceFiles(Path(tmp) / f"t{k}" / "source"),
+                                    RegistrationFiles(Path(tmp) / f"t{k}" / "reg"), m.CoregisterParams(record_timing=True))
             est = rec["estimate"]["shift_m"]
             err = math.hypot(est["east"] + off[0], est["north"] + off[1]) / 0.5
             errs.append(err)
@@ -135,7 +135,7 @@ def part2b(eo: np.ndarray, transform: Affine, crs, trials: int) -> dict:
                      errs, flags, secs, mpx)
 
 
-def part2c(eo: np.ndarray, trials: int) -> dict:
+def part2c(eo: np.ndarray, trials: int, m=cr) -> dict:
     """Unrelated pairs: the SAR-like image of another scene (the chip transposed, rolled, or a
     random synthetic city), which must be flagged."""
     flagged = 0
@@ -149,7 +149,7 @@ def part2c(eo: np.ndarray, trials: int) -> dict:
         else:
             other = ndimage.zoom(eo[:450, :450], 2.0, order=1)[: eo.shape[0], : eo.shape[1]][::-1]
         sar = sim.sar_like(other, rng, int(rng.integers(1, 5)))
-        reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, gsd_m=0.5)
+        reg = m.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, gsd_m=0.5)
         flagged += reg.flagged
         if not reg.flagged:
             print(f"  unrelated trial {k} (kind {kind}) NOT flagged: conf {reg.confidence:.2f} shift ({reg.dx:.1f}, {reg.dy:.1f})")
@@ -157,10 +157,11 @@ def part2c(eo: np.ndarray, trials: int) -> dict:
     return {"trials": trials, "flagged": flagged}
 
 
-def part2d(eo: np.ndarray, trials: int) -> dict:
+def part2d(eo: np.ndarray, trials: int, m=cr) -> dict:
     """Offsets beyond the search window (one component 95-120 px, i.e. over 47 m, against a 40 m
     = 80 px radius searched per axis): every estimate is wrong by construction, so every one must
-    be flagged."""
+    be flagged (the chip is 900 px: a quarter of it, 225 px, is searchable, so the radius is the
+    40 m one)."""
     errs, flags, secs = [], [], []
     for k in range(trials):
         rng = np.random.default_rng(7000 + k)
@@ -169,7 +170,7 @@ def part2d(eo: np.ndarray, trials: int) -> dict:
         moved = ndimage.shift(eo, (dy, dx), order=3, mode="constant", cval=np.nan)
         sar = sim.sar_like(moved, rng, int(rng.integers(1, 5)))
         t = time.perf_counter()
-        reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, gsd_m=0.5)
+        reg = m.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, gsd_m=0.5)
         secs.append(time.perf_counter() - t)
         errs.append(math.hypot(reg.dx - dx, reg.dy - dy))
         flags.append(reg.flagged)
@@ -198,13 +199,13 @@ def urban_pair(k: int, n: int = 1024) -> tuple[str, sim.UrbanViews, tuple[float,
     return kind, views, off, sar, eo
 
 
-def part3(trials: int, params: cr.CoregisterParams | None = None, label: str = "default params") -> dict:
+def part3(trials: int, params=None, label: str = "default params", m=cr) -> dict:
     errs, flags, secs, kinds, along = [], [], [], [], []
     n = 1024
     for k in range(trials):
         kind, views, (dx, dy), sar, eo = urban_pair(k, n)
         t = time.perf_counter()
-        reg = cr.estimate_shift(sar, eo, p=params, gsd_m=0.5)
+        reg = m.estimate_shift(sar, eo, p=params, gsd_m=0.5)
         secs.append(time.perf_counter() - t)
         err = math.hypot(reg.dx - dx, reg.dy - dy)
         ux, uy = sim._unit(views.sar_look_azimuth_deg)
@@ -229,6 +230,118 @@ def part3(trials: int, params: cr.CoregisterParams | None = None, label: str = "
         out[name] = {"trials": int((kd == name).sum()), "accepted": int(m.sum()), "rmse_px_accepted": rm}
         print(f"  {name:9s}: accepted {int(m.sum())}/{int((kd == name).sum())}, RMSE {rm:.2f} px")
     return out
+
+
+# ----------------------------------------------------------------------------- part 4: layover on the real chip
+
+LAYOVER_SETS = {  # name: (displacement: one value per trial drawn in (lo, hi), or per object; chip decimation)
+    "uniform 1-4 px": ("uniform", (1.0, 4.0), 1),
+    "per-building 1-4 px": ("per-object", (1.0, 4.0), 1),
+    "per-building 1-4 px, 1 m (450 px scene)": ("per-object", (1.0, 4.0), 2),
+    "per-building 1-2 px, 2 m (225 px scene)": ("per-object", (1.0, 2.0), 4),
+}
+
+
+def chip_variant(eo: np.ndarray, held_out: bool, dec: int) -> np.ndarray:
+    """The chip (tuning) or the chip turned 90 degrees and mirrored (held out: the same real
+    pixels, but every structure in another direction relative to the sensor and the offsets),
+    block-averaged by ``dec`` (a coarser GSD and a smaller scene)."""
+    img = eo.T[:, ::-1].copy() if held_out else eo
+    if dec > 1:
+        h, w = (img.shape[0] // dec) * dec, (img.shape[1] // dec) * dec
+        img = img[:h, :w].reshape(h // dec, dec, w // dec, dec).mean((1, 3))
+    return img
+
+
+def layover_trial(eo: np.ndarray, kind: str, rng_disp: tuple[float, float], dec: int, seed: int, held_out: bool):
+    """(SAR dB, EO, truth (dx, dy), geometry, mean displacement) of one layover trial."""
+    from pipeline.geometry import AcquisitionGeometry
+
+    rng = np.random.default_rng(seed)
+    img = chip_variant(eo, held_out, dec)
+    gsd = 0.5 * dec
+    lim = min(30.0, 15.0 / gsd)  # +-30 px at 0.5 m; +-15 m at coarser GSD
+    off = tuple(float(v) for v in rng.uniform(-lim, lim, 2))
+    az, inc = float(rng.uniform(0, 360)), float(rng.uniform(30, 50))
+    g = AcquisitionGeometry("simulated", "right", inc, None, 0.0, az, None, None, "benchmark")
+    u = g.toward_sensor()
+    disp = float(rng.uniform(*rng_disp)) if kind == "uniform" else rng_disp
+    sar = sim.layover_sar(img, rng, off, u, disp, looks=int(rng.integers(1, 5)))
+    return 10 * np.log10(np.maximum(sar, 1e-12)), img, off, g, gsd, disp
+
+
+def part4(eo: np.ndarray, trials: int, held_out: bool, methods: dict) -> dict:
+    """Per set and method: RMSE and P90 of accepted pairs, acceptance, accepted pairs off by > 1 px."""
+    out: dict = {}
+    tag = "held-out (chip turned, seeds 40000+)" if held_out else "tuning (chip, seeds 30000+)"
+    for si, (name, (kind, rd, dec)) in enumerate(LAYOVER_SETS.items()):
+        for mname, m in methods.items():
+            errs, flags, secs, confs = [], [], [], []
+            mpx = 0.0
+            for k in range(trials):
+                seed = (40000 if held_out else 30000) + 1000 * si + k
+                sar_db, img, (dx, dy), g, gsd, _ = layover_trial(eo, kind, rd, dec, seed, held_out)
+                t = time.perf_counter()
+                kw = {"geometry": g} if m is cr else {}  # today's method has no geometry input
+                reg = m.estimate_shift(sar_db, img, np.isfinite(sar_db), img > 0, gsd_m=gsd, **kw)
+                secs.append(time.perf_counter() - t)
+                mpx = img.size / 1e6
+                errs.append(math.hypot(reg.dx - dx, reg.dy - dy))
+                flags.append(reg.flagged)
+                confs.append(reg.confidence)
+            e, f = np.array(errs), np.array(flags, bool)
+            acc = ~f
+            row = {
+                "trials": trials, "accepted": int(acc.sum()), "acceptance": float(acc.mean()),
+                "rmse_px_accepted": float(np.sqrt((e[acc] ** 2).mean())) if acc.any() else float("nan"),
+                "p90_px_accepted": float(np.percentile(e[acc], 90)) if acc.any() else float("nan"),
+                "accepted_over_1px": int((e[acc] > 1.0).sum()),
+                "seconds_per_megapixel": float(np.mean(secs) / mpx),
+                "errors": e.tolist(), "confidence": confs, "flagged": f.tolist(),
+            }
+            out.setdefault(name, {})[mname] = row
+            print(f"  4 {tag:38s} {name:42s} {mname:8s} accepted {row['accepted']:3d}/{trials} "
+                  f"RMSE {row['rmse_px_accepted']:.2f} P90 {row['p90_px_accepted']:.2f} "
+                  f">1px {row['accepted_over_1px']:2d}  {row['seconds_per_megapixel']:.2f} s/Mpx")
+    return out
+
+
+BASELINE = "874ec89"  # the commit before issue 11: "today's method" in the comparison
+
+
+def baseline_module(commit: str = BASELINE):
+    """pipeline/coregister.py as of ``commit`` (git show), as a module beside today's: both
+    methods measured in the same run, on the same pairs. Its descriptors are the current
+    pipeline.descriptors, of which the old functions are unchanged."""
+    import subprocess
+    import types
+
+    src = subprocess.check_output(["git", "-C", str(ROOT), "show", f"{commit}:pipeline/coregister.py"], text=True)
+    mod = types.ModuleType("coregister_" + commit)
+    sys.modules[mod.__name__] = mod
+    exec(compile(src, f"{commit}:pipeline/coregister.py", "exec"), mod.__dict__)
+    return mod
+
+
+CONF_BINS = (0.0, 0.5, 0.7, 0.9, 0.97, 1.0001)
+
+
+def calibration(rows: list[dict]) -> list[dict]:
+    """P(error <= 1 px) per confidence bin over every pair of ``rows`` (accepted or not)."""
+    e = np.concatenate([r["errors"] for r in rows])
+    c = np.concatenate([r["confidence"] for r in rows])
+    out = []
+    for lo, hi in zip(CONF_BINS[:-1], CONF_BINS[1:]):
+        m = (c >= lo) & (c < hi)
+        out.append({"bin": f"{lo:.2f}-{min(hi, 1.0):.2f}", "pairs": int(m.sum()),
+                    "p_error_le_1px": float((e[m] <= 1.0).mean()) if m.any() else float("nan")})
+    return out
+
+
+def print_calibration(name: str, table: list[dict]) -> None:
+    print(f"\n== calibration ({name}): P(error <= 1 px) per confidence bin")
+    for r in table:
+        print(f"  confidence {r['bin']}: {r['pairs']:4d} pairs, P(error <= 1 px) = {r['p_error_le_1px']:.2f}")
 
 
 def part1(data: Path, root: Path) -> dict | None:
@@ -269,24 +382,41 @@ def main() -> None:
     ap.add_argument("--urban", type=int, default=30, help="trials of part 3 (realistic urban geometry)")
     ap.add_argument("--urban-compare", action="store_true",
                     help="part 3 also without the SAR elevated-structure mask (the previous default)")
+    ap.add_argument("--layover", type=int, default=12, help="pairs per layover set (part 4), tuning and held out each")
+    ap.add_argument("--baseline", default=BASELINE, help="commit whose method is measured beside today's ('' = skip)")
     ap.add_argument("--data", type=Path, default=ROOT / "data")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
-    results = {"demo": part1(args.data, ROOT)}
+    results: dict = {"demo": part1(args.data, ROOT)}
     with rasterio.open(CHIP) as src:
         eo, transform, crs = src.read(1).astype(np.float64), src.transform, src.crs
-    if args.trials:
-        results["chip_memory"] = part2a(eo, args.trials)
-    if args.file_trials:
-        results["chip_files"] = part2b(eo, transform, crs, args.file_trials)
-    if args.unrelated:
-        results["unrelated"] = part2c(eo, args.unrelated)
-    if args.out_of_reach:
-        results["out_of_reach"] = part2d(eo, args.out_of_reach)
-    if args.urban:
-        results["urban"] = part3(args.urban)
-        if args.urban_compare:
-            results["urban_no_mask"] = part3(args.urban, cr.CoregisterParams(sar_bright_mask_db=None), "sar_bright_mask_db: null, the previous default")
+    methods = {"new": cr}
+    if args.baseline:
+        methods = {"today": baseline_module(args.baseline), "new": cr}
+    for name, m in methods.items():
+        print(f"\n######## method: {name} ({'pipeline.coregister' if m is cr else m.__name__})")
+        r = results.setdefault(name, {})
+        if args.trials:
+            r["chip_memory"] = part2a(eo, args.trials, m)
+        if args.file_trials:
+            r["chip_files"] = part2b(eo, transform, crs, args.file_trials, m)
+        if args.unrelated:
+            r["unrelated"] = part2c(eo, args.unrelated, m)
+        if args.out_of_reach:
+            r["out_of_reach"] = part2d(eo, args.out_of_reach, m)
+        if args.urban:
+            r["urban"] = part3(args.urban, m=m)
+    if args.layover:
+        print("\n######## part 4: layover of bright scatterers on the real chip")
+        for held in (False, True):
+            key = "layover_held_out" if held else "layover_tuning"
+            results[key] = part4(eo, args.layover, held, methods)
+            rows = [v["new"] for v in results[key].values()]
+            results[key + "_calibration"] = calibration(rows)
+            print_calibration(key + ", new method", results[key + "_calibration"])
+    if args.urban and args.urban_compare:
+        results["urban_no_mask"] = part3(args.urban, cr.CoregisterParams(sar_bright_mask_db=None, sar_bright_pfa=None),
+                                         "no bright-SAR mask at all")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True))
 

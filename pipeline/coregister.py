@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from scipy import ndimage
 
 from pipeline import descriptors as dsc
 from pipeline.atomic import atomic_path, write_json
 from pipeline.documents import read_json
+from pipeline.geometry import AcquisitionGeometry, GeometryError, geometry_from
 from pipeline.grid import grid_for_bbox, metres_per_degree
 from pipeline.layout import RegistrationFiles, SourceFiles
 from pipeline.params import param
@@ -39,6 +41,8 @@ from pipeline.provenance import attribution_lines
 from pipeline.rasters import reading
 
 log = logging.getLogger("sareo.coregister")
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 @dataclass(frozen=True)
 class CoregisterParams:
@@ -50,6 +54,8 @@ class CoregisterParams:
     tile_size: int = param(256, "fine-level tile edge, working pixels")
     max_tiles: int = param(36, "bound on fine tiles read per region (spread over the scene)")
     search_radius_m: float = param(40.0, "largest offset searched for (>= 30 m of misregistration is found)")
+    min_search_px: int = param(32, "search at least this many pixels (coarse GSD: 40 m is only 8 px at 5 m)")
+    min_tile_px: int = param(64, "smallest fine tile; small scenes use smaller tiles down to this")
     coarse_radius_px: int = param(16, "search radius at the coarse level; sets the coarse downsampling")
     max_coarse_px: int = param(1024, "longest side of the coarse image (bounds memory for big scenes)")
     fine_radius_px: int = param(16, "minimum fine search radius around the coarse estimate")
@@ -65,7 +71,14 @@ class CoregisterParams:
     sar_half_window: int = param(3, "half-window of the SAR ratio-of-means gradient at full resolution")
     sar_bright_mask_db: float | None = param(
         8.0, "fine level: ignore SAR this many dB over the local median (layover, double bounce); null = off")
+    sar_bright_pfa: float | None = param(
+        1e-4, "fine level: also ignore bright scatterers found by CFAR at this false-alarm rate (null = off)")
+    cfar_max_share: float = param(0.6, "skip the CFAR mask in a window where it would cover more than this share")
     sar_mask_grow_px: int = param(3, "grow that mask (px) so its border makes no gradient")
+    use_geometry: bool = param(True, "use the acquisition geometry (look direction) when the metadata gives it")
+    claimed_accuracy_px: float = param(1.0, "independent estimates disagreeing by more than this: flagged")
+    layover_leak: float = param(
+        1.0, "range uncertainty from layover: this times the bright-minus-ground difference along range")
     eo_sigma: float = param(1.0, "Gaussian smoothing of the EO before its gradient, pixels")
     overlay_px: int = param(768, "side of the before/after overlay.png")
     workers: int | None = param(None, "threads for tile matching; null = one per core")
@@ -104,6 +117,9 @@ class TiePoint:
     confidence: float
     score: float
     inlier: bool = False
+    dx_all: float | None = None  # the same tile matched with every SAR feature (bright scatterers kept)
+    dy_all: float | None = None
+    family: str = "ground"  # "ground": bright scatterers masked; "bright": fallback, only strong layover masked
 
     def to_dict(self, ndigits: int = 3) -> dict[str, Any]:
         return {
@@ -114,7 +130,13 @@ class TiePoint:
             "confidence": round(self.confidence, ndigits),
             "ncc": round(self.score, ndigits),
             "inlier": self.inlier,
+            "family": self.family,
+            **({"dx_all": round(self.dx_all, ndigits), "dy_all": round(self.dy_all, ndigits)}
+               if self.dx_all is not None and self.dy_all is not None else {}),
         }
+
+    def with_inlier(self, inlier: bool) -> "TiePoint":
+        return dataclasses.replace(self, inlier=inlier)
 
 
 @dataclass
@@ -135,6 +157,9 @@ class Registration:
     tie_points: list[TiePoint] = field(default_factory=list)
     residuals_px: dict[str, float] = field(default_factory=dict)
     coarse: dict[str, Any] = field(default_factory=dict)
+    uncertainty: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)
+    frame: dict[str, Any] = field(default_factory=dict)
 
     def sar_position(self, x: np.ndarray | float, y: np.ndarray | float) -> tuple[Any, Any]:
         """Where content at EO pixel (x, y) shows in the SAR, by the fitted model."""
@@ -150,25 +175,44 @@ class Registration:
 Reader = Callable[[int, int, int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
-def _descriptors(
-    sar_db: np.ndarray, sar_valid: np.ndarray, eo: np.ndarray, eo_valid: np.ndarray, p: CoregisterParams, factor: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CFOG descriptors of both images and the SAR pixels that count; the SAR gradient window
-    shrinks as looks are averaged."""
+def _sar_masks(sar_db: np.ndarray, sar_valid: np.ndarray, p: CoregisterParams, factor: int
+               ) -> dict[str, np.ndarray]:
+    """The SAR pixels each feature family counts (fine level only; the coarse level keeps
+    everything: masked there, a dense city loses the global estimate the fine search needs).
+
+    ``all``: every valid pixel; ``bright``: minus the 7x7-mean-over-median mask (strong
+    layover areas, the previous method); ``ground``: also minus CFAR bright point and line
+    scatterers (thin facade and double-bounce lines that a 7x7 mean dilutes), unless they
+    would cover more than ``cfar_max_share`` of the window (CFAR assumes sparse targets)."""
+    out = {"all": sar_valid}
+    if factor != 1 or not sar_valid.any():
+        return {"all": sar_valid, "bright": sar_valid, "ground": sar_valid}
+    mid = sar_valid
+    if p.sar_bright_mask_db is not None:
+        mid = sar_valid & ~dsc.bright_mask(sar_db, sar_valid, float(p.sar_bright_mask_db),
+                                           grow=int(p.sar_mask_grow_px))
+    out["bright"] = mid
+    ground = mid
+    if p.sar_bright_pfa is not None and mid.any():
+        hit = dsc.bright_scatterers(sar_db, mid, float(p.sar_bright_pfa))
+        if p.sar_mask_grow_px > 0:
+            hit = ndimage.binary_dilation(hit, iterations=int(p.sar_mask_grow_px))
+        if hit.sum() <= p.cfar_max_share * max(int(mid.sum()), 1):
+            ground = mid & ~hit
+    out["ground"] = ground
+    return out
+
+
+def _sar_descriptor(sar_db: np.ndarray, valid: np.ndarray, p: CoregisterParams, factor: int) -> np.ndarray:
+    """CFOG of the SAR ratio gradient over ``valid``; the gradient window shrinks as looks are averaged."""
     half = max(1, int(round(p.sar_half_window / factor)))
-    if p.sar_bright_mask_db is not None and factor == 1 and sar_valid.any():
-        # only at the fine level: at the coarse one the mask would cover most of a city and
-        # lose the global estimate, which the fine search needs
-        sar_valid = sar_valid & ~dsc.bright_mask(
-            sar_db, sar_valid, float(p.sar_bright_mask_db), grow=int(p.sar_mask_grow_px)
-        )
-    sgx, sgy = dsc.sar_gradients(sar_db, sar_valid, half=half)
-    egx, egy = dsc.optical_gradients(eo, eo_valid, sigma=p.eo_sigma)
-    return (
-        dsc.cfog(sgx, sgy, p.n_orient, p.descriptor_sigma),
-        dsc.cfog(egx, egy, p.n_orient, p.descriptor_sigma),
-        sar_valid,
-    )
+    gx, gy = dsc.sar_gradients(sar_db, valid, half=half)
+    return dsc.cfog(gx, gy, p.n_orient, p.descriptor_sigma)
+
+
+def _eo_descriptor(eo: np.ndarray, eo_valid: np.ndarray, p: CoregisterParams) -> np.ndarray:
+    gx, gy = dsc.optical_gradients(eo, eo_valid, sigma=p.eo_sigma)
+    return dsc.cfog(gx, gy, p.n_orient, p.descriptor_sigma)
 
 
 def _tile_confidence(peak: dsc.Peak) -> float:
@@ -186,12 +230,13 @@ def _tile_confidence(peak: dsc.Peak) -> float:
 
 def _match(
     read: Reader, row0: int, col0: int, h: int, w: int, factor: int, radius: int, guess: tuple[int, int],
-    p: dict[str, Any], min_overlap: float = 0.5,
-) -> tuple[dsc.Peak, float] | None:
+    p: CoregisterParams, min_overlap: float = 0.5, families: bool = False, family: str = "ground",
+) -> tuple[dsc.Peak, str, dsc.Peak | None] | None:
     """Match an EO window (template) inside a SAR window displaced by ``guess`` (+- radius).
 
-    Returns the peak (shift relative to ``guess``, in pixels at this level) and the template's
-    valid share, or None when the window holds too little valid data.
+    Returns the peak (shift relative to ``guess``, in pixels at this level), the feature family
+    it came from and (``families``, fine level) the peak with every SAR feature, or None when
+    the window holds too little valid data. ``family`` names the SAR mask (see _sar_masks).
     """
     m = 8  # descriptor margin: filters near the window border see padding
     gx, gy = guess
@@ -199,17 +244,25 @@ def _match(
     sar, sv, _, _ = read(row0 + (gy - radius - m) * factor, col0 + (gx - radius - m) * factor, H, W, factor)
     _, _, eo, ev = read(row0 - m * factor, col0 - m * factor, h + 2 * m, w + 2 * m, factor)
     tmask = ev[m:-m, m:-m]
-    share = float(tmask.mean())
-    if share < 0.3 or sv.mean() < 0.3:
+    if tmask.mean() < 0.3 or sv.mean() < 0.3:
         return None
-    sd, ed, sv = _descriptors(sar, sv, eo, ev, p, factor)
-    if sv[m:-m, m:-m].mean() < 0.3:
+    masks = _sar_masks(sar, sv, p, factor)
+    ed = _eo_descriptor(eo, ev, p)[:, m:-m, m:-m]
+
+    def peak_of(name: str, with_null: bool = True) -> dsc.Peak | None:
+        v = masks[name]
+        if v[m:-m, m:-m].mean() < 0.3:
+            return None
+        sd, vv = _sar_descriptor(sar, v, p, factor)[:, m:-m, m:-m], v[m:-m, m:-m]
+        surface = dsc.masked_ncc(ed, tmask, sd, vv, radius, min_overlap)
+        null = dsc.null_ncc(ed, tmask, sd, vv, radius, min_overlap) if with_null else None
+        return dsc.find_peak(surface, null=null)
+
+    peak = peak_of(family)
+    if peak is None:
         return None
-    sd, sv = sd[:, m:-m, m:-m], sv[m:-m, m:-m]
-    ed = ed[:, m:-m, m:-m]
-    surface = dsc.masked_ncc(ed, tmask, sd, sv, radius, min_overlap)
-    null = dsc.null_ncc(ed, tmask, sd, sv, radius, min_overlap)
-    return dsc.find_peak(surface, null=null), share
+    peak_all = peak_of("all", with_null=False) if families and family == "ground" else None
+    return peak, family, peak_all
 
 
 def _spread_tiles(
@@ -273,7 +326,7 @@ def _fit(
     out, k = [], 0
     for t in tps:
         if t.confidence > 0:
-            out.append(TiePoint(t.x, t.y, t.dx, t.dy, t.confidence, t.score, bool(inl[k])))
+            out.append(t.with_inlier(bool(inl[k])))
             k += 1
         else:
             out.append(t)
@@ -300,12 +353,134 @@ def _fit(
     return out, model, matrix, residuals, conf, reason
 
 
-def estimate(read: Reader, shape: tuple[int, int], gsd_m: float, p: CoregisterParams | None = None) -> Registration:
+def frame_plan(shape: tuple[int, int], gsd_m: float, p: CoregisterParams) -> dict[str, Any]:
+    """Search radius and tiling for a scene of ``shape`` px at ``gsd_m``, and why a scene
+    cannot be registered (``reason``, else empty).
+
+    The radius is ``search_radius_m`` but at least ``min_search_px`` (at 5 m, 40 m is 8 px: a
+    peak near the border counts nothing) and at most a quarter of the scene (the template keeps
+    half of it). Tiles shrink for small scenes, down to ``min_tile_px``, so that the lattice
+    holds at least ``2 * min_tiles`` of them (tile agreement needs tiles to agree)."""
+    H, W = shape
+    want = max(int(math.ceil(float(p.search_radius_m) / gsd_m)), int(p.min_search_px))
+    cap = min(H, W) // 4
+    radius = max(1, min(want, cap))
+    side = int(math.ceil(math.sqrt(2 * p.min_tiles)))
+    tile = int(min(p.tile_size, max(p.min_tile_px, min(H, W) // side), H - 2, W - 2))
+    reason = ""
+    if min(H, W) < max(p.min_tile_px, 4 * 8) + 2:
+        reason = (f"scene {W}x{H} px at {gsd_m:g} m is smaller than one {p.min_tile_px} px matching tile; "
+                  "too small to register")
+    elif radius < want:
+        reason = ""  # searched what fits; the note says so and an offset beyond is flagged by the edge test
+    return {"radius_px": int(radius), "radius_wanted_px": int(want), "tile_px": tile, "reason": reason,
+            "note": (f"search radius cut to {radius} px (a quarter of the {min(H, W)} px scene side) from "
+                     f"{want} px" if radius < want else "")}
+
+
+def _axes(geometry: AcquisitionGeometry | None, p: CoregisterParams) -> tuple[np.ndarray, np.ndarray, str]:
+    """Unit vectors (x, y) of the two axes errors are reported on: ground range toward the
+    sensor and azimuth when the geometry is known, else image x and y."""
+    u = geometry.toward_sensor() if (geometry is not None and p.use_geometry) else None
+    if u is None:
+        return np.array([1.0, 0.0]), np.array([0.0, 1.0]), "xy"
+    r = np.array(u)
+    return r, np.array([-r[1], r[0]]), "range_azimuth"
+
+
+def p_within(radius: float, s1: float, s2: float) -> float:
+    """P(|e| <= radius) for a 2-D Gaussian error with standard deviations s1, s2 (numerical)."""
+    s1, s2 = max(s1, 1e-6), max(s2, 1e-6)
+    t = np.linspace(-radius, radius, 81)
+    X, Y = np.meshgrid(t, t)
+    dens = np.exp(-0.5 * ((X / s1) ** 2 + (Y / s2) ** 2)) / (2 * np.pi * s1 * s2)
+    step = t[1] - t[0]
+    return float(min(1.0, (dens * (X**2 + Y**2 <= radius**2)).sum() * step * step))
+
+
+def _assess(tps: list[TiePoint], est: tuple[float, float], geometry: AcquisitionGeometry | None,
+            p: CoregisterParams) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Independent estimates, uncertainty along two axes and why to distrust the fit.
+
+    - Scene halves: the inlier tiles split at the median position along range (or x), each
+      half fitted on its own; the halves disagreeing by more than ``claimed_accuracy_px`` means
+      the scene does not support one answer at that accuracy.
+    - Feature families: every tile is also matched with all SAR features (bright scatterers
+      kept). Layover moves those toward the sensor only, so along azimuth both families must
+      agree; along range their difference measures how much layover there is to leak through
+      the mask (``layover_leak`` of it is added to the range uncertainty).
+    - Statistical: the confidence-weighted scatter of the inlier tiles per axis, over the
+      square root of their number, with a 0.05 px floor for sub-pixel peak interpolation.
+    """
+    ax_r, ax_a, axes = _axes(geometry, p)
+    names = ("range", "azimuth") if axes == "range_azimuth" else ("x", "y")
+    inl = [t for t in tps if t.inlier]
+    checks: dict[str, Any] = {"axes": axes}
+    if not inl:
+        return {"axes": axes}, checks, ""
+    d = np.array([[t.dx, t.dy] for t in inl])
+    w = np.array([t.confidence for t in inl])
+    xy = np.array([[t.x, t.y] for t in inl])
+    e = np.asarray(est, float)
+    n_eff = w.sum() ** 2 / max((w**2).sum(), 1e-12)
+    sig = []
+    for ax in (ax_r, ax_a):
+        r = (d - e) @ ax
+        sig.append(max(0.05, float(np.sqrt((w * r**2).sum() / w.sum()) / math.sqrt(max(n_eff, 1.0)))))
+    reason = ""
+    # halves
+    half_diff = np.zeros(2)
+    pos = xy @ ax_r
+    lo = pos <= np.median(pos)
+    if lo.sum() >= 2 and (~lo).sum() >= 2:
+        m1 = (d[lo] * w[lo, None]).sum(0) / w[lo].sum()
+        m2 = (d[~lo] * w[~lo, None]).sum(0) / w[~lo].sum()
+        dv = m1 - m2
+        half_diff = np.array([dv @ ax_r, dv @ ax_a])
+        checks["halves_px"] = {names[0]: round(float(half_diff[0]), 3), names[1]: round(float(half_diff[1]), 3)}
+        if float(np.hypot(*half_diff)) > p.claimed_accuracy_px:
+            reason = (f"the two halves of the scene disagree by {float(np.hypot(*half_diff)):.2f} px "
+                      f"(> {p.claimed_accuracy_px} px claimed)")
+    else:
+        checks["halves_px"] = None
+    # feature families
+    fam = [(t.dx_all - t.dx, t.dy_all - t.dy) for t in inl if t.dx_all is not None]
+    bias = np.zeros(2)
+    if len(fam) >= 2:
+        fw = np.array([t.confidence for t in inl if t.dx_all is not None])
+        fv = (np.array(fam) * fw[:, None]).sum(0) / fw.sum()
+        bias = np.array([fv @ ax_r, fv @ ax_a])
+        key = "bright_minus_ground_px"
+        checks[key] = {names[0]: round(float(bias[0]), 3), names[1]: round(float(bias[1]), 3)}
+        if axes == "range_azimuth" and abs(bias[1]) > p.claimed_accuracy_px and not reason:
+            reason = (f"ground and bright-scatterer estimates disagree by {abs(bias[1]):.2f} px along azimuth, "
+                      "where layover cannot displace them")
+    lay = p.layover_leak * (abs(bias[0]) if axes == "range_azimuth" else float(np.hypot(*bias)))
+    s_r = math.sqrt(sig[0] ** 2 + (half_diff[0] / 2) ** 2 + lay**2)
+    s_a = math.sqrt(sig[1] ** 2 + (half_diff[1] / 2) ** 2 + (0.0 if axes == "range_azimuth" else lay**2))
+    unc = {
+        "axes": axes,
+        f"sigma_{names[0]}_px": round(s_r, 4),
+        f"sigma_{names[1]}_px": round(s_a, 4),
+        "p_within_1px": round(p_within(1.0, s_r, s_a), 4),
+        "n_inliers": len(inl),
+    }
+    if axes == "range_azimuth":
+        unc["range_axis_xy"] = [round(float(v), 6) for v in ax_r]
+    return unc, checks, reason
+
+
+def estimate(read: Reader, shape: tuple[int, int], gsd_m: float, p: CoregisterParams | None = None,
+             geometry: AcquisitionGeometry | None = None) -> Registration:
     """Coarse-to-fine estimate of the SAR content shift on a working frame of ``shape`` (H, W)
-    pixels of ``gsd_m`` metres, reading only what it needs through ``read``."""
+    pixels of ``gsd_m`` metres, reading only what it needs through ``read``. ``geometry`` (the
+    SAR's look direction) sets the axes of the uncertainty and the azimuth family check."""
     p = p or CoregisterParams()
     H, W = shape
-    radius = int(math.ceil(float(p.search_radius_m) / gsd_m))
+    plan = frame_plan(shape, gsd_m, p)
+    if plan["reason"]:
+        return Registration(0.0, 0.0, "none", IDENTITY, 0.0, True, plan["reason"], frame=plan)
+    radius = plan["radius_px"]
     factor = max(1, math.ceil(radius / p.coarse_radius_px), math.ceil(max(H, W) / p.max_coarse_px))
     rc = int(math.ceil(radius / factor)) + 1
     ch, cw = H // factor, W // factor
@@ -316,7 +491,7 @@ def estimate(read: Reader, shape: tuple[int, int], gsd_m: float, p: CoregisterPa
     if ch > 2 * rc + 16 and cw > 2 * rc + 16:
         res = _match(read, rc * factor, rc * factor, ch - 2 * rc, cw - 2 * rc, factor, rc, (0, 0), p, min_overlap=0.3)
         if res is not None:
-            pk, _ = res
+            pk = res[0]
             conf = _tile_confidence(pk)
             coarse.update(dx=pk.dx * factor, dy=pk.dy * factor, ncc=pk.score, confidence=conf)
             if conf >= 0.3:
@@ -325,34 +500,58 @@ def estimate(read: Reader, shape: tuple[int, int], gsd_m: float, p: CoregisterPa
     log.info("coarse x%d: %s; fine radius %d px around %s", factor, coarse, fine_radius, guess)
     # --- fine: tiles spread over the valid overlap
     _, sv, _, ev = read(0, 0, ch, cw, factor)
-    tile = int(min(p.tile_size, H - 2, W - 2))
+    tile = plan["tile_px"]
     corners = _spread_tiles(sv & ev, factor, tile, int(p.max_tiles), shape)
     log.info("matching %d tiles of %d px", len(corners), tile)
     import dask
 
-    with Progress("registration tiles", len(corners), "tiles", logger=log) as bar:
-        def match(r0: int, c0: int) -> Any:
-            res = _match(read, r0, c0, tile, tile, 1, fine_radius, guess, p)
-            bar.update()
-            return res
+    def run(family: str) -> tuple[Any, ...]:
+        with Progress(f"registration tiles ({family})", len(corners), "tiles", logger=log) as bar:
+            def match(r0: int, c0: int) -> Any:
+                res = _match(read, r0, c0, tile, tile, 1, fine_radius, guess, p, 0.5, True, family)
+                bar.update()
+                return res
 
-        results = dask.compute(*[dask.delayed(match)(r0, c0) for r0, c0 in corners], scheduler="threads",
-                               num_workers=p.workers)
+            return dask.compute(*[dask.delayed(match)(r0, c0) for r0, c0 in corners], scheduler="threads",
+                                num_workers=p.workers)
+    results = run("ground")
+    usable = [r for r in results if r is not None]
+    confident = sum(_tile_confidence(r[0]) > 0 for r in usable)
+    family = "ground"
+    if usable and confident < 0.5 * len(usable) and p.sar_bright_pfa is not None:
+        # the ground-level features alone do not carry this scene (dense city, layover over most
+        # of the ground): one family per scene, never mixed (their biases differ), so redo it
+        # with only the strong layover areas masked, and say so
+        family = "bright"
+        results = run("bright")
     tps: list[TiePoint] = []
     for (r0, c0), res in zip(corners, results):
         if res is None:
             continue
-        pk, _ = res
+        pk, fam, pa = res
         tps.append(
-            TiePoint(c0 + tile / 2, r0 + tile / 2, guess[0] + pk.dx, guess[1] + pk.dy, _tile_confidence(pk), pk.score)
+            TiePoint(c0 + tile / 2, r0 + tile / 2, guess[0] + pk.dx, guess[1] + pk.dy, _tile_confidence(pk), pk.score,
+                     dx_all=None if pa is None else guess[0] + pa.dx, dy_all=None if pa is None else guess[1] + pa.dy,
+                     family=fam)
         )
     tps, model, matrix, residuals, conf, reason = _fit(tps, p, shape)
+    if not tps:
+        reason = (f"no {tile} px tile of the {W}x{H} px scene had enough valid SAR and EO overlap"
+                  if not corners else reason)
     cx, cy = W / 2, H / 2
     a, b, c, d, e, f = matrix
     dx, dy = a * cx + b * cy + c - cx, d * cx + e * cy + f - cy
+    unc, checks, why = _assess(tps, (dx, dy), geometry, p)
+    checks["family"] = family
+    reason = reason or why
+    if "p_within_1px" in unc:
+        conf = conf * unc["p_within_1px"]
+        if not reason and conf < p.confidence_threshold:
+            reason = f"confidence {conf:.2f} < threshold {p.confidence_threshold} (P(error <= 1 px) {unc['p_within_1px']:.2f})"
     return Registration(
         dx=float(dx), dy=float(dy), model=model, matrix=tuple(float(v) for v in matrix), confidence=float(conf),
         flagged=bool(reason), reason=reason, tie_points=tps, residuals_px=residuals, coarse=coarse,
+        uncertainty=unc, checks=checks, frame=plan,
     )
 
 
@@ -383,7 +582,7 @@ def array_reader(sar_db: np.ndarray, eo_gray: np.ndarray, sar_valid: np.ndarray,
 
 def estimate_shift(
     sar_db: np.ndarray, eo_gray: np.ndarray, sar_valid: np.ndarray | None = None, eo_valid: np.ndarray | None = None,
-    p: CoregisterParams | None = None, gsd_m: float = 1.0,
+    p: CoregisterParams | None = None, gsd_m: float = 1.0, geometry: AcquisitionGeometry | None = None,
 ) -> Registration:
     """Shift of the SAR content relative to the EO for two images on the same pixel grid.
 
@@ -394,7 +593,7 @@ def estimate_shift(
         raise RegistrationError(f"SAR {sar_db.shape} and EO {eo_gray.shape} must be on the same grid")
     sv = np.isfinite(sar_db) if sar_valid is None else sar_valid.astype(bool) & np.isfinite(sar_db)
     ev = np.isfinite(eo_gray) if eo_valid is None else eo_valid.astype(bool)
-    return estimate(array_reader(sar_db, np.nan_to_num(eo_gray), sv, ev), sar_db.shape, gsd_m, p)
+    return estimate(array_reader(sar_db, np.nan_to_num(eo_gray), sv, ev), sar_db.shape, gsd_m, p, geometry)
 
 
 # ----------------------------------------------------------------------------- raster I/O
@@ -469,8 +668,6 @@ def file_reader(sar_path: str | Path, eo_path: str | Path, grid: Any, sar_transf
 
 
 # ----------------------------------------------------------------------------- georeferencing
-
-IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
 def map_correction(reg: Registration, grid: Any, sar_crs: Any) -> tuple[tuple[float, ...], dict[str, float]]:
@@ -572,6 +769,26 @@ def _attribution(source: SourceFiles) -> str:
     return "; ".join(attribution_lines(d, with_labels=False))
 
 
+def read_geometry(source: SourceFiles) -> AcquisitionGeometry:
+    """The SAR's acquisition geometry from source/sar_metadata.json (Capella extended JSON or a
+    STAC item) or the view fields in provenance.json; unknown when neither has it."""
+    meta = read_json(source.sar_metadata, RegistrationError, required=False)
+    prov = read_json(source.provenance, RegistrationError, required=False) or {}
+    try:
+        return geometry_from(meta, prov.get("sar") if isinstance(prov.get("sar"), dict) else None,
+                             str(source.sar_metadata))
+    except GeometryError as exc:
+        raise RegistrationError(str(exc)) from None
+
+
+def _rounded(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _rounded(v) for k, v in d.items()}
+    if isinstance(d, float):
+        return round(d, 4)
+    return d
+
+
 def _identity_record(sar_crs: str, reason: str) -> dict[str, Any]:
     return {
         "applied": False,
@@ -646,6 +863,7 @@ def register_scene(
     with rasterio.open(eo_path) as e:
         if e.crs is None:
             raise RegistrationError(f"{eo_path}: has no CRS; expected a georeferenced EO image")
+    geometry = read_geometry(source)
     gsd = float(region.gsd_m) if p.working_gsd_m is None else max(float(p.working_gsd_m), float(region.gsd_m))
     grid = grid_for_bbox(region.bbox, gsd)
 
@@ -654,7 +872,7 @@ def register_scene(
         reg = None
     else:
         log.info("%s: estimating on a %dx%d grid at %.2f m", region.name, grid.width, grid.height, gsd)
-        reg = estimate(file_reader(sar_path, eo_path, grid), grid.shape, gsd, p)
+        reg = estimate(file_reader(sar_path, eo_path, grid), grid.shape, gsd, p, geometry)
         est_corr, est_shift = map_correction(reg, grid, sar_crs)
         applied = not reg.flagged
         lonlat = [grid.pixel_to_lonlat(tp.x, tp.y) for tp in reg.tie_points]
@@ -680,10 +898,16 @@ def register_scene(
                 for tp, (lo, la) in zip(reg.tie_points, lonlat)
             ],
             "residuals_px": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in reg.residuals_px.items()},
+            "uncertainty_px": reg.uncertainty,
+            "uncertainty_m": {k: (round(v * gsd, 4) if k.startswith("sigma_") else v)
+                              for k, v in reg.uncertainty.items() if k.startswith("sigma_")},
+            "checks": _rounded(reg.checks),
+            "frame": reg.frame,
         }
     record.update(
         {
             "region": region.name,
+            "geometry": geometry.to_dict(),
             "attribution": _attribution(source),
             "working_grid": {"crs": grid.crs, "gsd_m": gsd, "width": grid.width, "height": grid.height},
             "conventions": "shift_px: SAR content relative to EO in working-grid pixels (x right, y down); "

@@ -33,6 +33,7 @@ from pipeline.provenance import attribution_lines, licences, parse_datetime, sha
 from pipeline.scenes import Scene, SceneError, read_scenes
 from pipeline.splits import SPLITS, SplitsParams, split_footprints, split_patches
 from pipeline.store import LABEL_NODATA, N_CLASSES, PATCH_ORDER, create_store, write_meta
+from pipeline.tiequality import tie_point_quality
 
 log = logging.getLogger("sareo.patches")
 
@@ -407,6 +408,8 @@ def patch_region(region: Any, source: SourceFiles, registration: RegistrationFil
                          [per_scene[k][0] for k in scene_of[order]] if n else [],
                          [per_scene[k][5] for k in scene_of[order]] if n else [], provenance, labels_json,
                          [per_scene[k][1]["sar"] for k in scene_of[order]] if n else [])
+            meta["reg_local_error_m"], meta["reg_tie_distance_m"] = _tie_quality(meta, scene_of[order], per_scene,
+                                                                                 records)
             meta.update(derived)
             write_meta(group, meta)
     finally:
@@ -419,11 +422,24 @@ def patch_region(region: Any, source: SourceFiles, registration: RegistrationFil
     return report
 
 
+def _tie_quality(meta: dict[str, Any], scene_of: np.ndarray, per_scene: list[Any],
+                 records: dict[str, dict[str, Any] | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patch registration quality from the nearest tie points of the patch's own scene."""
+    n = len(scene_of)
+    err, dist = np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32)
+    for k, (sc, *_rest) in enumerate(per_scene):
+        sel = scene_of == k
+        if sel.any():
+            err[sel], dist[sel] = tie_point_quality(records[sc.id], meta["lon"][sel], meta["lat"][sel])
+    return err, dist
+
+
 def _scene_info(sc: Scene, record: dict[str, Any] | None, policy: str) -> dict[str, Any]:
     """A scene as the store's attributes describe it: what it is and how its registration went."""
     reg = None
     if record is not None:
-        reg = {k: record.get(k) for k in ("applied", "flagged", "confidence", "model", "shift_m", "correction")}
+        reg = {k: record.get(k) for k in ("applied", "flagged", "confidence", "model", "shift_m", "correction",
+                                          "uncertainty_m", "geometry")}
     eo = {k: sc.eo.get(k) for k in ("kind", "source", "datetime", "gap_days", "sha256") if k in sc.eo}
     if sc.eo.get("items"):  # a per-scene search: which EO items this scene's patches show
         eo["items"] = [{k: it.get(k) for k in ("id", "datetime", "href", "sha256")} for it in sc.eo["items"]]

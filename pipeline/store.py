@@ -59,6 +59,8 @@ META_ARRAYS: dict[str, str] = {
     "polarization": "str",
     "cell": "str",
     "registration_flagged": "bool",
+    "reg_local_error_m": "float32",  # misfit of the registration at the nearest tie points (NaN: not applied)
+    "reg_tie_distance_m": "float32",  # distance to the nearest agreeing tie point
 }
 HIST_ARRAY = "class_hist"  # (patch, class) int32: pixel count per class id 0..24
 

@@ -120,9 +120,13 @@ def test_offset_beyond_search_radius_is_flagged(atlanta) -> None:
     eo = atlanta[0][:640, :640]
     moved = ndimage.shift(eo, (28.0, -28.5), order=3, mode="constant", cval=np.nan)
     sar = sar_like(moved, np.random.default_rng(2), looks=2)
-    params = dataclasses.replace(FAST, search_radius_m=10.0)
+    params = dataclasses.replace(FAST, search_radius_m=10.0, min_search_px=1)
     reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, params, gsd_m=0.5)
     assert reg.flagged
+    # the pixel floor of the search (min_search_px, default 32) reaches it: found, not flagged
+    reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0,
+                            dataclasses.replace(params, min_search_px=32), gsd_m=0.5)
+    assert not reg.flagged and math.hypot(reg.dx + 28.5, reg.dy - 28.0) < 1.0, reg.reason
 
 
 # ----------------------------------------------------------------------------- stage on files
@@ -306,3 +310,94 @@ def test_realistic_urban_pairs_hit_ground_truth_or_are_flagged() -> None:
         assert reg.flagged or err < 1.0, f"seed {seed}: unflagged error {err:.2f} px"
         accepted += not reg.flagged
     assert accepted >= 1
+
+
+# ----------------------------------------------------------------------------- geometry, layover, uncertainty
+
+
+def test_layover_of_bright_scatterers_does_not_bias_the_estimate(atlanta) -> None:
+    """Bright scatterers of the real chip displaced 3 px toward the sensor (layover) over ground
+    structure at the true offset: the previous method followed them (bias along range); the
+    masked estimate stays within 0.5 px, and the feature-family check measures the layover
+    along range, not along azimuth."""
+    from simulators import layover_sar
+
+    from pipeline.geometry import AcquisitionGeometry
+
+    eo = atlanta[0][:512, :512]
+    g = AcquisitionGeometry("simulated", "right", 35.0, None, 0.0, 60.0, None, None, "test")
+    off = (7.3, -5.6)
+    sar = layover_sar(eo, np.random.default_rng(3), off, g.toward_sensor(), 3.0, looks=2)
+    db = 10 * np.log10(sar)
+    params = cr.CoregisterParams(search_radius_m=30.0)
+    reg = cr.estimate_shift(db, eo, np.isfinite(db), eo > 0, params, gsd_m=0.5, geometry=g)
+    assert not reg.flagged, reg.reason
+    assert math.hypot(reg.dx - off[0], reg.dy - off[1]) < 0.5
+    fam = reg.checks["bright_minus_ground_px"]
+    assert fam["range"] > 0.3 and abs(fam["azimuth"]) < fam["range"] / 2  # layover: toward the sensor
+    u = reg.uncertainty
+    assert u["axes"] == "range_azimuth" and u["sigma_range_px"] > u["sigma_azimuth_px"] > 0
+    assert 0 < u["p_within_1px"] <= 1 and reg.confidence <= u["p_within_1px"]
+    old = cr.estimate_shift(db, eo, np.isfinite(db), eo > 0, dataclasses.replace(params, sar_bright_pfa=None),
+                            gsd_m=0.5, geometry=g)
+    ux, uy = g.toward_sensor()
+    along_old = (old.dx - off[0]) * ux + (old.dy - off[1]) * uy
+    along_new = (reg.dx - off[0]) * ux + (reg.dy - off[1]) * uy
+    assert along_old > along_new  # the bias toward the sensor shrinks
+
+
+def test_frame_plan_adapts_to_small_and_coarse_scenes() -> None:
+    p = cr.CoregisterParams()
+    big = cr.frame_plan((4000, 4000), 0.5, p)
+    assert (big["radius_px"], big["tile_px"], big["reason"]) == (80, 256, "")
+    coarse = cr.frame_plan((2000, 2000), 5.0, p)  # 40 m is 8 px at 5 m: searched 32 px
+    assert coarse["radius_px"] == 32
+    small = cr.frame_plan((225, 225), 2.0, p)  # tiles shrink so >= 2 * min_tiles fit
+    assert small["tile_px"] == 75 and small["radius_px"] == 32 and not small["reason"]
+    tiny = cr.frame_plan((300, 120), 0.5, p)
+    assert tiny["radius_px"] == 30 and "cut to 30 px" in tiny["note"]
+    none = cr.frame_plan((50, 50), 0.5, p)
+    assert "smaller than one 64 px matching tile" in none["reason"]
+    rng = np.random.default_rng(0)
+    reg = cr.estimate_shift(rng.normal(size=(50, 50)), rng.normal(size=(50, 50)), p=p, gsd_m=0.5)
+    assert reg.flagged and "too small to register" in reg.reason
+
+
+def test_small_scene_gets_an_answer(atlanta) -> None:
+    # a 300 px scene (less than two default tiles per side) used to be flagged whatever its error
+    eo = atlanta[0][100:400, 100:400]
+    moved = ndimage.shift(eo, (4.2, -6.7), order=3, mode="constant", cval=np.nan)
+    sar = sar_like(moved, np.random.default_rng(4), looks=2)
+    reg = cr.estimate_shift(10 * np.log10(sar), eo, np.isfinite(sar), eo > 0, gsd_m=0.5)
+    assert not reg.flagged, reg.reason
+    assert math.hypot(reg.dx + 6.7, reg.dy - 4.2) < 1.0
+    assert reg.frame["tile_px"] == 100 and reg.residuals_px["n_inliers"] >= 3
+
+
+def test_register_region_records_geometry_and_uncertainty(atlanta, fixtures: Path, tmp_path: Path) -> None:
+    import shutil
+
+    region = make_source(atlanta, tmp_path, (4.0, -3.0), size=512)
+    shutil.copy(fixtures / "capella" / "CAPELLA_C14_SP_GEO_HH_20240709040329_20240709040358_extended.json",
+                tmp_path / "source" / "sar_metadata.json")
+    rec = cr.register_region(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "reg"), FAST)
+    assert rec["geometry"]["look_side"] == "left" and rec["geometry"]["sensor_azimuth_deg"] == pytest.approx(144.7, abs=0.5)
+    assert rec["uncertainty_px"]["axes"] == "range_azimuth"
+    assert rec["uncertainty_m"]["sigma_range_px"] == pytest.approx(rec["uncertainty_px"]["sigma_range_px"] * 0.5, abs=1e-3)
+    assert {"halves_px", "bright_minus_ground_px", "family"} <= set(rec["checks"])
+    assert rec["frame"]["tile_px"] == 128
+    # per-patch quality from the nearest tie points
+    from pipeline.tiequality import tie_point_quality
+
+    tp = [t for t in rec["tie_points"] if t["inlier"]][0]
+    err, dist = tie_point_quality(rec, np.array([tp["lon"], tp["lon"] + 0.01]), np.array([tp["lat"], tp["lat"]]))
+    assert dist[0] == pytest.approx(0.0, abs=1e-3) and dist[1] > 600  # 0.01 deg of longitude at 33.6 N is ~927 m; the scene ~256 m
+    assert 0 <= err[0] < 0.5
+    nan = tie_point_quality({**rec, "applied": False}, np.array([0.0]), np.array([0.0]))
+    assert np.isnan(nan[0]).all() and np.isnan(nan[1]).all()
+    # bad geometry in the metadata names the file
+    meta = json.loads((tmp_path / "source" / "sar_metadata.json").read_text())
+    meta["collect"]["radar"]["pointing"] = "up"
+    (tmp_path / "source" / "sar_metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(cr.RegistrationError, match=r"sar_metadata.json: collect.radar.pointing: expected 'left' or 'right'"):
+        cr.register_region(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "reg2"), FAST)

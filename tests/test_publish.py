@@ -104,6 +104,8 @@ def write_test_store(
         "residential_share": rng.random(n).astype(np.float32),
         "nonres_share": rng.random(n).astype(np.float32) * 0.1,
         "valid_share": (hist.sum(1) / (P * P)).astype(np.float32),
+        "reg_local_error_m": rng.random(n).astype(np.float32) * 0.3,
+        "reg_tie_distance_m": rng.random(n).astype(np.float32) * 100,
         "class_hist": hist,
     }
     counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}

@@ -156,6 +156,10 @@ def _no_match(region: Region, src: SarSource, href: str, res: WalkResult) -> str
             + (f"; links pruned unread: {pruned}" if pruned else ""))
 
 
+GEOMETRY_FIELDS = ("view:incidence_angle", "view:off_nadir", "view:azimuth", "sar:observation_direction",
+                   "sat:orbit_state", "constellation", "umbra:squint_angle_degrees_off_broadside")
+
+
 @dataclass
 class Scene:
     """A chosen SAR item: where it came from and why."""
@@ -263,6 +267,9 @@ def _catalog_scene(region: Region, sc: Scene, cache: Cache, p: FetchParams, out:
         "calibrated": facts.provider == "capella",
         **_licence(facts.provider, region),
     }
+    view = {k: v for k, v in sorted(item.properties.items()) if k in GEOMETRY_FIELDS}
+    if view:  # the acquisition geometry registration uses (pipeline.geometry), when no metadata file gives it
+        rec["view"] = view
     if facts.provider == "umbra":
         rec["note"] = (
             "Umbra GEC is a display product without a calibration constant: relative, uncalibrated backscatter"

@@ -26,8 +26,10 @@ PATCH_FIELDS: tuple[str, ...] = (
     "sar_datetime", "eo_datetime", "gap_days", "sar_item", "calibrated", "split",
     "residential_share", "nonres_share", "valid_share",
 )  # fmt: skip
-# per patch since later store versions (urban_rural: else the root attribute; scene fields: multi-scene regions)
-OPTIONAL_FIELDS: tuple[str, ...] = ("urban_rural", "scene", "provider", "polarization", "cell", "registration_flagged")
+# per patch since later store versions (urban_rural: else the root attribute; scene fields: multi-scene regions;
+# reg_*: registration quality at the nearest tie points)
+OPTIONAL_FIELDS: tuple[str, ...] = ("urban_rural", "scene", "provider", "polarization", "cell", "registration_flagged",
+                                    "reg_local_error_m", "reg_tie_distance_m")
 STR_FIELDS = {"id", "sar_datetime", "eo_datetime", "sar_item", "split", "urban_rural", "scene", "provider",
               "polarization", "cell"}
 URBAN_RURAL = ("urban", "rural", "unknown")  # "unknown": labels.json had no decision
@@ -274,6 +276,8 @@ def patch_table(metas: list[StoreMeta], classes: list[LegendClass], index_dir: P
             "dominant_class": dominant.astype(np.int16),
             "dominant_class_name": [classes[d].name if d >= 0 else "" for d in dominant],
         }
+        for q in ("reg_local_error_m", "reg_tie_distance_m"):  # older stores lack them: NaN
+            cols[q] = a[q].astype(np.float32) if q in a else np.full(m.n, np.nan, np.float32)
         for c in classes:
             cols[f"px_{c.slug}"] = hist[:, c.id]
         frames.append(pd.DataFrame(cols, index=None))
