@@ -380,7 +380,7 @@ def test_register_region_records_geometry_and_uncertainty(atlanta, fixtures: Pat
     region = make_source(atlanta, tmp_path, (4.0, -3.0), size=512)
     shutil.copy(fixtures / "capella" / "CAPELLA_C14_SP_GEO_HH_20240709040329_20240709040358_extended.json",
                 tmp_path / "source" / "sar_metadata.json")
-    rec = cr.register_region(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "reg"), FAST)
+    rec = cr.register_scene(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "reg"), FAST)
     assert rec["geometry"]["look_side"] == "left" and rec["geometry"]["sensor_azimuth_deg"] == pytest.approx(144.7, abs=0.5)
     assert rec["uncertainty_px"]["axes"] == "range_azimuth"
     assert rec["uncertainty_m"]["sigma_range_px"] == pytest.approx(rec["uncertainty_px"]["sigma_range_px"] * 0.5, abs=1e-3)
@@ -400,4 +400,4 @@ def test_register_region_records_geometry_and_uncertainty(atlanta, fixtures: Pat
     meta["collect"]["radar"]["pointing"] = "up"
     (tmp_path / "source" / "sar_metadata.json").write_text(json.dumps(meta))
     with pytest.raises(cr.RegistrationError, match=r"sar_metadata.json: collect.radar.pointing: expected 'left' or 'right'"):
-        cr.register_region(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "reg2"), FAST)
+        cr.register_scene(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "reg2"), FAST)
