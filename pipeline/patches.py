@@ -30,7 +30,7 @@ from pipeline.layout import GridFiles, LabelFiles, RegistrationFiles, SourceFile
 from pipeline.params import param
 from pipeline.provenance import attribution_lines, licences, parse_datetime, sha256_file
 from pipeline.splits import SPLITS, SplitsParams, split_patches
-from pipeline.store import N_CLASSES, PATCH_ORDER, create_store, write_meta
+from pipeline.store import N_CLASSES, PATCH_ORDER, create_store, write_meta, write_patches
 
 log = logging.getLogger("sareo.patches")
 
@@ -217,8 +217,7 @@ class _SegmentWriter:
         self.pending = self.pool.submit(self._write, seg)
 
     def _write(self, seg: dict[str, Any]) -> None:
-        for name in ("sar", "eo", "label"):
-            self.group[name][seg["a"] : seg["b"]] = seg[name]
+        write_patches(self.group, seg["a"], {name: seg[name] for name in ("sar", "eo", "label")})
 
     def close(self) -> None:
         if self.pending is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import pickle
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.loader import PatchDataset, ShardReader, UnsupportedLayout
-from pipeline.store import META_ARRAYS, N_CLASSES, write_store
+from pipeline.store import META_ARRAYS, N_CLASSES, StoreError, write_store
 
 SIZE = 32
 
@@ -67,7 +68,8 @@ def test_fast_path_equals_zarr_python(stores):
 
 
 def test_fast_path_reads_holes_as_fill_value(tmp_path):
-    """Chunks zarr never wrote (write_empty_chunks off) come back as the fill value."""
+    """Generic arrays: chunks zarr never wrote (write_empty_chunks off) are the fill value when asked;
+    by default (the patch store writes every chunk) they are an error naming array and patch."""
     import zarr
     from zarr.codecs import ZstdCodec
 
@@ -76,9 +78,15 @@ def test_fast_path_reads_holes_as_fill_value(tmp_path):
     data = np.full((10, 4, 4), np.nan, np.float32)
     data[5] = 1.5
     arr[:] = data
-    reader = ShardReader(tmp_path / "x")
+    reader = ShardReader(tmp_path / "x", missing="fill")
     for i in range(10):
         np.testing.assert_array_equal(reader.read(i), data[i])
+    strict = ShardReader(tmp_path / "x")
+    np.testing.assert_array_equal(strict.read(5), data[5])
+    with pytest.raises(StoreError, match=r"array 'x', patch 4: chunk missing from shard"):
+        strict.read(4)
+    with pytest.raises(StoreError, match=r"array 'x', patch 9: shard file .*x/c/2/0/0 is missing"):
+        strict.read(9)
 
 
 def test_unsupported_layout_falls_back_to_zarr(tmp_path, stores):
@@ -138,7 +146,7 @@ def test_fork_and_pickle_safety(stores):
     path, truth = stores["a"]
     ds = PatchDataset(path)
     ds[0]  # open readers in the parent before forking, as a careless user would
-    parent_fds = dict(ds._readers[0]["sar"]._fds)
+    parent_fds = dict(ds._readers[0]["sar"].source._fds)
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     procs = [ctx.Process(target=_child_reads, args=(ds, list(range(w, 29, 2)), q)) for w in range(2)]
@@ -154,7 +162,7 @@ def test_fork_and_pickle_safety(stores):
     np.testing.assert_allclose([x[1] for x in flat], [x[1] for x in want], rtol=1e-6)
     assert [x[2] for x in flat] == [x[2] for x in want]
     # the parent's handles are untouched and still work
-    assert ds._readers[0]["sar"]._fds == parent_fds
+    assert ds._readers[0]["sar"].source._fds == parent_fds
     np.testing.assert_array_equal(ds[5]["eo"], truth["eo"][5])
     clone = pickle.loads(pickle.dumps(ds))
     assert clone._readers == [] and clone[7]["id"] == "alpha_7"
@@ -191,7 +199,6 @@ def test_corrupt_shard_index_is_refused(stores, tmp_path):
     import shutil
 
     from pipeline.loader import crc32c
-    from pipeline.store import StoreError
 
     assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     path, truth = stores["a"]
@@ -202,5 +209,141 @@ def test_corrupt_shard_index_is_refused(stores, tmp_path):
     data = bytearray(shard.read_bytes())
     data[-20] ^= 0x01  # inside the index (it sits at the end, before its 4-byte checksum)
     shard.write_bytes(bytes(data))
-    with pytest.raises(StoreError, match=r"shard 0: index is truncated or fails its crc32c check"):
+    with pytest.raises(StoreError, match=r"a.zarr: array 'label', patch 0: shard 0 .*: index is truncated or fails its "
+                                         r"crc32c check"):
         PatchDataset(copy)[0]
+
+
+# --- integrity: a real store written by the patches stage, then damaged -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stage_store(tmp_path_factory):
+    """A store written by the patches stage itself (not write_store), on the test_patches region."""
+    from test_patches import make_region_dir, run
+
+    root = tmp_path_factory.mktemp("stage")
+    store = root / "patches.zarr"
+    run("testregion", make_region_dir(root / "r"), store)
+    return store
+
+
+def _damaged(stage_store: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / "damaged.zarr"
+    shutil.copytree(stage_store, copy)
+    return copy
+
+
+def _chunk_span(array_dir: Path, shard: int, j: int, per_shard: int) -> tuple[Path, int, int]:
+    """(shard file, offset, nbytes) of chunk j in the shard, from its index (at the end, + crc32c)."""
+    path = array_dir / "c" / str(shard) / "/".join("0" for _ in range(len(json.loads(
+        (array_dir / "zarr.json").read_text())["shape"]) - 1))  # fmt: skip
+    raw = path.read_bytes()[-(per_shard * 16 + 4) : -4]
+    off, n = np.frombuffer(raw, "<u8").reshape(per_shard, 2)[j]
+    return path, int(off), int(n)
+
+
+def test_every_chunk_of_a_stage_store_is_checksummed(stage_store):
+    """The codec chain of every array ends in crc32c (after zstd), shard indexes carry one too,
+    and fill-valued patches are stored (no holes), so a missing chunk can only mean damage."""
+    for name in ("sar", "eo", "label", "id", "split", "class_hist"):
+        meta = json.loads((stage_store / name / "zarr.json").read_text())
+        codecs = meta["codecs"]
+        if codecs[0]["name"] == "sharding_indexed":
+            inner = codecs[0]["configuration"]
+            assert [c["name"] for c in inner["codecs"]] == ["bytes", "zstd", "crc32c"], name
+            assert [c["name"] for c in inner["index_codecs"]] == ["bytes", "crc32c"], name
+        else:
+            assert [c["name"] for c in codecs][-2:] == ["zstd", "crc32c"], name
+    n = PatchDataset(stage_store, layers=()).__len__()
+    for name in ("sar", "eo", "label"):
+        reader = ShardReader(stage_store / name)
+        for i in range(n):
+            reader.read(i)  # strict: raises on any unwritten chunk
+
+
+def test_store_keeps_fill_valued_patches(tmp_path):
+    """write_store (and the stage's writer, same function) stores a patch equal to the fill value."""
+    path = tmp_path / "s.zarr"
+    truth = make_store(path, 6, "r", "urban", 0, shard=4)  # patch 1 all-NaN SAR, 2 all-0 EO, 3 all-255 label
+    for name, i in (("sar", 1), ("eo", 2), ("label", 3)):
+        reader = ShardReader(path / name)
+        idx = reader._shard_index(0, i)[0]
+        assert (idx[:, 0] != 2**64 - 1).all(), name
+        np.testing.assert_array_equal(reader.read(i), truth[name][i])
+
+
+def test_flipped_bytes_in_a_chunk_are_an_error_everywhere(stage_store, tmp_path):
+    """64 flipped bytes inside one SAR chunk: sareo's loader, zarr-python and xarray all refuse that
+    patch (before: one patch of +-3e38 values); the loader names store, array and patch."""
+    import xarray as xr
+    import zarr
+
+    copy = _damaged(stage_store, tmp_path)
+    per_shard = json.loads((copy / "sar" / "zarr.json").read_text())["chunk_grid"]["configuration"]["chunk_shape"][0]
+    path, off, n = _chunk_span(copy / "sar", 0, 2, per_shard)
+    data = bytearray(path.read_bytes())
+    for k in range(64):
+        data[off + n // 3 + k] ^= 0xFF
+    path.write_bytes(bytes(data))
+    ds = PatchDataset(copy)
+    with pytest.raises(StoreError, match=rf"damaged.zarr: array 'sar', patch 2: chunk fails its crc32c check"):
+        ds[2]
+    with pytest.raises(StoreError, match=r"array 'sar', patch 2: chunk fails its crc32c"):
+        ds.read_batch([0, 1, 2, 3])
+    with pytest.raises(StoreError, match=r"damaged.zarr: array 'sar', patch 2: cannot decode .*checksum"):
+        PatchDataset(copy, fast=False)[2]
+    ref = PatchDataset(stage_store)
+    for i in (0, 1, 3):  # the other patches of that shard still read, unchanged
+        np.testing.assert_array_equal(ds[i]["sar"], ref[i]["sar"])
+    with pytest.raises(ValueError, match="checksum"):
+        zarr.open_group(str(copy), mode="r")["sar"][2]
+    with pytest.raises(ValueError, match="checksum"):
+        xr.open_zarr(copy, consolidated=False)["sar"][2].values
+
+
+def test_corrupted_label_shard_names_the_store(stage_store, tmp_path):
+    """Garbage over a label chunk (before: a bare ZstdError naming nothing)."""
+    copy = _damaged(stage_store, tmp_path)
+    per_shard = json.loads((copy / "label" / "zarr.json").read_text())["chunk_grid"]["configuration"]["chunk_shape"][0]
+    path, off, n = _chunk_span(copy / "label", 0, 0, per_shard)
+    data = bytearray(path.read_bytes())
+    data[off : off + 8] = b"\x00" * 8  # destroys the zstd frame header
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"damaged.zarr: array 'label', patch 0: chunk fails its crc32c check"):
+        PatchDataset(copy, layers=("label",))[0]
+    with pytest.raises(StoreError, match=r"damaged.zarr: array 'label', patch 0: cannot decode"):
+        PatchDataset(copy, layers=("label",), fast=False)[0]
+
+
+def test_deleted_or_truncated_shard_is_an_error_not_fill_values(stage_store, tmp_path):
+    """A deleted shard (before: all-NaN patches) and a truncated one are errors naming store, array, patch."""
+    copy = _damaged(stage_store, tmp_path)
+    per_shard = json.loads((copy / "sar" / "zarr.json").read_text())["chunk_grid"]["configuration"]["chunk_shape"][0]
+    n = len(PatchDataset(copy, layers=()))
+    assert n > per_shard  # at least two shards
+    (copy / "sar" / "c" / "1" / "0" / "0" / "0").unlink()
+    ds = PatchDataset(copy)
+    ds[0]  # shard 0 is intact
+    with pytest.raises(StoreError, match=rf"damaged.zarr: array 'sar', patch {per_shard}: shard file .*sar/c/1/0/0/0 "
+                                         r"is missing"):  # fmt: skip
+        ds[per_shard]
+    eo = copy / "eo" / "c" / "0" / "0" / "0" / "0"
+    eo.write_bytes(eo.read_bytes()[:-1000])
+    with pytest.raises(StoreError, match=rf"damaged.zarr: array 'eo', patch {per_shard - 1}: shard .*eo/c/0/0/0/0 is "
+                                         r"truncated"):  # fmt: skip
+        ds[per_shard - 1]  # this process read the index before the cut: the chunk read comes up short
+    with pytest.raises(StoreError, match=r"damaged.zarr: array 'eo', patch 0: shard 0 .*index is truncated or fails"):
+        PatchDataset(copy)[0]  # a fresh reader finds no valid index at the new end
+
+
+def test_corrupted_metadata_chunk_names_store_and_array(stage_store, tmp_path):
+    copy = _damaged(stage_store, tmp_path)
+    chunk = copy / "split" / "c" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"damaged.zarr: array 'split': cannot decode .*checksum"):
+        PatchDataset(copy)
