@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import pickle
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from pipeline.loader import PatchDataset, ShardReader, UnsupportedLayout
 from pipeline.store import META_ARRAYS, N_CLASSES, StoreError, write_store
+from servers import s3_server  # noqa: F401  (pytest fixture; tests/ is on sys.path under pytest)
 
 SIZE = 32
 
@@ -347,3 +349,146 @@ def test_corrupted_metadata_chunk_names_store_and_array(stage_store, tmp_path):
     chunk.write_bytes(bytes(data))
     with pytest.raises(StoreError, match=r"damaged.zarr: array 'split': cannot decode .*checksum"):
         PatchDataset(copy)
+
+
+# --- remote stores: s3:// on a loopback moto server, https:// from a loopback server with Range support ------
+
+
+def _aws_env(monkeypatch, tmp_path: Path, endpoint: str | None, signed: bool = True) -> None:
+    """Only the settings a test gives: no developer ~/.aws, no instance metadata lookups."""
+    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):  # fmt: skip
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
+    if endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    if signed:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+
+def _assert_same(remote: PatchDataset, local: PatchDataset) -> None:
+    assert len(remote) == len(local) and list(remote.patch_ids()) == list(local.patch_ids())
+    for i in range(len(local)):
+        a, b = remote[i], local[i]
+        assert a.keys() == b.keys() and (a["id"], a["split"], a["region"]) == (b["id"], b["split"], b["region"])
+        for name in local.layers:
+            np.testing.assert_array_equal(a[name], b[name])
+    order = np.random.default_rng(0).permutation(len(local))[:11]
+    ba, bb = remote.read_batch(order), local.read_batch(order)
+    for name in local.layers:
+        np.testing.assert_array_equal(ba[name], bb[name])
+    assert ba["id"] == bb["id"]
+
+
+def test_s3_store_gives_the_local_arrays(s3_server, stores, tmp_path, monkeypatch):
+    """Endpoint from AWS_ENDPOINT_URL, signed with the environment's credentials; then unsigned
+    (no credentials: a public bucket); then the endpoint from a named profile."""
+    path, _ = stores["b"]
+    url = s3_server.publish(path, "loader-b", "patches/b.zarr")
+    _aws_env(monkeypatch, tmp_path, s3_server.endpoint)
+    _assert_same(PatchDataset(url, split=["val", "test"]), PatchDataset(path, split=["val", "test"]))
+    _aws_env(monkeypatch, tmp_path, s3_server.endpoint, signed=False)
+    _assert_same(PatchDataset(url, layers=("label",), meta=("row",)), PatchDataset(path, layers=("label",), meta=("row",)))
+    _aws_env(monkeypatch, tmp_path, None)
+    (tmp_path / "no-aws-config").write_text(f"[profile lab]\nendpoint_url = {s3_server.endpoint}\n"
+                                            "region = us-west-2\naws_access_key_id = testing\n"
+                                            "aws_secret_access_key = testing\n")  # fmt: skip
+    monkeypatch.setenv("AWS_PROFILE", "lab")
+    _assert_same(PatchDataset(url, layers=("sar",)), PatchDataset(path, layers=("sar",)))
+
+
+def test_s3_damage_and_bad_locations_are_named(s3_server, stage_store, tmp_path, monkeypatch):
+    from pipeline.remote import RemoteError
+
+    _aws_env(monkeypatch, tmp_path, s3_server.endpoint)
+    copy = _damaged(stage_store, tmp_path)
+    per_shard = json.loads((copy / "sar" / "zarr.json").read_text())["chunk_grid"]["configuration"]["chunk_shape"][0]
+    spath, off, n = _chunk_span(copy / "sar", 0, 1, per_shard)
+    data = bytearray(spath.read_bytes())
+    data[off + n // 2] ^= 0x01  # one flipped bit
+    spath.write_bytes(bytes(data))
+    (copy / "label" / "c" / "1" / "0" / "0").unlink()
+    url = s3_server.publish(copy, "loader-damaged", "d.zarr")
+    ds = PatchDataset(url)
+    ds[0]
+    with pytest.raises(StoreError, match=r"s3://loader-damaged/d.zarr: array 'sar', patch 1: chunk fails its crc32c"):
+        ds[1]
+    with pytest.raises(StoreError, match=rf"s3://loader-damaged/d.zarr: array 'label', patch {per_shard}: shard file "
+                                         r"s3://loader-damaged/d.zarr/label/c/1/0/0 is missing"):  # fmt: skip
+        ds[per_shard]
+    with pytest.raises(StoreError, match=r"s3://loader-damaged/nothing.zarr: not a Zarr v3 store"):
+        PatchDataset("s3://loader-damaged/nothing.zarr")
+    with pytest.raises(RemoteError, match=r"s3://no-such-bucket-here/x.zarr/zarr.json: S3 refused the read \(NoSuchBucket"):
+        PatchDataset("s3://no-such-bucket-here/x.zarr")
+
+
+def test_https_store_reads_each_index_once_and_one_range_per_chunk(stores, tmp_path):
+    from range_server import serve_ranges
+
+    path, _ = stores["a"]  # 29 patches in shards of 8: 4 shards per layer
+    requests: list = []
+    with serve_ranges(path.parent, requests) as base:
+        url = f"{base}/{path.name}"
+        local = PatchDataset(path)
+        remote = PatchDataset(url)
+        requests.clear()
+        for _ in range(2):
+            for i in range(len(remote)):
+                remote[i]
+        index = [r for r in requests if r[1] and r[1].startswith("bytes=-")]
+        chunks = [r for r in requests if r[1] and not r[1].startswith("bytes=-")]
+        assert len(index) == 3 * 4 and len({r[0] for r in index}) == 12  # once per shard and layer
+        assert len(chunks) == 2 * 3 * 29
+        assert sorted(r[0] for r in requests if r[1] is None) == [f"/a.zarr/{a}/zarr.json" for a in ("eo", "label", "sar")]
+        _assert_same(remote, local)
+
+        # a local cache: the second dataset (another process, another run) fetches only the indexes
+        cache = tmp_path / "cache"
+        first = PatchDataset(url, cache_dir=cache)
+        _assert_same(first, local)
+        requests.clear()
+        again = PatchDataset(url, cache_dir=cache)
+        _assert_same(again, local)
+        assert all(r[1] is None or r[1].startswith("bytes=-") for r in requests), requests  # no chunk GET
+        # a damaged cache entry fails its crc32c and is fetched again, not returned
+        shard_file = sorted(cache.glob("*.shard"))[0]
+        blob = bytearray(shard_file.read_bytes())
+        blob[100:164] = b"\xff" * 64
+        shard_file.write_bytes(bytes(blob))
+        requests.clear()
+        fresh = PatchDataset(url, cache_dir=cache)
+        _assert_same(fresh, local)
+        assert 1 <= sum(1 for r in requests if r[1] and not r[1].startswith("bytes=-")) <= 3
+
+        # a shard replaced on the server after its index was read: refused, not mixed
+        shard = path.parent / path.name / "eo" / "c" / "0" / "0" / "0" / "0"
+        original = shard.read_bytes()
+        reader = PatchDataset(url, layers=("eo",))
+        reader[0]
+        try:
+            shard.write_bytes(original)
+            os.utime(shard, ns=(1, 1))  # same bytes, new version (ETag)
+            with pytest.raises(StoreError, match=r"array 'eo', patch 1: .*changed while being read"):
+                reader[1]
+        finally:
+            shard.write_bytes(original)
+
+
+def test_dataloader_workers_read_remote_stores(stores):
+    """Fork-started DataLoader workers make their own HTTP clients; batches equal the local ones."""
+    torch = pytest.importorskip("torch")
+    from range_server import serve_ranges
+
+    path, _ = stores["a"]
+    with serve_ranges(path.parent) as base:
+        remote = PatchDataset(f"{base}/{path.name}", as_torch=True)
+        remote[0]  # a client made in the parent before the fork
+        batches = list(remote.loader(batch_size=5, num_workers=2, persistent_workers=False))
+    local = PatchDataset(path).read_batch(range(len(remote)))
+    for name in ("sar", "eo", "label"):
+        np.testing.assert_array_equal(torch.cat([b[name] for b in batches]).numpy(), local[name])
+    assert [i for b in batches for i in b["id"]] == local["id"]
