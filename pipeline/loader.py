@@ -1,15 +1,19 @@
-"""Training loader: patches from one or many region stores as numpy arrays or torch tensors.
+"""Training loader: patches from one or many region stores (local, s3:// or https://) as numpy
+arrays or torch tensors.
 
-``PatchDataset`` is a plain map-style dataset (``__len__``/``__getitem__``), so it works with a
-torch ``DataLoader`` without importing torch here. Stores are opened lazily in each process
-(the pid is recorded and everything is reopened after a fork), because Zarr stores opened
-before a DataLoader forks its workers misbehave.
+``PatchDataset`` is a plain map-style dataset (``__len__``/``__getitem__``, plus torch's batched
+``__getitems__``), so it works with a torch ``DataLoader`` without importing torch here. Stores
+are opened lazily in each process (the pid is recorded and everything is reopened after a
+fork), because file handles and HTTP clients opened before a DataLoader forks its workers
+must not be shared.
 
 Fast path: zarr-python spends ~1 ms of overhead per call while decoding a patch takes ~0.2 ms.
 ``ShardReader`` reads each shard's index once (Zarr v3 sharding: ``n`` little-endian uint64
-(offset, nbytes) pairs, plus a crc32c if the index codecs say so, at the end or the start of
-the shard file), then fetches a chunk with one ``os.pread`` and one zstd decompression. It
-checks the array's own metadata and falls back to zarr-python for any layout it does not know.
+(offset, nbytes) pairs plus a crc32c, at the end of the shard), then fetches a chunk with one
+``os.pread`` (or one ranged GET), checks its crc32c and decompresses it with zstd straight into
+the caller's buffer. It checks the array's own metadata and falls back to zarr-python for any
+layout it does not know. Damage (a failed checksum, a missing or truncated shard, an unwritten
+chunk) is a StoreError naming store, array and patch, never fill values.
 """
 
 from __future__ import annotations
@@ -133,16 +137,28 @@ class LocalShards:
         size = os.fstat(fd).st_size
         return os.pread(fd, n, max(size - n, 0) if self.layout.index_at_end else 0), size
 
-    def chunks(self, shard: int, spans: Sequence[tuple[int, int]]) -> list[bytes]:
-        fd = self._fd(shard)
-        if fd is None:
-            raise FileNotFoundError(self.where(shard))
-        return [os.pread(fd, n, off) for off, n in spans]
+    def chunks(self, spans: Sequence[tuple[int, int, int]]) -> list[bytes]:
+        """Stored bytes of chunks given as (shard, offset, nbytes)."""
+        out = []
+        for shard, off, n in spans:
+            fd = self._fd(shard)
+            if fd is None:
+                raise FileNotFoundError(self.where(shard))
+            out.append(os.pread(fd, n, off))
+        return out
 
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+class SpanError(RemoteError):
+    """A remote read that failed, with the position of its chunk in the request."""
+
+    def __init__(self, pos: int, message: str):
+        super().__init__(message)
+        self.pos = pos
 
 
 class RemoteShards:
@@ -204,12 +220,19 @@ class RemoteShards:
             os.pwrite(fd, raw, off)
         return raw
 
-    def chunks(self, shard: int, spans: Sequence[tuple[int, int]]) -> list[bytes]:
+    def chunks(self, spans: Sequence[tuple[int, int, int]]) -> list[bytes]:
+        """Stored bytes of chunks given as (shard, offset, nbytes): all GETs of a batch at once."""
+        def one(pos: int) -> bytes:
+            try:
+                return self._one(*spans[pos])
+            except RemoteError as exc:
+                raise SpanError(pos, str(exc)) from None
+
         if len(spans) == 1:
-            return [self._one(shard, *spans[0])]
+            return [one(0)]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(REMOTE_THREADS, thread_name_prefix="sareo-get")
-        return list(self._pool.map(lambda s: self._one(shard, *s), spans))
+        return list(self._pool.map(one, range(len(spans))))
 
     def close(self) -> None:
         for fd in self._cache_fd.values():
@@ -323,8 +346,8 @@ class ShardReader:
         return out[0]
 
     def read_into(self, indices: Sequence[int], out: np.ndarray) -> None:
-        """Decode chunks ``indices`` straight into ``out[k]`` (no per-patch allocation or copy);
-        chunks of one shard are fetched together (concurrently from a remote store)."""
+        """Decode chunks ``indices`` straight into ``out[k]`` (no per-patch allocation or copy); all
+        chunks are requested in one call (from a remote store: concurrent ranged GETs)."""
         lay = self.layout
         by_shard: dict[int, list[tuple[int, int]]] = {}
         for k, i in enumerate(indices):
@@ -332,9 +355,9 @@ class ShardReader:
             if not 0 <= i < self.shape[0]:
                 raise IndexError(f"{self.store}: array {self.name!r}: patch {i} out of range 0..{self.shape[0] - 1}")
             by_shard.setdefault(i // lay.per_shard, []).append((k, i))
+        todo, spans = [], []
         for shard, items in by_shard.items():
             idx, _ = self._shard_index(shard, items[0][1])
-            todo, spans = [], []
             for k, i in items:
                 if idx is None:
                     if self.missing == "fill":
@@ -348,20 +371,20 @@ class ShardReader:
                         continue
                     raise self._fail(i, f"chunk missing from shard {self.source.where(shard)} (index entry empty)")
                 todo.append((k, i))
-                spans.append((offset, nbytes))
-            if not spans:
-                continue
-            try:
-                raws = self.source.chunks(shard, spans)
-            except FileNotFoundError:
-                raise self._fail(todo[0][1], f"shard file {self.source.where(shard)} vanished while reading") from None
-            except RemoteError as exc:
-                raise self._fail(todo[0][1], str(exc)) from None
-            for (k, i), raw, (_, nbytes) in zip(todo, raws, spans):
-                if len(raw) != nbytes:
-                    raise self._fail(i, f"shard {self.source.where(shard)} is truncated: got {len(raw)} of "
-                                        f"{nbytes} chunk bytes")  # fmt: skip
-                self._decode(i, raw, out[k])
+                spans.append((shard, offset, nbytes))
+        if not spans:
+            return
+        try:
+            raws = self.source.chunks(spans)
+        except FileNotFoundError as exc:
+            raise self._fail(todo[0][1], f"shard file {exc} vanished while reading") from None
+        except SpanError as exc:
+            raise self._fail(todo[exc.pos][1], str(exc)) from None
+        for (k, i), raw, (shard, _, nbytes) in zip(todo, raws, spans):
+            if len(raw) != nbytes:
+                raise self._fail(i, f"shard {self.source.where(shard)} is truncated: got {len(raw)} of "
+                                    f"{nbytes} chunk bytes")  # fmt: skip
+            self._decode(i, raw, out[k])
 
     def close(self) -> None:
         self.source.close()
@@ -404,20 +427,27 @@ def _in_torch_worker() -> bool:
     return torch is not None and torch.utils.data.get_worker_info() is not None
 
 
-def _empty(shape: tuple[int, ...], dtype: np.dtype, as_torch: bool):
-    """A batch buffer: numpy, or a torch tensor (in shared memory inside a DataLoader worker, so
-    the batch reaches the main process without torch copying it there; the same allocation
-    torch's own collate makes)."""
+def _buffers(specs: dict[str, tuple[tuple[int, ...], np.dtype]], as_torch: bool) -> dict[str, Any]:
+    """Batch buffers, one per layer: numpy, or torch tensors. Inside a DataLoader worker all layers
+    are views of ONE shared-memory block, so a batch reaches the main process as one shared
+    segment (one descriptor passed, one mapping) and torch copies nothing."""
     if not as_torch:
-        return np.empty(shape, dtype)
+        return {k: np.empty(shape, dtype) for k, (shape, dtype) in specs.items()}
     import torch
 
-    tdtype = torch.from_numpy(np.empty(0, dtype.newbyteorder("="))).dtype
-    if _in_torch_worker():
-        n = int(np.prod(shape))
-        storage = torch.UntypedStorage._new_shared(n * dtype.itemsize)
-        return torch.empty(0, dtype=tdtype).set_(storage).view(shape)
-    return torch.empty(shape, dtype=tdtype)
+    def tdtype(dtype: np.dtype):
+        return torch.from_numpy(np.empty(0, dtype.newbyteorder("="))).dtype
+
+    if not _in_torch_worker():
+        return {k: torch.empty(shape, dtype=tdtype(dtype)) for k, (shape, dtype) in specs.items()}
+    sizes = {k: int(np.prod(shape)) * dtype.itemsize for k, (shape, dtype) in specs.items()}
+    pad = {k: -n % 8 for k, n in sizes.items()}  # keep every view 8-byte aligned
+    block = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(sum(sizes.values()) + sum(pad.values())))
+    out, at = {}, 0
+    for k, (shape, dtype) in specs.items():
+        out[k] = block[at : at + sizes[k]].view(tdtype(dtype)).view(shape)
+        at += sizes[k] + pad[k]
+    return out
 
 
 def _as_numpy(buf) -> np.ndarray:
@@ -568,13 +598,13 @@ class PatchDataset:
         one array per ``meta`` field."""
         ks, js = self._locate(indices)
         readers = self._open()
-        out: dict[str, Any] = {}
+        first = readers[int(ks[0])] if len(ks) else None
+        specs = {name: ((len(ks), *(first[name].shape[1:] if first else ())),
+                        first[name].dtype if first else np.dtype(IMAGE_ARRAYS[name][0])) for name in self.layers}  # fmt: skip
+        out: dict[str, Any] = _buffers(specs, self.as_torch)
         for name in self.layers:
-            r0 = readers[int(ks[0])][name] if len(ks) else None
-            shape = (len(ks), *(r0.shape[1:] if r0 is not None else ()))
-            dtype = r0.dtype if r0 is not None else np.dtype(IMAGE_ARRAYS[name][0])
-            buf = _empty(shape, dtype, self.as_torch)
-            arr = _as_numpy(buf)
+            shape = specs[name][0]
+            arr = _as_numpy(out[name])
             for k in np.unique(ks).tolist():
                 rows = np.flatnonzero(ks == k)
                 reader = readers[k][name]
@@ -587,7 +617,6 @@ class PatchDataset:
                     part = np.empty((len(rows), *shape[1:]), arr.dtype)
                     reader.read_into(js[rows], part)
                     arr[rows] = part
-            out[name] = buf
         out["id"] = [self._meta[k]["id"][j] for k, j in zip(ks.tolist(), js.tolist())]
         out["region"] = [self.regions[k] for k in ks.tolist()]
         out["split"] = [self._meta[k]["split"][j] for k, j in zip(ks.tolist(), js.tolist())]
@@ -604,7 +633,23 @@ class PatchDataset:
     def __getitem__(self, i: int) -> dict[str, Any]:
         if isinstance(i, (list, tuple, np.ndarray)):
             return self.read_batch(i)  # DataLoader(batch_size=None, sampler=BatchSampler(...)) passes lists
-        return {key: value[0] for key, value in self.read_batch([i]).items()}
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} patches")
+        i = int(i) % len(self)
+        k, j = int(self._store[i]), int(self._local[i])
+        readers = self._open()[k]
+        item: dict[str, Any] = {name: readers[name].read(j) for name in self.layers}  # new writable arrays
+        item["id"] = self._meta[k]["id"][j]
+        item["region"] = self.regions[k]
+        item["split"] = self._meta[k]["split"][j]
+        for name in self.meta_fields:
+            item[name] = self._meta[k][name][j]
+        if self.as_torch:
+            import torch
+
+            for name in self.layers:
+                item[name] = torch.from_numpy(item[name])
+        return item
 
     def loader(self, batch_size: int = 16, shuffle: bool = False, num_workers: int = 2, **kwargs: Any):
         """A ``torch.utils.data.DataLoader`` with the recommended settings (docs/loader.md): batched

@@ -13,7 +13,9 @@ import functools
 import http.server
 import os
 import re
+import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -26,6 +28,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # else headers and body in two sends meet delayed ACKs (40 ms a request)
     root: Path
     requests: list | None = None
+    latency_s: float = 0.0
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -44,6 +47,8 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         rng = self.headers.get("Range")
+        if self.latency_s:
+            time.sleep(self.latency_s)  # a remote bucket's round trip
         if self.requests is not None and self.command == "GET":
             self.requests.append((self.path, rng))
         rel = unquote(urlsplit(self.path).path).lstrip("/")
@@ -79,14 +84,19 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serve_ranges(directory: str | Path, requests: list | None = None) -> Iterator[str]:
-    """Serve ``directory`` with Range support on 127.0.0.1; yields the base URL (no trailing slash)."""
-    handler = type("H", (_RangeHandler,), {"root": Path(directory).resolve(), "requests": requests})
+def serve_ranges(directory: str | Path, requests: list | None = None, tls: ssl.SSLContext | None = None,
+                 latency_s: float = 0.0) -> Iterator[str]:
+    """Serve ``directory`` with Range support on 127.0.0.1 (HTTPS with the ``tls`` server context,
+    ``latency_s`` slept before each answer); yields the base URL (no trailing slash)."""
+    handler = type("H", (_RangeHandler,), {"root": Path(directory).resolve(), "requests": requests,
+                                           "latency_s": float(latency_s)})
     server = _Server(("127.0.0.1", 0), functools.partial(handler))
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

@@ -492,3 +492,42 @@ def test_dataloader_workers_read_remote_stores(stores):
     for name in ("sar", "eo", "label"):
         np.testing.assert_array_equal(torch.cat([b[name] for b in batches]).numpy(), local[name])
     assert [i for b in batches for i in b["id"]] == local["id"]
+
+
+# --- batched reads and the DataLoader -----------------------------------------------------------------------
+
+
+def test_read_batch_equals_items_across_stores(stores):
+    pa, _ = stores["a"]
+    pb, _ = stores["b"]
+    ds = PatchDataset([pa, pb], meta=("row",))
+    order = [40, 0, 28, 29, 3, -1, 17, 17]
+    batch = ds.read_batch(order)
+    for k, i in enumerate(order):
+        item = ds[i]
+        for name in ("sar", "eo", "label"):
+            np.testing.assert_array_equal(batch[name][k], item[name])
+        assert (batch["id"][k], batch["region"][k], batch["split"][k], batch["row"][k]) == (
+            item["id"], item["region"], item["split"], item["row"])  # fmt: skip
+    assert batch["sar"].shape == (8, 1, SIZE, SIZE) and batch["eo"].dtype == np.uint8
+    with pytest.raises(IndexError):
+        ds.read_batch([0, len(ds)])
+
+
+def test_dataloader_batches_arrive_in_one_shared_block(stores):
+    """ds.loader (collate that takes the batch as is) and torch's default collate give the same
+    batches; from workers, all layers of a batch come in one shared-memory block."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
+
+    path, truth = stores["a"]
+    ds = PatchDataset(path, as_torch=True, meta=("row",))
+    fast = list(ds.loader(batch_size=6, num_workers=2, persistent_workers=False))
+    plain = list(DataLoader(ds, batch_size=6, num_workers=1))  # torch's default collate over the samples
+    assert [len(b["id"]) for b in fast] == [6, 6, 6, 6, 5]
+    for a, b in zip(fast, plain):
+        assert a["id"] == b["id"] and a["split"] == b["split"]
+        for name in ("sar", "eo", "label", "row"):
+            np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]))
+        assert a["sar"].is_shared() and a["sar"].untyped_storage().data_ptr() == a["label"].untyped_storage().data_ptr()
+    np.testing.assert_array_equal(torch.cat([b["eo"] for b in fast]).numpy(), truth["eo"])
