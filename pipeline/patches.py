@@ -32,7 +32,7 @@ from pipeline.progress import Progress
 from pipeline.provenance import attribution_lines, licences, parse_datetime, sha256_file
 from pipeline.scenes import Scene, SceneError, read_scenes
 from pipeline.splits import SPLITS, SplitsParams, split_footprints, split_patches
-from pipeline.store import LABEL_NODATA, N_CLASSES, PATCH_ORDER, create_store, write_meta
+from pipeline.store import LABEL_NODATA, N_CLASSES, PATCH_ORDER, create_store, write_meta, write_patches
 from pipeline.tiequality import tie_point_quality
 
 log = logging.getLogger("sareo.patches")
@@ -236,8 +236,7 @@ class _SegmentWriter:
         self.pending = self.pool.submit(self._write, seg)
 
     def _write(self, seg: dict[str, Any]) -> None:
-        for name in ("sar", "eo", "label"):
-            self.group[name][seg["a"] : seg["b"]] = seg[name]
+        write_patches(self.group, seg["a"], {name: seg[name] for name in ("sar", "eo", "label")})
         self.bar.update()
 
     def close(self) -> None:

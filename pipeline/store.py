@@ -2,7 +2,10 @@
 
 Shared by the patches stage (writes), the training loader and the publish stage (read).
 Each image chunk is one patch and shards hold ``shard_patches`` patches, so a region is a
-few hundred files and a random read decodes exactly one patch. Every array carries
+few hundred files and a random read decodes exactly one patch. Every chunk (image and
+metadata) ends in a crc32c of its compressed bytes (codec chain ``bytes, zstd, crc32c``; shard
+indexes carry their own crc32c), so flipped bytes fail loudly in sareo's loader, in zarr-python
+and in xarray instead of decoding to wrong values. Every array carries
 ``dimension_names`` so ``xarray.open_zarr`` gives named dimensions. SAR and EO get their own
 band dimension (``sar_band``, ``eo_band``): xarray needs one size per dimension name.
 """
@@ -69,6 +72,18 @@ class StoreError(ValueError):
     """A patch store or store input that does not follow the schema."""
 
 
+def chunk_compressors(level: int) -> tuple:
+    """Bytes-to-bytes codecs of every array: zstd, then a crc32c of the compressed chunk.
+
+    The checksum comes last so a reader verifies it before decompressing: corrupted bytes are
+    reported as such, never as a zstd error or as decoded garbage (``pipeline.loader`` relies
+    on this order).
+    """
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return (ZstdCodec(level=int(level)), Crc32cCodec())
+
+
 def create_store(
     path: str | os.PathLike[str],
     n: int,
@@ -80,11 +95,11 @@ def create_store(
     """Create an empty store at ``path`` (which must not exist yet) with all arrays of ``n`` patches.
 
     Chunk = one patch, shard = ``shard_patches`` patches, zstd at ``level`` (one int, or per
-    image array {"sar", "eo", "label"}; metadata arrays use the ``eo`` level). Every chunk is
-    written even when it equals the fill value, so the fast reader never meets a hole.
+    image array {"sar", "eo", "label"}; metadata arrays use the ``eo`` level) then crc32c
+    (``chunk_compressors``). Every chunk is written even when it equals the fill value, so a
+    missing chunk or shard is damage, which the loader reports, never a hole to fill.
     """
     import zarr
-    from zarr.codecs import ZstdCodec
 
     if n < 0 or size < 1 or shard_patches < 1:
         raise StoreError(f"create_store: n={n}, size={size}, shard_patches={shard_patches}; expected n>=0, others>=1")
@@ -105,7 +120,7 @@ def create_store(
             shards=(shard_patches, *band, size, size),
             dtype=dtype,
             fill_value=fill,
-            compressors=ZstdCodec(level=int(levels[name])),
+            compressors=chunk_compressors(levels[name]),
             dimension_names=("patch", *dims),
             config={"write_empty_chunks": True},
         )
@@ -117,7 +132,7 @@ def create_store(
             chunks=meta_chunk,
             dtype=str if dtype == "str" else dtype,
             fill_value="" if dtype == "str" else (float("nan") if dtype.startswith("float") else 0),
-            compressors=ZstdCodec(level=int(levels["eo"])),
+            compressors=chunk_compressors(levels["eo"]),
             dimension_names=("patch",),
         )
     group.create_array(
@@ -126,10 +141,22 @@ def create_store(
         chunks=(max(n, 1), N_CLASSES),
         dtype="int32",
         fill_value=0,
-        compressors=ZstdCodec(level=int(levels["eo"])),
+        compressors=chunk_compressors(levels["eo"]),
         dimension_names=("patch", "class"),
     )
     return group
+
+
+def write_patches(group, start: int, layers: Mapping[str, np.ndarray]) -> None:
+    """Write image rows ``start:start+len`` of each array in ``layers`` (names of IMAGE_ARRAYS).
+
+    zarr keeps ``write_empty_chunks`` per opened array, not in the metadata, so every write goes
+    through here: a patch equal to the fill value is stored too, and a missing chunk is damage.
+    """
+    for name, values in layers.items():
+        if name not in IMAGE_ARRAYS:
+            raise StoreError(f"write_patches: {name!r} is not an image array; expected {list(IMAGE_ARRAYS)}")
+        group[name].with_config({"write_empty_chunks": True})[start : start + len(values)] = values
 
 
 def write_meta(group, meta: Mapping[str, Any]) -> None:
@@ -176,9 +203,8 @@ def write_store(
     with atomic_path(path) as tmp:
         group = create_store(tmp, n, size=size, shard_patches=shard_patches, level=level, attrs=attrs)
         if n:
-            group["sar"][:] = sar.astype("float32")
-            group["eo"][:] = eo.astype("uint8")
-            group["label"][:] = label.astype("uint8")
+            write_patches(group, 0, {"sar": sar.astype("float32"), "eo": eo.astype("uint8"),
+                                     "label": label.astype("uint8")})  # fmt: skip
         write_meta(group, meta)
     return Path(path)
 
@@ -204,26 +230,50 @@ def canonical(obj: Any) -> Any:
 
 
 def open_store(path: str | os.PathLike[str], mode: str = "r"):  # -> zarr.Group
-    """Open a patch store (read-only by default); fail clearly when it is not one."""
+    """Open a patch store (read-only by default; ``s3://`` and ``https://`` URLs read-only, see
+    ``pipeline.remote``); fail clearly when it is not one."""
     import zarr
 
-    p = Path(path)
-    if not (p / "zarr.json").is_file():
-        raise StoreError(f"{p}: not a Zarr v3 store (no zarr.json)")
-    group = zarr.open_group(str(p), mode=mode, zarr_format=3)
-    missing = [k for k in (*IMAGE_ARRAYS, "split") if k not in group]
+    from pipeline.remote import is_url, open_remote, zarr_store
+
+    if is_url(path):
+        if mode != "r":
+            raise StoreError(f"{path}: remote stores open read-only (mode={mode!r})")
+        store = zarr_store(open_remote(str(path)))
+        if store.remote.get("zarr.json") is None:
+            raise StoreError(f"{path}: not a Zarr v3 store (no zarr.json)")
+        group = zarr.open_group(store=store, mode="r", zarr_format=3)
+    else:
+        p = Path(path)
+        if not (p / "zarr.json").is_file():
+            raise StoreError(f"{p}: not a Zarr v3 store (no zarr.json)")
+        group = zarr.open_group(str(p), mode=mode, zarr_format=3)
+    missing = [k for k in (*IMAGE_ARRAYS, "split") if not _has_array(group, k)]
     if missing:
-        raise StoreError(f"{p}: not a patch store, missing array(s) {missing}")
+        raise StoreError(f"{path}: not a patch store, missing array(s) {missing}")
     return group
+
+
+def _has_array(group, name: str) -> bool:
+    try:
+        group[name]
+    except KeyError:
+        return False
+    return True
 
 
 def store_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Root attributes (region, urban_rural, grid, legend, splits, provenance, licences, ...)."""
-    p = Path(path) / "zarr.json"
+    from pipeline.remote import is_url, open_remote
+
+    where = f"{path}/zarr.json" if is_url(path) else Path(path) / "zarr.json"
     try:
-        return dict(json.loads(p.read_text())["attributes"])
+        text = open_remote(str(path)).get("zarr.json") if is_url(path) else Path(where).read_text()
+        if text is None:
+            raise OSError("no such object")
+        return dict(json.loads(text)["attributes"])
     except (OSError, KeyError, json.JSONDecodeError) as exc:
-        raise StoreError(f"{p}: cannot read store attributes ({exc})") from exc
+        raise StoreError(f"{where}: cannot read store attributes ({exc})") from exc
 
 
 def _as_str(values: np.ndarray) -> np.ndarray:
