@@ -126,7 +126,7 @@ def test_every_fault_ends_in_the_clean_bytes_or_one_clear_error(backend: str, se
     with serve_directory(served) as http_url, fault_proxy(upstream or http_url, **opts) as (proxy_url, proxy):
         region, work, p = _run(tmp_path, "clean", served, proxy_url, catalog, tiles_remote, TRANSIENT)
         clean = tree(run_fetch(region, work / "out", work / "cache", p))
-        assert proxy.injected() == 0 and "sar.tif" in clean
+        assert proxy.injected() == 0 and any(k.endswith("/sar.tif") for k in clean)
         targets = [t for t in TARGETS if t != "tile" or tiles_remote]
         faults = FAULTS if FULL or backend != "http, no length/ranges" else ("reset", "cut", "cut-nolength")
         for i, fault in enumerate(faults):
@@ -217,15 +217,17 @@ def test_provenance_digest_is_that_of_the_bytes_in_source(served: Path, tmp_path
     with serve_directory(served) as url:
         region, work, p = _run(tmp_path, "prov", served, url, "{proxy}/capella/catalog.json", True, FAST)
         out = run_fetch(region, work / "out", work / "cache", p)
-        cached = Cache(work / "cache", Transport()).path_for(json.loads((out / "provenance.json").read_text())
-                                                             ["sar"]["href"])
+        scenes = json.loads((out / "provenance.json").read_text())["scenes"]
+        (newest,) = [s for s in scenes if s["item_id"] == WINNER]
+        cached = Cache(work / "cache", Transport()).path_for(newest["href"])
         shutil.rmtree(out)
         cached.write_bytes(cached.read_bytes()[:-1] + b"\x00")  # last byte changed: same size
         out = run_fetch(region, work / "out", work / "cache", p)
-    prov = json.loads((out / "provenance.json").read_text())
-    assert prov["sar"]["sha256"] == hashlib.sha256((out / "sar.tif").read_bytes()).hexdigest()
-    assert (out / "sar.tif").read_bytes() == (served / f"capella/capella-open-data-by-datetime/"
-                                              f"capella-open-data-2024/{WINNER}/{WINNER}.tif").read_bytes()
+    for rec in json.loads((out / "provenance.json").read_text())["scenes"]:  # every scene's record is its bytes
+        sar = out / "scenes" / rec["scene"] / "sar.tif"
+        assert rec["sha256"] == hashlib.sha256(sar.read_bytes()).hexdigest()
+    assert (out / "scenes" / WINNER / "sar.tif").read_bytes() == (
+        served / f"capella/capella-open-data-by-datetime/capella-open-data-2024/{WINNER}/{WINNER}.tif").read_bytes()
 
 
 # --------------------------------------------------------------------------- truncated GeoTIFFs (item 3)
@@ -244,6 +246,7 @@ def test_truncated_local_geotiff_fails_in_fetch_naming_the_file(served: Path, tm
 
 def test_register_and_grid_name_a_truncated_source_file(tmp_path: Path, fixtures: Path) -> None:
     """A source/ damaged after fetch (disk, a hand copy): register and grid name the file, not 'Read failed'."""
+    from sources import as_region_source
     from test_warp import SMALL, make_source, region
 
     from pipeline.coregister import CoregisterParams, register_region
@@ -256,10 +259,11 @@ def test_register_and_grid_name_a_truncated_source_file(tmp_path: Path, fixtures
     with rasterio.open(sar) as ds:
         assert ds.block_shapes[0][0] < ds.height  # several strips: a cut file still opens
     sar.write_bytes(sar.read_bytes()[: sar.stat().st_size // 4])
+    as_region_source(src)  # the scene's sar.tif is a hardlink of the cut file
     reg = region(tmp_path)
-    with pytest.raises(RasterReadError, match=r"source/sar.tif: cannot be read \(window .*truncated or corrupt"):
+    with pytest.raises(RasterReadError, match=r"source/scenes/scene-1/sar.tif: cannot be read \(window .*truncated or corrupt"):
         register_region(reg, SourceFiles(src), RegistrationFiles(tmp_path / "registration"),
                         CoregisterParams(tile_size=128, max_tiles=9))
-    with pytest.raises(RasterReadError, match=r"source/sar.tif: cannot be read \(window .*truncated or corrupt"):
+    with pytest.raises(RasterReadError, match=r"source/scenes/scene-1/sar.tif: cannot be read \(window .*truncated or corrupt"):
         grid_region(reg, SourceFiles(src), None, GridFiles(tmp_path / "grid"), SMALL)
     assert not (tmp_path / "registration").exists() and not (tmp_path / "grid").exists()

@@ -1300,13 +1300,13 @@ def test_mirror_trust_root_named_by_the_region(tmp_path: Path, demo: Path, s3_se
     with pytest.raises(Unsafe, match=r"outside the catalog root .*mirror/stac/capella/.*set sar.catalog_root"):
         run_fetch(make_region(tmp_path, sar), tmp_path / "out", tmp_path / "cache")
     out = run_fetch(make_region(tmp_path, {**sar, "catalog_root": "mirror"}), tmp_path / "out", tmp_path / "cache")
-    assert sha(out / "sar.tif") == sha(data)
+    assert sha(out / "scenes" / WINNER / "sar.tif") == sha(data)
     # the same mirror in a bucket: the root is a prefix of it
     url = s3_server.publish(tmp_path / "mirror", "mirror-bucket", prefix="m")
     params = dataclasses.replace(FAST, s3_endpoint=s3_server.endpoint)
     remote = {"stac": f"{url}/stac/capella/catalog.json", "polarization": "HH", "catalog_root": url}
     out = run_fetch(make_region(tmp_path, remote), tmp_path / "s3out", tmp_path / "cache", params)
-    assert sha(out / "sar.tif") == sha(data)
+    assert sha(out / "scenes" / WINNER / "sar.tif") == sha(data)
     # escaping the named root is refused, and a root that does not hold the catalog is refused
     item["assets"]["HH"]["href"] = f"../../../../../../outside/{WINNER}.tif"
     item_path.write_text(json.dumps(item))

@@ -503,7 +503,7 @@ def test_removed_region_is_unpublished_and_its_outputs_pruned(tmp_path: Path,
     (tmp_path / "regions" / "lyon.yaml").unlink()
     with caplog.at_level("WARNING"):
         assert main(["--root", str(tmp_path), "-q", "sync"]) == 0
-    assert "region lyon has no region file any more" in caplog.text
+    assert "region lyon is not in the build any more" in caplog.text
     assert sorted(p.name for p in (tmp_path / "data" / "patches").iterdir()) == ["paris.zarr"]
     assert sorted(p.name for p in (tmp_path / "data" / "regions").iterdir()) == ["paris"]
     # a store that appears with no region file (copied in by hand) is warned about, never published
