@@ -17,7 +17,19 @@ layover, radar shadow and one-sided double bounce (incidence 30-45 deg, any look
 1-4 looks), EO with off-nadir lean (0-25 deg) and sun shadows. The truth is the GROUND-LEVEL
 offset; layover and lean of elevated structure are not misregistration.
 
-A failure is an error over 3 px. Targets: RMSE <= 0.5 px; no unflagged failure.
+Part 4 (issue 11): the real chip with its bright scatterers (strongest edges, one piece per
+building) laid over 1-4 px toward the sensor relative to the ground (uniform or per building),
+1-4 looks, offsets +-30 px, also block-averaged to 1 m and 2 m (small scenes); a tuning set (the
+chip, seeds 30000+) and a held-out one (the chip turned and mirrored, seeds 40000+); per set RMSE
+and P90 of the accepted pairs, acceptance, accepted pairs over 1 px, and P(error <= 1 px) per
+confidence bin. Every part runs today's method (``--baseline``, default the commit before issue 11,
+loaded from git) beside the current one.
+
+A failure is an error over 3 px. Targets: RMSE <= 0.5 px; no unflagged failure; part 4: no
+accepted pair over 1 px, >= 70 % accepted.
+
+    python benchmarks/bench_coregister.py --trials 30 --file-trials 6 --unrelated 12 --out-of-reach 10 \
+        --urban 12 --layover 12   # the run quoted in docs/coregistration.md
 """
 
 from __future__ import annotations
