@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -102,7 +103,10 @@ def test_browser_page_embeds_everything_and_no_network_url(built: Path) -> None:
 
 def _driver(profile: Path):
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.fail("headless Chromium test needs Debian's chromium and chromium-driver (.ci/run installs them)")
+        # CI (.ci/run installs them) must run it; elsewhere say what is missing instead of failing the suite
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            "headless Chromium test needs Debian's chromium and chromium-driver (apt-get install chromium "
+            "chromium-driver; .ci/run installs them)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="pip install -e '.[test]' installs selenium")
     from selenium.webdriver.chrome.service import Service
 
