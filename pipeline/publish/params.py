@@ -30,7 +30,7 @@ class PublishParams:
     description: str = param(
         "256x256 patches of SAR backscatter (sigma0 dB) and optical RGB on a common EPSG:4326 grid, "
         "automatically co-registered, with 25-class land-cover labels rasterised from OpenStreetMap. "
-        "Spatially blocked train/val/test splits per region.",
+        "Train/val/test splits by ground (a lattice of blocks fixed on the globe), audited across the whole dataset.",
         "STAC collection description",
     )
     version: str = param("0.1.0", "dataset version (collection 'version', stats.json)")
