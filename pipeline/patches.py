@@ -48,6 +48,7 @@ class PatchesParams:
     shard_patches: int = param(256, "patches per shard file (chunk = one patch)")
     compression_level: int | dict[str, int] = param(3, "zstd level; an int or per layer {sar: .., eo: .., label: ..}")
     band_pixels: int = param(16_000_000, "pixels per layer read at once in the validity pass (bounds memory)")
+    gdal_cache_mb: int = param(256, "GDAL block cache bound while reading the grid rasters (its default is 5 % of RAM)")
     flagged_registration: Literal["keep", "drop"] = param(
         "keep", "patches of a scene whose registration is flagged: keep (marked registration_flagged) or drop")
 
@@ -293,6 +294,17 @@ def cut_patches(
 def patch_region(region: Any, source: SourceFiles, registration: RegistrationFiles | None, gridded: GridFiles,
                  labels: LabelFiles, out_store: str | os.PathLike[str], p: PatchesParams | None = None,
                  sp: SplitsParams | None = None) -> dict[str, Any]:
+    """Build ``out_store`` (the region's patches.zarr); GDAL's block cache bounded (``gdal_cache_mb``)."""
+    import rasterio
+
+    p = p or PatchesParams()
+    with rasterio.Env(GDAL_CACHEMAX=p.gdal_cache_mb):  # its default (5 % of RAM) grows with every scene opened
+        return _patch_region(region, source, registration, gridded, labels, out_store, p, sp)
+
+
+def _patch_region(region: Any, source: SourceFiles, registration: RegistrationFiles | None, gridded: GridFiles,
+                  labels: LabelFiles, out_store: str | os.PathLike[str], p: PatchesParams,
+                  sp: SplitsParams | None = None) -> dict[str, Any]:
     """Build ``out_store`` (the region's patches.zarr): every scene's patches on the region grid.
 
     Patches are cut per scene where that scene has enough valid SAR and EO; the split is drawn
