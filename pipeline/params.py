@@ -134,16 +134,21 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"{where}: unsupported parameter annotation {tp!r}")
 
 
+def _refuse_unknown(data: Mapping[str, Any], known: list[str], prefix: str, what: str) -> None:
+    """One line for the first key of ``data`` not in ``known``, with the closest known one."""
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        key = str(unknown[0])
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known {what}s: {', '.join(known)}"
+        raise ParamsError(f"{prefix}{key}: unknown {what}; {hint}")
+
+
 def _build(cls: type[S], data: Mapping[str, Any], where: str) -> S:
     """An instance of the dataclass ``cls`` from ``data``; ``where`` prefixes every message."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        key = str(unknown[0])
-        close = difflib.get_close_matches(key, list(fields), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields)}"
-        raise ParamsError(f"{where}.{key}: unknown key; {hint}")
+    _refuse_unknown(data, list(fields), f"{where}.", "key")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         try:
@@ -210,12 +215,7 @@ def parse_params(data: Any, classes: Iterable[type[Any]], where: str = "params")
         data = {}
     if not isinstance(data, Mapping):
         raise ParamsError(f"{where}: expected a mapping of parameter sections, got {type(data).__name__}")
-    unknown = [k for k in data if k not in by_name]
-    if unknown:
-        key = str(unknown[0])
-        close = difflib.get_close_matches(key, list(by_name), n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known sections: {', '.join(by_name)}"
-        raise ParamsError(f"{where}: {key}: unknown section; {hint}")
+    _refuse_unknown(data, list(by_name), f"{where}: ", "section")
     return Params({c: parse_section(c, data.get(name), where) for name, c in by_name.items()},
                   Path(where) if where != "params" else None)
 
