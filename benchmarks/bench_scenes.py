@@ -272,7 +272,8 @@ def write_osm(path: Path, size: int) -> None:
     lines = ['<?xml version="1.0" encoding="UTF-8"?>',
              '<osm version="0.6" generator="sareo bench_scenes" copyright="sareo bench_scenes: synthetic features">',
              f'  <bounds minlat="{s:.7f}" minlon="{w:.7f}" maxlat="{n:.7f}" maxlon="{e:.7f}"/>']
-    lines += [f'  <node id="{i}" version="1" lat="{lat:.7f}" lon="{lon:.7f}"/>' for i, (lon, lat) in enumerate(nodes, 1)]
+    lines += [f'  <node id="{i}" version="1" lat="{lat:.7f}" lon="{lon:.7f}"/>'
+              for i, (lon, lat) in enumerate(nodes, 1)]
     for j, (ids, tags) in enumerate(ways, 1):
         lines.append(f'  <way id="{j}" version="1">')
         lines += [f'    <nd ref="{i}"/>' for i in ids]
@@ -368,7 +369,7 @@ def run_stage(project: Path, stage: str, name: str, log: Path) -> dict[str, Any]
     with open(log, "w") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sareo, "--root", str(project), stage, name], stdout=out, stderr=subprocess.STDOUT,
-                                env=env)
+                                env=env, cwd=project)  # not the caller's folder: it would shadow PYTHONPATH
         ps = psutil.Process(proc.pid)
         peak = hwm = 0
         while proc.poll() is None:
@@ -430,6 +431,8 @@ def print_table(n: int, rows: list[dict[str, Any]], fig: dict[str, Any]) -> None
     print(f"  {'total':9s} | {sum(r['wall_s'] for r in rows):8.1f} | {max(r['peak_mb'] for r in rows):11.0f} | "
           f"{max(r['hwm_mb'] for r in rows):11.0f}")
     reg = fig.get("registration") or {}
+    if reg:
+        print(f"  registration flagged for {sum(bool(r.get('flagged')) for r in reg.values())} of {len(reg)} scene(s)")
     for sid, rec in reg.items():
         sh = rec.get("shift_m") or {}
         print(f"  register {sid}: confidence {rec.get('confidence')}, flagged {rec.get('flagged')}, "
@@ -438,6 +441,31 @@ def print_table(n: int, rows: list[dict[str, Any]], fig: dict[str, Any]) -> None
         print(f"  patches {sid}: {sum(counts.values())} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
     if "patches" in fig:
         print(f"  patches total: {fig['patches']} ({fig.get('store_mb', 0):.0f} MB store)")
+
+
+def print_summary(results: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]], ns: list[int]) -> None:
+    """Wall time and peak RSS per stage for every N, the time ratio of the largest N to the smallest, the 2 GB check."""
+    print("\nsummary (wall s per stage; peak RSS = whole process tree, polled every 0.1 s)")
+    print("  " + " | ".join([f"{'N':>3s}"] + [f"{s:>17s}" for s in STAGES] + [f"{'total':>8s}", "max peak MB"]))
+    for n, (rows, _) in results.items():
+        by = {r["stage"]: r for r in rows}
+        cells = [f"{by[s]['wall_s']:6.1f} ({by[s]['peak_mb']:5.0f} MB)" if s in by else f"{'-':>17s}"
+                 for s in STAGES]
+        print("  " + " | ".join([f"{n:3d}"] + cells + [f"{sum(r['wall_s'] for r in rows):8.1f}",
+                                                      f"{max(r['peak_mb'] for r in rows):.0f}"]))
+    lo, hi = ns[0], ns[-1]
+    if hi != lo and all(r["rc"] == 0 for n in (lo, hi) for r in results[n][0]):
+        tl = sum(r["wall_s"] for r in results[lo][0])
+        th = sum(r["wall_s"] for r in results[hi][0])
+        per = ", ".join(f"{s} {results[hi][0][i]['wall_s'] / results[lo][0][i]['wall_s']:.1f}x"
+                        for i, s in enumerate(STAGES))
+        print(f"time {hi} vs {lo} scene(s): {th / tl:.2f}x total ({per}); "
+              f"per scene {th / hi:.1f} s vs {tl / lo:.1f} s")
+    peak = max(r["peak_mb"] for rows, _ in results.values() for r in rows)
+    failed = [(n, r["stage"]) for n, (rows, _) in results.items() for r in rows if r["rc"] != 0]
+    over = [(n, r["stage"]) for n, (rows, _) in results.items() for r in rows if r["peak_mb"] >= 2048]
+    print(f"peak RSS under 2 GB in every stage: {not over}" + (f" (over: {over})" if over else "")
+          + f"; max {peak:.0f} MB; failed stages: {failed or 'none'}; this script's own peak {self_hwm_mb():.0f} MB")
 
 
 def main() -> None:
@@ -452,6 +480,8 @@ def main() -> None:
         ap.error(f"--scenes: counts between 1 and {MAX_SCENES}, got {args.scenes!r}")
     project = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="sareo-bench-scenes-"))
     project.mkdir(parents=True, exist_ok=True)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    print(f"code: {ROOT}" + (f" at {head.stdout.strip()}" if head.returncode == 0 else ""))
     print(f"project {project}: scenes {args.size} x {args.size} px at {RES} m (UInt16, tiled 512, zstd), "
           f"EO {EO_RES} m RGB; runs N = {', '.join(map(str, ns))}", flush=True)
     print(f"register runs at coregister.working_gsd_m: 2.0 (set in the project's params.yaml) to keep it bounded; "
@@ -459,8 +489,10 @@ def main() -> None:
     t0 = time.perf_counter()
     make_inputs(project, args.size, ns[-1])
     write_project(project, args.size, ns)
-    print(f"inputs ready in {time.perf_counter() - t0:.0f} s; union of the valid swaths / one scene's area: "
-          + ", ".join(f"N={n}: {union_share(args.size, n):.2f}" for n in ns), flush=True)
+    one = union_share(args.size, 1)
+    print(f"inputs ready in {time.perf_counter() - t0:.0f} s; union of the N valid swaths in units of one swath "
+          "(of one scene's raster): " + ", ".join(f"N={n}: {union_share(args.size, n) / one:.2f} "
+                                                  f"({union_share(args.size, n):.2f})" for n in ns), flush=True)
     results: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     (project / "logs").mkdir(exist_ok=True)
     try:
@@ -477,26 +509,7 @@ def main() -> None:
                     break
             results[n] = (rows, region_figures(project, name))
             print_table(n, *results[n])
-        print("\nsummary (wall s per stage; peak RSS = whole process tree, polled every 0.1 s)")
-        print("  " + " | ".join([f"{'N':>3s}"] + [f"{s:>15s}" for s in STAGES] + [f"{'total':>8s}", "max peak MB"]))
-        for n, (rows, fig) in results.items():
-            by = {r["stage"]: r for r in rows}
-            cells = [f"{by[s]['wall_s']:6.1f} ({by[s]['peak_mb']:5.0f} MB)" if s in by else f"{'-':>15s}" for s in STAGES]
-            print("  " + " | ".join([f"{n:3d}"] + cells + [f"{sum(r['wall_s'] for r in rows):8.1f}",
-                                                          f"{max(r['peak_mb'] for r in rows):.0f}"]))
-        lo, hi = ns[0], ns[-1]
-        if hi != lo and all(r["rc"] == 0 for n in (lo, hi) for r in results[n][0]):
-            tl = sum(r["wall_s"] for r in results[lo][0])
-            th = sum(r["wall_s"] for r in results[hi][0])
-            per = ", ".join(f"{s} {results[hi][0][i]['wall_s'] / results[lo][0][i]['wall_s']:.1f}x"
-                            for i, s in enumerate(STAGES))
-            print(f"time {hi} vs {lo} scene(s): {th / tl:.2f}x total ({per}); "
-                  f"per scene {th / hi:.1f} s vs {tl / lo:.1f} s")
-        peak = max(r["peak_mb"] for rows, _ in results.values() for r in rows)
-        failed = [(n, r["stage"]) for n, (rows, _) in results.items() for r in rows if r["rc"] != 0]
-        over = [(n, r["stage"]) for n, (rows, _) in results.items() for r in rows if r["peak_mb"] >= 2048]
-        print(f"peak RSS under 2 GB in every stage: {not over}" + (f" (over: {over})" if over else "")
-              + f"; max {peak:.0f} MB; failed stages: {failed or 'none'}; this script's own peak {self_hwm_mb():.0f} MB")
+        print_summary(results, ns)
     finally:
         if not args.keep:
             shutil.rmtree(project, ignore_errors=True)
