@@ -312,7 +312,6 @@ def _patch_region(region: Any, source: SourceFiles, registration: RegistrationFi
     scene. Returns the splits report. Raises PatchError for unusable inputs and if the audit
     finds a leak under the ``blocks`` method.
     """
-    p = p or PatchesParams()
     sp = sp or SplitsParams()
     name = getattr(region, "name", None) or str(region)
     size, stride = p.size, p.stride
@@ -417,7 +416,7 @@ def _patch_region(region: Any, source: SourceFiles, registration: RegistrationFi
                 writer.close()
             meta = _meta(name, grid, rows[order], cols[order], codes[order], both_share[order], size,
                          [per_scene[k][0] for k in scene_of[order]] if n else [],
-                         [per_scene[k][5] for k in scene_of[order]] if n else [], provenance, labels_json,
+                         [per_scene[k][5] for k in scene_of[order]] if n else [], labels_json,
                          [per_scene[k][1]["sar"] for k in scene_of[order]] if n else [])
             meta["reg_local_error_m"], meta["reg_tie_distance_m"] = _tie_quality(meta, scene_of[order], per_scene,
                                                                                  records)
@@ -469,7 +468,6 @@ def _meta(
     size: int,
     scenes: list[Scene],
     flagged: list[bool],
-    provenance: dict[str, Any],
     labels_json: dict[str, Any],
     sar_ds: list[Any],
 ) -> dict[str, Any]:

@@ -491,14 +491,15 @@ def grid_region(region: Any, source: SourceFiles, registration: RegistrationFile
     grid = grid_of(region)
     scenes = read_scenes(source)
     region_eo = open_source(source.eo) if source.eo.is_file() else None  # none when each scene has its own
-    region_eo_sha = (_provenance(source).get("eo") or {}).get("sha256") if region_eo else None
+    region_prov = _provenance(source)
+    region_eo_sha = (region_prov.get("eo") or {}).get("sha256") if region_eo else None
     polygon = region.aoi if getattr(region, "aoi_geojson", None) else None  # a bbox AOI is the grid itself
     log.info("grid %s: %dx%d px at %g m, %d scene(s)", region.name, grid.width, grid.height, grid.gsd_m, len(scenes))
     with atomic_path(out.dir) as tmp:  # the whole grid/ appears at once, or not at all
         tmp.mkdir()
         t = out.at(tmp)
         write_json(t.grid, grid.to_dict())
-        eo_attr = _write_eo(region_eo, _provenance(source), region, grid, t.eo, p, polygon) if region_eo else ""
+        eo_attr = _write_eo(region_eo, region_prov, region, grid, t.eo, p, polygon) if region_eo else ""
         for k, sc in enumerate(scenes):
             st = t.scene(sc.id)
             st.dir.mkdir(parents=True)
