@@ -14,10 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from pipeline import __version__
 from pipeline.atomic import remove_tree, write_text
 from pipeline.coregister import CoregisterParams
-from pipeline.dvcfiles import build_regions, index_sets, render_dvc_yaml, render_index
+from pipeline.dvcfiles import build_regions, index_sets, render_dvc_yaml, render_index, slots_of
 from pipeline.layout import INDEX_FILE, ProjectLayout
 from pipeline.locks import stage_lock
 from pipeline.params import load_params, section_docs
@@ -61,7 +63,9 @@ def sync(layout: ProjectLayout, sets: tuple[str, ...] | None = None) -> list[str
     Then remove the outputs of regions that are no longer in the build (see :func:`prune_removed`).
     """
     index, names = render_index(layout, sets)
-    for target, text in ((layout.index_file, index), (layout.root / "dvc.yaml", render_dvc_yaml())):
+    entries = list((yaml.safe_load(index).get("regions") or {}).values())
+    dvc_yaml = render_dvc_yaml(slots=slots_of(entries[0]) if entries else None)
+    for target, text in ((layout.index_file, index), (layout.root / "dvc.yaml", dvc_yaml)):
         if not target.exists() or target.read_text(encoding="utf-8") != text:
             write_text(target, text)
     prune_removed(layout, names)

@@ -120,12 +120,13 @@ def _posix(paths: list[Path]) -> list[str]:
     return [p.as_posix() for p in paths]
 
 
-def render_stage(stage: Stage, root: Path = PACKAGE_DIR.parent) -> dict[str, Any]:
-    """The dvc.yaml entry of one stage."""
+def render_stage(stage: Stage, root: Path = PACKAGE_DIR.parent, slots: tuple[str, ...] = tuple(INPUT_SLOTS)) -> dict[str, Any]:
+    """The dvc.yaml entry of one stage; ``slots``: the input slots of regions.index.yaml."""
     data = Path("data")
     if stage.per_region:
         lay = RegionLayout(data, "${key}")
-        deps = ["${item.file}", *stage.extra_deps, *_posix(stage.reads(lay))]  # the region file (regions/ or a set)
+        inputs = [f"${{item.{slot}}}" for slot in slots] if stage.local_inputs else []
+        deps = ["${item.file}", *inputs, *stage.extra_deps, *_posix(stage.reads(lay))]  # the region file (regions/ or a set)
         outs = _posix(stage.writes(lay))
     else:
         proj = ProjectLayout(Path(), data)
@@ -139,34 +140,73 @@ def render_stage(stage: Stage, root: Path = PACKAGE_DIR.parent) -> dict[str, Any
     return {"foreach": "${regions}", "do": spec} if stage.per_region else spec
 
 
-def render_dvc_yaml(root: Path = PACKAGE_DIR.parent) -> str:
-    """dvc.yaml as text: every stage of the registry, in order."""
-    doc = {"vars": [INDEX_FILE], "stages": {s.name: render_stage(s, root) for s in STAGES}}
+def render_dvc_yaml(root: Path = PACKAGE_DIR.parent, slots: tuple[str, ...] | None = None) -> str:
+    """dvc.yaml as text: every stage of the registry, in order.
+
+    ``slots``: the input slots every region of regions.index.yaml has (default: those of the
+    index under ``root``); a region with more local SAR files adds slots, so dvc.yaml follows.
+    """
+    slots = index_slots(root / INDEX_FILE) if slots is None else slots
+    doc = {"vars": [INDEX_FILE], "stages": {s.name: render_stage(s, root, slots) for s in STAGES}}
     return DVC_HEADER + "\n" + yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
+def sar_slot(slot: str, k: int) -> str:
+    """The index slot of the ``k``-th (0-based) local SAR source: sar, sar_2, sar_3 ..."""
+    return slot if k == 0 else f"{slot}_{k + 1}"
 
 
 def local_inputs(region: Region, root: Path) -> dict[str, str]:
     """Each input slot's local file (project-relative when inside the project), else the region file.
 
-    DVC's foreach cannot take a list of dependencies per item, so every region has the same slots;
-    a slot without a local file points at the region file, which the stage depends on anyway.
+    DVC's foreach cannot take a list of dependencies per item (treeverse/dvc#7151), so every
+    region has the same slots (see :func:`input_index`); the SAR slots repeat per local SAR source.
+    A slot without a local file points at the region file, which the stage depends on anyway.
     Remote sources (URLs) are not tracked: they are cached, and `dvc repro -f fetch@NAME` refetches.
     """
     own = region.path.resolve().relative_to(root.resolve()).as_posix()
     slots = {"file": own, "demo": "data/demo" if region.demo else own}  # only demo regions read the demo output
-    for slot, (section, key) in INPUT_SLOTS.items():
-        # the SAR slots take the first local SAR file of the region's sources (one slot each: DVC's foreach)
-        specs = region.sar if section == "sar" else (getattr(region, section),)
-        href = next((spec.get(key) for spec in specs if spec.get(key)), None)
+
+    def rel(href: Any) -> str:
         if not href or "://" in str(href):
-            slots[slot] = own
-            continue
+            return own
         path = Path(region.resolve(str(href))).resolve()
         try:
-            slots[slot] = path.relative_to(root.resolve()).as_posix()
+            return path.relative_to(root.resolve()).as_posix()
         except ValueError:
-            slots[slot] = str(path)
+            return str(path)
+
+    local_sar = [spec for spec in region.sar if spec.get("file") and "://" not in str(spec.get("file"))] or [{}]
+    for slot, (section, key) in INPUT_SLOTS.items():
+        if section == "sar":
+            for k, spec in enumerate(local_sar):
+                slots[sar_slot(slot, k)] = rel(spec.get(key))
+        else:
+            slots[slot] = rel(getattr(region, section).get(key))
     return slots
+
+
+def input_index(regions: list[Region], root: Path) -> dict[str, dict[str, str]]:
+    """regions.index.yaml's entries: every region with the same slots (a missing one: its region file)."""
+    entries = {r.name: local_inputs(r, root) for r in regions}
+    slots = {slot for e in entries.values() for slot in e}
+    return {name: {slot: e.get(slot, e["file"]) for slot in sorted(slots)} for name, e in entries.items()}
+
+
+def index_slots(index_file: Path) -> tuple[str, ...]:
+    """The input slots of an index (the base slots when there is no index or no region)."""
+    data = yaml.safe_load(index_file.read_text(encoding="utf-8")) if index_file.exists() else None
+    entries = list(((data or {}).get("regions") or {}).values())
+    return slots_of(entries[0]) if entries else tuple(INPUT_SLOTS)
+
+
+def slots_of(entry: dict[str, str]) -> tuple[str, ...]:
+    """An index entry's input slots in dvc.yaml order (SAR slots by source, then the others)."""
+    def order(slot: str) -> tuple[int, int, str]:
+        base, _, k = slot.rpartition("_") if slot.rsplit("_", 1)[-1].isdigit() else (slot, "", "1")
+        return (list(INPUT_SLOTS).index(base) if base in INPUT_SLOTS else len(INPUT_SLOTS), int(k), base)
+
+    return tuple(sorted((s for s in entry if s not in ("file", "demo")), key=order))
 
 
 def index_sets(layout: ProjectLayout) -> tuple[str, ...]:
@@ -186,7 +226,7 @@ def render_index(layout: ProjectLayout, sets: tuple[str, ...] | None = None) -> 
     """regions.index.yaml as text, and the region names, after validating every region file of the build."""
     sets = index_sets(layout) if sets is None else tuple(sorted(dict.fromkeys(sets)))
     regions = build_regions(layout, sets)
-    index = {r.name: local_inputs(r, layout.root) for r in regions}
+    index = input_index(regions, layout.root)
     doc: dict[str, Any] = {"regions": index}
     if sets:
         doc["sets"] = list(sets)

@@ -35,7 +35,8 @@ from pipeline.warp import GridParams, grid_region
 log = logging.getLogger("sareo.stages")
 
 # Local files a region file names: DVC must see them as inputs of the region's fetch stage
-# (regions.index.yaml lists them per region; see pipeline.regions.local_inputs).
+# (regions.index.yaml lists them per region; see pipeline.dvcfiles.local_inputs). The SAR slots
+# repeat per local SAR source of a region (sar, sar_metadata, then sar_2, sar_metadata_2, ...).
 INPUT_SLOTS: dict[str, tuple[str, str]] = {
     "sar": ("sar", "file"), "sar_metadata": ("sar", "metadata"), "eo": ("eo", "file"), "osm": ("osm", "file"),
 }
@@ -75,6 +76,7 @@ class Stage:
     writes: Callable[[Any], list[Path]]
     per_region: bool = True
     extra_deps: tuple[str, ...] = ()  # further DVC dependencies (templates over regions.index.yaml)
+    local_inputs: bool = False  # depends on every input slot of regions.index.yaml (the region's local files)
 
 
 # ------------------------------------------------------------------------------------------ adapters
@@ -138,7 +140,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("fetch", "download a region's SAR, EO and OSM into source/", "pipeline.fetch.stage", _fetch,
           (ParamUse(FetchParams), ParamUse(OsmParams, ("read_margin_m", "overpass_url", "overpass_timeout"))),
           lambda r: [], _region_dirs("source"),
-          extra_deps=tuple(f"${{item.{slot}}}" for slot in (*INPUT_SLOTS, "demo"))),
+          extra_deps=("${item.demo}",), local_inputs=True),
     Stage("register", "co-register the SAR to the EO (registration/)", "pipeline.coregister", _register,
           (ParamUse(CoregisterParams),), _region_dirs("source"), _region_dirs("registration")),
     Stage("grid", "calibrate and warp SAR and EO onto the region grid (grid/)", "pipeline.warp", _grid,

@@ -61,6 +61,11 @@ def test_region_stages_depend_on_their_region_file_and_local_inputs() -> None:
             assert "${item.file}" in stages[s.name]["do"]["deps"], s.name
     fetch = stages["fetch"]["do"]["deps"]
     assert all(f"${{item.{slot}}}" in fetch for slot in (*INPUT_SLOTS, "demo"))
+    # every slot of the index is a dependency, and every region has every slot (DVC's foreach)
+    index = yaml.safe_load((ROOT / "regions.index.yaml").read_text())["regions"]
+    slots = {tuple(sorted(e)) for e in index.values()}
+    assert len(slots) == 1
+    assert {f"${{item.{s}}}" for s in slots.pop() if s != "file"} <= set(fetch)
     # publish re-runs when the region list changes (a removed region must leave the dataset)
     assert "regions.index.yaml" in stages["publish"]["deps"]
 

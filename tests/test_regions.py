@@ -188,11 +188,11 @@ def test_named_sets_are_opt_in_and_kept(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_repository_regions_valid_and_index_in_sync(root: Path) -> None:
     """The committed regions all validate and regions.index.yaml lists exactly them."""
-    from pipeline.dvcfiles import local_inputs
+    from pipeline.dvcfiles import input_index
 
     regions = load_regions(root / "regions")
     index = yaml.safe_load((root / "regions.index.yaml").read_text())["regions"]
-    assert index == {r.name: local_inputs(r, root) for r in regions}, "run `sareo sync`"
+    assert index == input_index(regions, root), "run `sareo sync`"
 
 
 def test_cli_separates_user_errors_from_bugs() -> None:
@@ -240,3 +240,30 @@ def test_repository_params_are_all_known_and_documented(root: Path) -> None:
         assert params[cls] is not None
         missing = [k for k, _, doc in section_docs(cls) if not doc]
         assert not missing, f"{cls.section}: undocumented keys {missing}"
+
+
+def test_every_local_sar_file_is_a_dvc_dependency(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A region with several local SAR files gets a slot per file; other regions are padded."""
+    import subprocess
+
+    from dvc.repo import Repo
+
+    write(tmp_path, GOOD)
+    (tmp_path / "inputs").mkdir()
+    files = []
+    for k in (1, 2):
+        for suffix in (".tif", ".json"):
+            (tmp_path / "inputs" / f"s{k}{suffix}").write_bytes(b"scene")
+        files.append({"file": f"inputs/s{k}.tif", "metadata": f"inputs/s{k}.json", "provider": "capella"})
+    write(tmp_path, variant(name="lyon", sar=files), "lyon")
+    assert main(["--root", str(tmp_path), "sync"]) == 0
+    index = yaml.safe_load((tmp_path / "regions.index.yaml").read_text())["regions"]
+    assert index["lyon"]["sar"] == "inputs/s1.tif" and index["lyon"]["sar_2"] == "inputs/s2.tif"
+    assert index["lyon"]["sar_metadata_2"] == "inputs/s2.json"
+    assert index["paris"]["sar_2"] == index["paris"]["file"] == "regions/paris.yaml"  # padded
+    # DVC itself resolves the dvc.yaml sync wrote: lyon's fetch depends on both of its scenes
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    with Repo(str(tmp_path)) as repo:
+        deps = {Path(d.def_path).as_posix() for d in repo.stage.collect("fetch@lyon")[0].deps}
+    assert {"inputs/s1.tif", "inputs/s2.tif", "inputs/s1.json", "inputs/s2.json", "regions/lyon.yaml"} <= deps
