@@ -159,3 +159,34 @@ def test_a_patch_of_an_unlisted_scene_is_an_error(published: dict, tmp_path: Pat
     with pytest.raises(PublishError, match=r"mixed\.zarr: array 'scene' names scene\(s\) \['NOWHERE'\]"):
         publish([store], {}, DatasetFiles(tmp_path / "out"), tmp_path / "stac", PublishParams())
     assert not (tmp_path / "out").exists() and not (tmp_path / "stac").exists()
+
+
+def test_scene_fields_come_from_each_scene_fetch_record(fixtures: Path, tmp_path: Path) -> None:
+    """A multi-scene store without embedded metadata: each scene's source/scenes/ID/ files fill its fields."""
+    lay = RegionLayout(tmp_path / "data", "fetched")
+    arrays = write_test_store(lay.store, "fetched", (-80.05, 32.70, -80.038, 32.708), 5.0, seed=3, urban="rural",
+                              sar_datetime="2024-10-26T18:07:09Z", eo_datetime="2019-03-10")  # fmt: skip
+    g = zarr.open_group(str(lay.store), mode="r+")
+    scene_of = np.where(np.arange(len(arrays["id"])) % 2 == 0, "U1", "C1").astype(str)
+    g["sar_item"][:] = scene_of
+    g["scene"][:] = scene_of
+    g.attrs["scenes"] = [{"id": "U1", "item_id": "U1", "provider": "umbra", "product": "GEC", "polarization": "VV"},
+                         {"id": "C1", "item_id": "C1", "provider": "capella", "product": "GEO", "polarization": "HH"}]
+    umbra = lay.source.scene("U1")
+    umbra.dir.mkdir(parents=True)
+    view = {"sar:observation_direction": "left", "sat:orbit_state": "descending", "view:incidence_angle": 41.0}
+    umbra.provenance.write_text(json.dumps({"sar": {"mode": "SP", "view": view}}))
+    capella = lay.source.scene("C1")
+    capella.dir.mkdir(parents=True)
+    capella.sar_metadata.write_bytes((fixtures / CAPELLA).read_bytes())
+    stac_dir = tmp_path / "stac"
+    publish([lay.store], {}, DatasetFiles(tmp_path / "data" / "dataset"), stac_dir, PublishParams(),
+            sources={"fetched": lay.source})
+    items = {i.id: i for i in pystac.Collection.from_file(str(stac_dir / "collection.json")).get_items(recursive=True)}
+    u, c = items["fetched_U1"], items["fetched_C1"]
+    assert SarExtension.ext(u).instrument_mode == "SP" and SatExtension.ext(u).orbit_state == OrbitState.DESCENDING
+    assert SarExtension.ext(u).observation_direction == ObservationDirection.LEFT
+    assert ViewExtension.ext(u).incidence_angle == pytest.approx(41.0)
+    assert SarExtension.ext(c).instrument_mode == "spotlight" and SatExtension.ext(c).orbit_state == OrbitState.ASCENDING
+    card = next((tmp_path / "data" / "dataset").glob("*.md")).read_text()
+    assert "| SP | left | 41.00 | descending |" in card and "| spotlight | left |" in card

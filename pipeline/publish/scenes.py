@@ -158,7 +158,8 @@ def product_fields(metadata: Mapping[str, Any] | None, sar: Mapping[str, Any] | 
     """STAC sar/sat/view/processing fields of one product, from what is known about it.
 
     ``metadata``: the product's own metadata (Capella extended JSON or a STAC item); ``sar``: the
-    provenance 'sar' record (provider, product, polarization, mode); ``grid_tags``: the SAR grid's
+    provenance 'sar' record (provider, product, polarization, mode, and ``view``: the STAC item's
+    sar:/sat:/view: fields that fetch copied); ``grid_tags``: the SAR grid's
     calibration tags (``incidence_deg``). Earlier sources win; unknown fields are left out.
     """
     sar = sar or {}
@@ -166,6 +167,8 @@ def product_fields(metadata: Mapping[str, Any] | None, sar: Mapping[str, Any] | 
     if isinstance(metadata, Mapping):
         out = _stac_fields(metadata) if "properties" in metadata else _capella_fields(metadata)
     provider = str(sar.get("provider") or "").lower()
+    for k, v in _stac_fields({"properties": sar.get("view") or {}}).items():  # the item's own fields, as fetched
+        out.setdefault(k, v)
     if "sar:frequency_band" not in out and provider in PROVIDER_BAND:
         out["sar:frequency_band"] = PROVIDER_BAND[provider]
     if "sar:polarizations" not in out and sar.get("polarization"):
@@ -198,7 +201,8 @@ def region_scenes(meta: StoreMeta, splits: tuple[str, ...], source: SourceFiles 
                   registration: RegistrationFiles | None = None) -> list[Scene]:
     """The scenes of one store, with their patch counts (from ``sar_item``) and STAC fields.
 
-    A single-scene store without embedded metadata reads ``source.sar_metadata`` when it exists,
+    A store without embedded metadata reads each scene's ``source/scenes/ID/sar_metadata.json``
+    (a single-scene store of the old layout: ``source.sar_metadata``) when it exists,
     and its registration residuals from ``registration.record``. Every ``sar_item`` value must
     name one of the scenes.
     """
@@ -211,9 +215,16 @@ def region_scenes(meta: StoreMeta, splits: tuple[str, ...], source: SourceFiles 
     for rec in records:
         sar = rec.get("sar") if isinstance(rec.get("sar"), dict) else rec
         sid = str((rec.get("id") if by_scene else None) or sar.get("item_id") or sar.get("id") or "")
+        if by_scene and source is not None and source.scene(sid).provenance.is_file():
+            # the scene's fetch record (mode, the item's sar:/view: fields) under what the store kept
+            fetched = read_json(source.scene(sid).provenance, PublishError).get("sar") or {}
+            sar = {**fetched, **sar} if isinstance(fetched, dict) else sar
         metadata = rec.get("metadata")
-        if metadata is None and len(records) == 1 and source is not None and source.sar_metadata.is_file():
-            metadata = read_json(source.sar_metadata, PublishError)
+        if metadata is None and source is not None:  # the scene's own product metadata, as fetched
+            found = [f for f in (source.scene(sid).sar_metadata if by_scene else None,
+                                 source.sar_metadata if len(records) == 1 else None) if f is not None and f.is_file()]
+            if found:
+                metadata = read_json(found[0], PublishError)
         tags = rec.get("sar_grid_tags") or rec.get("calibration") or (grid_tags.get(sid) if by_scene else None) or {}
         mask = items == sid if len(records) > 1 or by_scene else np.ones(meta.n, bool)
         counts = {s: int(((split == s) & mask).sum()) for s in splits}
