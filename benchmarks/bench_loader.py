@@ -51,12 +51,14 @@ def build_region(root: Path, size_px: int, seed: int = 0) -> Path:
     h, w = grid.shape
     common = dict(driver="GTiff", width=w, height=h, crs="EPSG:4326", transform=grid.transform, tiled=True,
                   blockxsize=512, blockysize=512)  # fmt: skip
-    (root / "grid").mkdir(parents=True)
+    scene = "S1"  # one scene, laid out as fetch and grid write a many-scene region
+    (root / "grid" / "scenes" / scene).mkdir(parents=True)
     (root / "labels").mkdir()
-    (root / "source").mkdir()
+    (root / "source" / "scenes" / scene).mkdir(parents=True)
+    (root / "source" / "scenes" / scene / "sar.tif").write_bytes(b"simulated")  # read_scenes checks it is there
     rng = np.random.default_rng(seed)
     with (
-        rasterio.open(root / "grid/sar_db.tif", "w", count=1, dtype="float32", nodata=float("nan"), compress="zstd",
+        rasterio.open(root / "grid/scenes" / scene / "sar_db.tif", "w", count=1, dtype="float32", nodata=float("nan"), compress="zstd",
                       predictor=3, **common) as sar_ds,
         rasterio.open(root / "grid/eo.tif", "w", count=4, dtype="uint8", compress="zstd", predictor=2,
                       photometric="RGB", alpha="YES", **common) as eo_ds,
@@ -85,7 +87,8 @@ def build_region(root: Path, size_px: int, seed: int = 0) -> Path:
             z_ds.write((blocks % 3).astype(np.uint8), 1, window=win)
     (root / "grid/grid.json").write_text(grid.to_json())
     (root / "labels/labels.json").write_text(json.dumps({"urban_rural": {"class": "urban"}}))
-    prov = {"sar": {"item_id": "SIMULATED", "datetime": "2024-01-01T00:00:00Z", "provider": "capella"},
+    prov = {"scenes": [{"scene": scene, "item_id": "SIMULATED", "datetime": "2024-01-01T00:00:00Z",
+                        "provider": "capella", "product": "GEO", "polarization": "HH"}],
             "eo": {"source": "simulated", "datetime": "2023-06-01"}}  # fmt: skip
     (root / "source/provenance.json").write_text(json.dumps(prov))
     return root
@@ -340,7 +343,7 @@ def main() -> None:
         print(f"  sareo loader read_batch({args.batch})            {batched:8.0f}  {batched / floor:5.2f} x floor")
         print(f"  zarr-python 3 on the store               {zpy:8.0f}  {zpy / floor:5.2f} x floor")
         if "rasterio" not in skip:
-            src = [rasterio.open(region / "grid/sar_db.tif"), rasterio.open(region / "grid/eo.tif"),
+            src = [rasterio.open(region / "grid/scenes/S1/sar_db.tif"), rasterio.open(region / "grid/eo.tif"),
                    rasterio.open(region / "labels/labels.tif")]  # fmt: skip
 
             def windows(i: int):
