@@ -18,6 +18,7 @@ stride 128, shards of 256), then reads the same patches in the same random order
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -391,15 +392,13 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def remote_section(work: Path, store: Path, order, local_ds, batch: int) -> None:
-    """Loopback S3 (moto server in its own process) and HTTPS (TLS, Range support), vs ranged
-    GETs written by hand on one persistent connection (+ the same decode)."""
+@contextlib.contextmanager
+def moto_process():
+    """A moto S3 server in its own process on 127.0.0.1 (so its CPU is not this process's), with the
+    AWS settings of this process pointed at it; yields a tests/servers.py S3Server."""
     import subprocess
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from range_server import serve_ranges
-
-    from pipeline.loader import PatchDataset
     from servers import S3Server, free_port
 
     port = free_port()
@@ -414,9 +413,24 @@ def remote_section(work: Path, store: Path, order, local_ds, batch: int) -> None
                 break
             except Exception:
                 time.sleep(0.1)
-        url = s3.publish(store, "bench", "patches.zarr")
         os.environ.update({"AWS_ENDPOINT_URL": s3.endpoint, "AWS_ACCESS_KEY_ID": "testing",
                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-west-2"})  # fmt: skip
+        yield s3
+    finally:
+        moto.terminate()
+        moto.wait()
+
+
+def remote_section(work: Path, store: Path, order, local_ds, batch: int) -> None:
+    """Loopback S3 (moto server in its own process) and HTTPS (TLS, Range support), vs ranged
+    GETs written by hand on one persistent connection (+ the same decode)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from range_server import serve_ranges
+
+    from pipeline.loader import PatchDataset
+
+    with moto_process() as s3:
+        url = s3.publish(store, "bench", "patches.zarr", commit=True)
         floor = bench(Floor(store, lambda: http_fetch(f"{s3.endpoint}/bench/patches.zarr")), order, passes=1)
         ds = PatchDataset(url)
         plain = bench(lambda i: ds[i], order, passes=1)
@@ -439,9 +453,6 @@ def remote_section(work: Path, store: Path, order, local_ds, batch: int) -> None
         print(f"  sareo loader read_batch({batch}), no cache   {plain_b:8.0f}  {plain_b / floor:5.2f} x floor")
         print(f"  sareo loader, cache cold (first epoch)   {cold:8.0f}  {cold / floor:5.2f} x floor")
         print(f"  sareo loader, cache warm (next epochs)   {warm:8.0f}  {warm / floor:5.2f} x floor")
-    finally:
-        moto.terminate()
-        moto.wait()
 
     server_ctx, client_ctx, ca = self_signed_tls(work)
     os.environ["SSL_CERT_FILE"] = str(ca)  # urllib3 trusts the loopback certificate
@@ -458,6 +469,7 @@ def remote_section(work: Path, store: Path, order, local_ds, batch: int) -> None
         print(f"  hand-written ranged GETs (floor)         {floor:8.0f}")
         print(f"  sareo loader ds[i]                       {plain:8.0f}  {plain / floor:5.2f} x floor")
         print(f"  sareo loader read_batch({batch}), concurrent {plain_b:8.0f}  {plain_b / floor:5.2f} x floor")
+
 
 if __name__ == "__main__":
     main()

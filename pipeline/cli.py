@@ -49,11 +49,37 @@ def run_stage(stage: Stage, ctx: Context, name: str | None = None, wait: bool = 
     with stage_lock(ctx.layout.lock(stage.name, name if stage.per_region else None), what, wait):
         t0 = time.perf_counter()
         log.info("%s: start", what)
-        if region is not None:
-            stage.run(ctx, region)
-        else:
-            stage.run(ctx)
+        with _outputs(stage, ctx.layout, name):
+            if region is not None:
+                stage.run(ctx, region)
+            else:
+                stage.run(ctx)
         log.info("%s: done in %.1f s", what, time.perf_counter() - t0)
+
+
+def _outputs(stage: Stage, layout: ProjectLayout, name: str | None):
+    """Local data: nothing to do. ``--data s3://``: the stage's inputs pulled to scratch, its outputs
+    pushed and committed after (the patch store is written to S3 directly); see pipeline.storage."""
+    import contextlib
+
+    from pipeline.storage import StorageError, remote_stage
+
+    if layout.remote is None:
+        return contextlib.nullcontext()
+    if not stage.per_region:
+        raise StorageError(f"sareo {stage.name}: runs on local data only (it writes {', '.join(str(p) for p in stage.writes(layout))}); "
+                           "run it without --data s3://...")
+    r = layout.region(str(name))
+    return remote_stage(layout, stage.reads(r), stage.writes(r), direct=[r.store])
+
+
+def claim_data(ctx: Context, overwrite: bool) -> None:
+    """Under ``--data s3://``: make sure the prefix is this dataset's (pipeline.storage.claim)."""
+    if ctx.layout.remote is not None:
+        from pipeline.publish.params import PublishParams
+        from pipeline.storage import claim
+
+        claim(ctx.layout.remote, ctx.params[PublishParams].id, overwrite)
 
 
 def sync(layout: ProjectLayout, sets: tuple[str, ...] | None = None) -> list[str]:
@@ -145,6 +171,7 @@ def _cmd_info(args: argparse.Namespace, ctx: Context) -> None:
 
 def _cmd_stage(args: argparse.Namespace, ctx: Context) -> None:
     stage = BY_NAME[args.stage]
+    claim_data(ctx, args.overwrite)
     if stage.per_region:
         run_stage(stage, ctx, args.region, wait=not args.no_wait)
     else:
@@ -155,6 +182,7 @@ def _cmd_run(args: argparse.Namespace, ctx: Context) -> None:
     """Every stage for the given (default: all) regions, without DVC: handy for a quick try."""
     names = args.regions or _names(ctx.layout)
     wait = not args.no_wait
+    claim_data(ctx, args.overwrite)
     if any(region_of(ctx.layout, n).demo for n in names) and not ctx.layout.demo.exists():
         run_stage(BY_NAME["demo"], ctx, wait=wait)
     for name in names:
@@ -162,6 +190,10 @@ def _cmd_run(args: argparse.Namespace, ctx: Context) -> None:
             if stage.name == "register" and not ctx.params[CoregisterParams].enabled:
                 continue
             run_stage(stage, ctx, name, wait=wait)
+    if ctx.layout.remote is not None:
+        log.warning("publish: not run (it reads and writes local data); the stores are under %s/patches",
+                    ctx.layout.remote)
+        return
     run_stage(BY_NAME["publish"], Context(ctx.layout, ctx.params, _names(ctx.layout)), wait=wait)
 
 
@@ -174,7 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"sareo {__version__}")
     p.add_argument("--root", default=".", help="project root holding regions/ and params.yaml (default: .)")
     p.add_argument("--params", default=None, help="parameter file (default: ROOT/params.yaml)")
-    p.add_argument("--data", default=None, help="data directory (default: ROOT/data)")
+    p.add_argument("--data", default=None,
+                   help="data directory (default: ROOT/data), or s3://BUCKET/PREFIX for outputs on object storage "
+                   "(endpoint and credentials from AWS_ENDPOINT_URL, AWS_PROFILE, ~/.aws; docs/storage.md)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --data s3://: build into a prefix that holds something else (deletes it first)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("--no-wait", action="store_true",
@@ -214,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    layout = ProjectLayout.at(Path(args.root).resolve(), Path(args.data).resolve() if args.data else None)
     try:
+        layout = _layout(args.root, args.data)
         params = load_params(args.params or layout.params_file, PARAM_SECTIONS)
         args.func(args, Context(layout, params))
     except Exception as exc:
@@ -224,6 +260,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sareo: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _layout(root: str, data: str | None) -> ProjectLayout:
+    """The project layout; ``--data s3://...`` keeps a local scratch copy for stages in transit."""
+    from pipeline.remote import is_url
+    from pipeline.storage import StorageError, is_s3, scratch_dir
+
+    if is_s3(data):
+        return ProjectLayout.at(Path(root).resolve(), scratch_dir(str(data)) / "data", remote=str(data))
+    if is_url(data):
+        raise StorageError(f"--data {data}: only local directories and s3://BUCKET/PREFIX can receive outputs")
+    return ProjectLayout.at(Path(root).resolve(), Path(data).resolve() if data else None)
 
 
 def is_user_error(exc: BaseException) -> bool:

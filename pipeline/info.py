@@ -46,7 +46,7 @@ def _splits_line(counts: dict[str, int]) -> str:
     return f"{total} patches (" + ", ".join(f"{s} {n}" for s, n in counts.items()) + ")"
 
 
-def store_info(path: Path) -> list[str]:
+def store_info(path: str | Path) -> list[str]:
     """Summary lines of one patch store."""
     from pipeline.store import read_class_hist, read_meta, store_attrs
 
@@ -74,9 +74,20 @@ def store_info(path: Path) -> list[str]:
     hist = read_class_hist(path).sum(axis=0)
     names += [f"class {i}" for i in range(len(names), len(hist))]
     lines += _classes_lines(names, hist)
-    files, size = _dir_bytes(path)
-    lines.append(f"  size: {human_bytes(size)} in {files} files")
+    files, size = _store_bytes(path)
+    lines.append(f"  size: {human_bytes(size)} in {files} files" if files else "  size: unknown (a web copy)")
     return lines
+
+
+def _store_bytes(path: str | Path) -> tuple[int, int]:
+    """Files and bytes of a store: walked locally, from its manifest on S3 (committed: checked)."""
+    from pipeline.remote import is_url
+    from pipeline.storage import is_s3, verify
+
+    if is_s3(path):
+        m = verify(str(path)) or {}
+        return int(m.get("count", 0)), int(m.get("bytes", 0))
+    return (0, 0) if is_url(path) else _dir_bytes(Path(path))
 
 
 def dataset_info(folder: Path) -> list[str]:
@@ -112,7 +123,12 @@ def dataset_info(folder: Path) -> list[str]:
 
 
 def info(path: str | os.PathLike[str]) -> str:
-    """The summary of ``path`` (a store, a dataset folder or its stats.json) as text."""
+    """The summary of ``path`` (a store, a dataset folder or its stats.json; a store may be an
+    ``s3://`` or ``https://`` URL) as text."""
+    from pipeline.remote import is_url
+
+    if is_url(path):
+        return "\n".join(store_info(str(path).rstrip("/")))
     p = Path(path)
     if p.name == "stats.json" and p.is_file():
         p = p.parent

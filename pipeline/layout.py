@@ -161,6 +161,7 @@ class RegionLayout:
 
     data: Path
     name: str
+    remote: str | None = None  # the s3:// data prefix under `--data s3://` (data is then a scratch copy)
 
     @property
     def dir(self) -> Path:
@@ -186,6 +187,12 @@ class RegionLayout:
     def store(self) -> Path:
         return self.data / "patches" / f"{self.name}.zarr"
 
+    @property
+    def store_out(self) -> str | Path:
+        """Where the patches stage writes the store: its local path, or its URL under ``--data s3://``
+        (written there directly, shard by shard)."""
+        return self.store if self.remote is None else f"{self.remote}/patches/{self.name}.zarr"
+
 
 @dataclass(frozen=True)
 class ProjectLayout:
@@ -193,11 +200,18 @@ class ProjectLayout:
 
     root: Path
     data: Path
+    remote: str | None = None  # `--data s3://BUCKET/PREFIX`: the outputs' home; `data` is then a local scratch copy
 
     @classmethod
-    def at(cls, root: str | Path, data: str | Path | None = None) -> ProjectLayout:
+    def at(cls, root: str | Path, data: str | Path | None = None, remote: str | None = None) -> ProjectLayout:
         r = Path(root)
-        return cls(r, Path(data) if data is not None else r / "data")
+        return cls(r, Path(data) if data is not None else r / "data", remote.rstrip("/") if remote else None)
+
+    def url_of(self, path: Path) -> str:
+        """The URL under the remote data prefix of a (scratch) path under ``data``."""
+        if self.remote is None:
+            raise ValueError(f"{path}: no remote data prefix (--data s3://...) in this layout")
+        return f"{self.remote}/{Path(path).relative_to(self.data).as_posix()}"
 
     @property
     def regions_dir(self) -> Path:
@@ -220,7 +234,7 @@ class ProjectLayout:
         return self.root / INDEX_FILE
 
     def region(self, name: str) -> RegionLayout:
-        return RegionLayout(self.data, name)
+        return RegionLayout(self.data, name, self.remote)
 
     @property
     def patches_dir(self) -> Path:

@@ -23,7 +23,6 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from pipeline import __version__
-from pipeline.atomic import atomic_path
 from pipeline.documents import read_json
 from pipeline.grid import Grid
 from pipeline.layout import GridFiles, LabelFiles, RegistrationFiles, SourceFiles
@@ -32,7 +31,9 @@ from pipeline.progress import Progress
 from pipeline.provenance import attribution_lines, licences, parse_datetime, sha256_file
 from pipeline.scenes import Scene, SceneError, read_scenes
 from pipeline.splits import SPLITS, SplitsParams, split_footprints, split_patches
-from pipeline.store import LABEL_NODATA, N_CLASSES, PATCH_ORDER, create_store, write_meta, write_patches
+from pipeline.storage import open_output_store
+from pipeline.store import (LABEL_NODATA, N_CLASSES, PATCH_ORDER, ShardAssembler, create_store, write_meta,
+                           write_shards)
 from pipeline.tiequality import tie_point_quality
 
 log = logging.getLogger("sareo.patches")
@@ -194,8 +195,8 @@ def valid_tables(layers: dict[str, Any], height: int, width: int, cell: int, ban
 class _SegmentWriter:
     """Collect patches of one split into shard-aligned segments; write each when complete.
 
-    A shard holding the end of one split and the start of the next is written in two partial
-    writes (zarr merges them); all others are written whole, once. Writes run in order on one
+    A shard holding the end of one split and the start of the next waits in a ShardAssembler
+    for its second segment: every shard is written whole, once (one PUT on S3). Writes run in order on one
     background thread, overlapping the next band's reads; at most one write is pending.
     """
 
@@ -206,6 +207,7 @@ class _SegmentWriter:
         self.buf: dict[int, dict[str, Any]] = {}
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.pending: Future | None = None
+        self.shards = ShardAssembler(n, shard)
         segments = sum((e - 1) // shard - s // shard + 1 for s, e in zip(starts, self.ends) if e > s)
         self.bar = Progress("patches: shard writes", segments, "shards", logger=log)
 
@@ -232,12 +234,16 @@ class _SegmentWriter:
             self._flush(self.buf.pop(s))
 
     def _flush(self, seg: dict[str, Any]) -> None:
+        whole = self.shards.add(seg["a"], {name: seg[name] for name in ("sar", "eo", "label")})
+        if whole is None:
+            self.bar.update()  # a shard's first segment: written with its last
+            return
         if self.pending is not None:
             self.pending.result()
-        self.pending = self.pool.submit(self._write, seg)
+        self.pending = self.pool.submit(self._write, *whole)
 
-    def _write(self, seg: dict[str, Any]) -> None:
-        write_patches(self.group, seg["a"], {name: seg[name] for name in ("sar", "eo", "label")})
+    def _write(self, start: int, layers: dict[str, np.ndarray]) -> None:
+        write_shards(self.group, start, layers)
         self.bar.update()
 
     def close(self) -> None:
@@ -245,8 +251,8 @@ class _SegmentWriter:
             self.pending.result()
         self.pool.shutdown()
         self.bar.close()
-        if self.buf:
-            raise RuntimeError(f"internal: unfinished segments {list(self.buf)}")
+        if self.buf or self.shards.pending():
+            raise RuntimeError(f"internal: unfinished segments {list(self.buf)}, shards {self.shards.pending()}")
 
 
 def cut_patches(
@@ -400,8 +406,8 @@ def _patch_region(region: Any, source: SourceFiles, registration: RegistrationFi
         scene_info = [_scene_info(sc, records[sc.id], p.flagged_registration) for sc in scenes]
         attrs = _attrs(name, grid, labels_json, provenance, summary, scene_info, inputs, report, p, sp,
                        {sc.id: dict(sorted(layers["sar"].tags().items())) for sc, layers, *_ in per_scene})
-        with atomic_path(out_store) as tmp:
-            group = create_store(tmp, n, size=size, shard_patches=p.shard_patches, level=p.compression_level,
+        with open_output_store(out_store) as target:
+            group = create_store(target, n, size=size, shard_patches=p.shard_patches, level=p.compression_level,
                                  attrs=attrs)  # fmt: skip
             writer = _SegmentWriter(group, starts, n, p.shard_patches, size)
             derived = {"class_hist": np.zeros((n, N_CLASSES), np.int32),

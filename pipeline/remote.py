@@ -123,10 +123,9 @@ class S3Remote(Remote):
             if code in ("PreconditionFailed", "412"):
                 raise RemoteError(f"{self.where(key)}: the object changed while being read (ETag no longer "
                                   f"matches); reopen the dataset") from None  # fmt: skip
-            raise RemoteError(f"{self.where(key)}: S3 refused the read ({code or status}: "
-                              f"{exc.response.get('Error', {}).get('Message', '')})") from None  # fmt: skip
+            raise s3_error(exc, self.where(key), self.bucket, "read") from None
         except BotoCoreError as exc:
-            raise RemoteError(f"{self.where(key)}: cannot reach S3 ({exc})") from None
+            raise s3_error(exc, self.where(key), self.bucket, "read") from None
 
     def get(self, key: str) -> bytes | None:
         r = self._call(key)
@@ -201,6 +200,22 @@ class HTTPRemote(Remote):
         if etag and self._tag(r) != etag:
             raise RemoteError(f"{self.where(key)}: the object changed while being read; reopen the dataset")
         return r.data
+
+
+def s3_error(exc: Exception, where: str, bucket: str, action: str) -> RemoteError:
+    """One clear line for a failed S3 request: a missing bucket and a refusal named as such."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return RemoteError(f"{where}: cannot reach S3 ({exc})")
+    err = exc.response.get("Error", {})
+    code = str(err.get("Code", "")) or str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+    if code == "NoSuchBucket":
+        return RemoteError(f"{where}: bucket {bucket!r} does not exist (NoSuchBucket); create it or fix --data")
+    if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        hint = "; the bucket policy or the credentials do not allow writes" if action != "read" else ""
+        return RemoteError(f"{where}: S3 refused the {action} ({code}: {err.get('Message', '')}){hint}")
+    return RemoteError(f"{where}: S3 refused the {action} ({code}: {err.get('Message', '')})")
 
 
 def _total_size(content_range: str | None, where: str) -> int:

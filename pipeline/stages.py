@@ -109,7 +109,7 @@ def _labels(ctx: Context, region: Region) -> Path:
 
 def _patches(ctx: Context, region: Region) -> Any:
     r = ctx.layout.region(region.name)
-    return patch_region(region, r.source, r.registration, r.grid, r.labels, r.store, ctx.params[PatchesParams],
+    return patch_region(region, r.source, r.registration, r.grid, r.labels, r.store_out, ctx.params[PatchesParams],
                         ctx.params[SplitsParams])
 
 

@@ -85,7 +85,7 @@ def chunk_compressors(level: int) -> tuple:
 
 
 def create_store(
-    path: str | os.PathLike[str],
+    path: Any,
     n: int,
     size: int = 256,
     shard_patches: int = 256,
@@ -94,6 +94,8 @@ def create_store(
 ):  # -> zarr.Group
     """Create an empty store at ``path`` (which must not exist yet) with all arrays of ``n`` patches.
 
+    ``path`` is a local path or a zarr store object (``pipeline.storage.open_output_store`` yields
+    either).
     Chunk = one patch, shard = ``shard_patches`` patches, zstd at ``level`` (one int, or per
     image array {"sar", "eo", "label"}; metadata arrays use the ``eo`` level) then crc32c
     (``chunk_compressors``). Every chunk is written even when it equals the fill value, so a
@@ -107,7 +109,8 @@ def create_store(
     unknown = sorted(set(levels) - set(IMAGE_ARRAYS))
     if unknown:
         raise StoreError(f"compression level for unknown array(s) {unknown}; expected {list(IMAGE_ARRAYS)}")
-    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    target = str(path) if isinstance(path, (str, os.PathLike)) else path
+    group = zarr.open_group(store=target, mode="w-", zarr_format=3)
     if attrs:
         group.attrs.update(canonical(attrs))
     for name, (dtype, dims, fill) in IMAGE_ARRAYS.items():
@@ -157,6 +160,60 @@ def write_patches(group, start: int, layers: Mapping[str, np.ndarray]) -> None:
         if name not in IMAGE_ARRAYS:
             raise StoreError(f"write_patches: {name!r} is not an image array; expected {list(IMAGE_ARRAYS)}")
         group[name].with_config({"write_empty_chunks": True})[start : start + len(values)] = values
+
+
+def write_shards(group, start: int, layers: Mapping[str, np.ndarray]) -> None:
+    """Write image rows ``start:start+len`` that are whole shards (the last one may end at the
+    array's end), so each shard is encoded once and stored in one write (one PUT on S3), never
+    merged with a shard already stored. Any other range is refused."""
+    import contextlib
+
+    keys = []
+    for name, values in layers.items():
+        arr = group[name]
+        shard, n, end = arr.shards[0], arr.shape[0], start + len(values)
+        if start % shard or (end % shard and end != n) or end > n:
+            raise StoreError(f"write_shards: {name} rows {start}:{end} are not whole shards of {shard} "
+                             f"(array of {n}); buffer whole shards (ShardAssembler)")
+        rest = (0,) * (arr.ndim - 1)
+        keys += [f"{arr.path}/{arr.metadata.encode_chunk_key((s, *rest))}" for s in range(start // shard,
+                                                                                          -(-end // shard))]
+    whole = getattr(group.store, "whole", None)
+    with whole(keys) if whole else contextlib.nullcontext():
+        write_patches(group, start, layers)
+
+
+class ShardAssembler:
+    """Collect row segments of the image layers until a shard is complete, then hand it over whole.
+
+    A shard that straddles two splits gets its rows from two segments written at different times
+    (one split's end, the next one's start); the first waits here (its own rows only) for the rest.
+    """
+
+    def __init__(self, n: int, shard: int):
+        self.n, self.shard = n, shard
+        self.parts: dict[int, list[tuple[int, dict[str, np.ndarray]]]] = {}
+
+    def add(self, start: int, layers: Mapping[str, np.ndarray]) -> tuple[int, dict[str, np.ndarray]] | None:
+        """Add rows ``start:start+len`` (inside one shard); the whole shard ``(start, layers)`` once complete."""
+        k = start // self.shard
+        length = len(next(iter(layers.values())))
+        if (start + length - 1) // self.shard != k:
+            raise StoreError(f"ShardAssembler: rows {start}:{start + length} span shards; add one shard's rows at a time")
+        parts = self.parts.setdefault(k, [])
+        parts.append((start, dict(layers)))
+        a, b = k * self.shard, min(self.n, (k + 1) * self.shard)
+        if sum(len(next(iter(p.values()))) for _, p in parts) < b - a:
+            return None
+        del self.parts[k]
+        parts.sort(key=lambda x: x[0])
+        if len(parts) == 1:
+            return a, parts[0][1]
+        return a, {name: np.concatenate([p[name] for _, p in parts]) for name in parts[0][1]}
+
+    def pending(self) -> list[int]:
+        """Shards still waiting for rows (empty once every row was added)."""
+        return sorted(self.parts)
 
 
 def write_meta(group, meta: Mapping[str, Any]) -> None:
@@ -239,6 +296,7 @@ def open_store(path: str | os.PathLike[str], mode: str = "r"):  # -> zarr.Group
     if is_url(path):
         if mode != "r":
             raise StoreError(f"{path}: remote stores open read-only (mode={mode!r})")
+        _check_committed(str(path))
         store = zarr_store(open_remote(str(path)))
         if store.remote.get("zarr.json") is None:
             raise StoreError(f"{path}: not a Zarr v3 store (no zarr.json)")
@@ -254,6 +312,15 @@ def open_store(path: str | os.PathLike[str], mode: str = "r"):  # -> zarr.Group
     return group
 
 
+def _check_committed(url: str) -> None:
+    """An ``s3://`` store must be committed (``pipeline.storage``); https copies are static."""
+    if url.startswith("s3://"):
+        from pipeline.storage import verify
+
+        if verify(url) is None:
+            raise StoreError(f"{url}: no such store (nothing under that prefix)")
+
+
 def _has_array(group, name: str) -> bool:
     try:
         group[name]
@@ -267,6 +334,8 @@ def store_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
     from pipeline.remote import is_url, open_remote
 
     where = f"{path}/zarr.json" if is_url(path) else Path(path) / "zarr.json"
+    if is_url(path):
+        _check_committed(str(path))
     try:
         text = open_remote(str(path)).get("zarr.json") if is_url(path) else Path(where).read_text()
         if text is None:

@@ -117,8 +117,11 @@ class S3Server:
             aws_secret_access_key="testing",
         )
 
-    def publish(self, directory: str | Path, bucket: str, prefix: str = "") -> str:
-        """Upload every file under ``directory`` as public-read; returns 's3://bucket/prefix'."""
+    def publish(self, directory: str | Path, bucket: str, prefix: str = "", commit: bool = False) -> str:
+        """Upload every file under ``directory`` as public-read; returns 's3://bucket/prefix'.
+
+        ``commit``: then write the prefix's sareo manifest (``pipeline.storage``), as a pipeline
+        write does, so an ``s3://`` reader accepts it as a patch store."""
         c = self.client()
         existing = {b["Name"] for b in c.list_buckets().get("Buckets", [])}
         if bucket not in existing:
@@ -128,6 +131,16 @@ class S3Server:
             if p.is_file():
                 key = f"{prefix.strip('/')}/{p.relative_to(root).as_posix()}".lstrip("/")
                 c.put_object(Bucket=bucket, Key=key, Body=p.read_bytes(), ACL="public-read")
+        if commit:
+            from pipeline.atomic import dumps_json
+            from pipeline.storage import MANIFEST, manifest
+
+            base = f"{prefix.strip('/')}/".lstrip("/")
+            listing = {o["Key"][len(base):]: (int(o["Size"]), str(o["ETag"]))
+                       for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
+                       for o in page.get("Contents", [])}
+            c.put_object(Bucket=bucket, Key=f"{base}{MANIFEST}", Body=dumps_json(manifest(listing)).encode(),
+                         ACL="public-read")
         return f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
 
 
