@@ -109,7 +109,7 @@ def _cmd_sync(args: argparse.Namespace, ctx: Context) -> None:
 def _cmd_params(args: argparse.Namespace, ctx: Context) -> None:
     """Every parameter with its default and what it does (the reference for params.yaml)."""
     for cls in PARAM_SECTIONS:
-        users = [s.name for s in STAGES if any(u.section is cls for u in s.params)]
+        users = [s.name for s in STAGES if any(u.section is cls for u in s.params)] or ["all; no DVC dependency"]
         print(f"{cls.section}:  # {(cls.__doc__ or '').strip().splitlines()[0]} (stages: {', '.join(users)})")
         current = ctx.params[cls]
         for key, default, doc in section_docs(cls):
@@ -144,7 +144,7 @@ def _cmd_stage(args: argparse.Namespace, ctx: Context) -> None:
     if stage.per_region:
         run_stage(stage, ctx, args.region, wait=not args.no_wait)
     else:
-        run_stage(stage, Context(ctx.layout, ctx.params, _names(ctx.layout)), wait=not args.no_wait)
+        run_stage(stage, Context(ctx.layout, ctx.params, _names(ctx.layout), ctx.scheduler), wait=not args.no_wait)
 
 
 def _cmd_run(args: argparse.Namespace, ctx: Context) -> None:
@@ -158,7 +158,7 @@ def _cmd_run(args: argparse.Namespace, ctx: Context) -> None:
             if stage.name == "register" and not ctx.params[CoregisterParams].enabled:
                 continue
             run_stage(stage, ctx, name, wait=wait)
-    run_stage(BY_NAME["publish"], Context(ctx.layout, ctx.params, _names(ctx.layout)), wait=wait)
+    run_stage(BY_NAME["publish"], Context(ctx.layout, ctx.params, _names(ctx.layout), ctx.scheduler), wait=wait)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data directory (default: ROOT/data)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the heavy work (warp and label blocks, patch shards, scenes) on this dask.distributed "
+                   "scheduler, e.g. tcp://HOST:8786 (overrides compute.scheduler; default: local threads; "
+                   "docs/compute.md)")
     p.add_argument("--no-wait", action="store_true",
                    help="refuse to run a stage that another sareo run is running for the same region "
                    "(default: say so and wait for it)")
@@ -213,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     layout = ProjectLayout.at(Path(args.root).resolve(), Path(args.data).resolve() if args.data else None)
     try:
         params = load_params(args.params or layout.params_file, PARAM_SECTIONS)
-        args.func(args, Context(layout, params))
+        args.func(args, Context(layout, params, scheduler=args.scheduler))
     except Exception as exc:
         if args.verbose > 1 or not is_user_error(exc):
             raise
