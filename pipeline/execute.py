@@ -97,10 +97,27 @@ def gdal_cache(mb: int) -> Iterator[None]:
 
 
 def _run_task(fn: Callable[..., R], shared: Any, item: Any, gdal_cache_mb: int | None, has_shared: bool) -> R:
-    """What a worker runs: bound its GDAL cache, then the stage's function."""
+    """What a worker runs: bound its GDAL cache, then the stage's function (its error made portable)."""
     if gdal_cache_mb is not None:
         bound_gdal_cache(gdal_cache_mb)
-    return fn(shared, item) if has_shared else fn(item)
+    try:
+        return fn(shared, item) if has_shared else fn(item)
+    except Exception as exc:
+        error = _portable(exc)
+    raise error  # outside the handler: no chained GDAL error (dask pickles the chain, and GDAL's do not pickle)
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc`` as the client can unpickle it: the same type and message, without the chain of causes
+    (dask would otherwise hand back a bare ``Exception(repr)``), else a RuntimeError naming the type."""
+    import pickle
+
+    try:
+        new = type(exc)(*exc.args)
+        pickle.loads(pickle.dumps(new))
+        return new
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 _NO_SHARED = object()
