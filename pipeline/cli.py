@@ -18,6 +18,7 @@ from pipeline import __version__
 from pipeline.atomic import remove_tree, write_text
 from pipeline.coregister import CoregisterParams
 from pipeline.dvcfiles import build_regions, index_sets, render_dvc_yaml, render_index
+from pipeline.execute import close_all
 from pipeline.layout import INDEX_FILE, ProjectLayout
 from pipeline.locks import stage_lock
 from pipeline.params import load_params, section_docs
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sareo: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        close_all()
     return 0
 
 

@@ -211,7 +211,7 @@ class Executor:
         t = self.p.connect_timeout_s
         if self.address is None:
             self._cluster = LocalCluster(n_workers=self.p.threads, threads_per_worker=1, processes=True,
-                                         dashboard_address=None)
+                                         dashboard_address=None, silence_logs=logging.WARNING)
             self._client = Client(self._cluster, set_as_default=False)
             return self._client
         try:
@@ -284,6 +284,13 @@ def executor_for(p: ComputeParams | None = None, scheduler: str | None = None) -
     if key not in _EXECUTORS:
         _EXECUTORS[key] = Executor(p, scheduler)
     return _EXECUTORS[key]
+
+
+def close_all() -> None:
+    """Close every client and local cluster this process opened (the CLI, at exit)."""
+    for ex in _EXECUTORS.values():
+        ex.close()
+    _EXECUTORS.clear()
 
 
 def local(threads: int = ComputeParams.threads) -> Executor:
