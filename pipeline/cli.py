@@ -20,6 +20,7 @@ from pipeline import __version__
 from pipeline.atomic import remove_tree, write_text
 from pipeline.coregister import CoregisterParams
 from pipeline.dvcfiles import build_regions, index_sets, render_dvc_yaml, render_index, slots_of
+from pipeline.execute import close_all
 from pipeline.layout import INDEX_FILE, ProjectLayout
 from pipeline.locks import stage_lock
 from pipeline.params import load_params, section_docs
@@ -139,7 +140,7 @@ def _cmd_sync(args: argparse.Namespace, ctx: Context) -> None:
 def _cmd_params(args: argparse.Namespace, ctx: Context) -> None:
     """Every parameter with its default and what it does (the reference for params.yaml)."""
     for cls in PARAM_SECTIONS:
-        users = [s.name for s in STAGES if any(u.section is cls for u in s.params)]
+        users = [s.name for s in STAGES if any(u.section is cls for u in s.params)] or ["all; no DVC dependency"]
         print(f"{cls.section}:  # {(cls.__doc__ or '').strip().splitlines()[0]} (stages: {', '.join(users)})")
         current = ctx.params[cls]
         for key, default, doc in section_docs(cls):
@@ -175,7 +176,7 @@ def _cmd_stage(args: argparse.Namespace, ctx: Context) -> None:
     if stage.per_region:
         run_stage(stage, ctx, args.region, wait=not args.no_wait)
     else:
-        run_stage(stage, Context(ctx.layout, ctx.params, _names(ctx.layout)), wait=not args.no_wait)
+        run_stage(stage, Context(ctx.layout, ctx.params, _names(ctx.layout), ctx.scheduler), wait=not args.no_wait)
 
 
 def _cmd_run(args: argparse.Namespace, ctx: Context) -> None:
@@ -194,7 +195,7 @@ def _cmd_run(args: argparse.Namespace, ctx: Context) -> None:
         log.warning("publish: not run (it reads and writes local data); the stores are under %s/patches",
                     ctx.layout.remote)
         return
-    run_stage(BY_NAME["publish"], Context(ctx.layout, ctx.params, _names(ctx.layout)), wait=wait)
+    run_stage(BY_NAME["publish"], Context(ctx.layout, ctx.params, _names(ctx.layout), ctx.scheduler), wait=wait)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --data s3://: build into a prefix that holds something else (deletes it first)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the heavy work (warp and label blocks, patch shards, scenes) on this dask.distributed "
+                   "scheduler, e.g. tcp://HOST:8786 (overrides compute.scheduler; default: local threads; "
+                   "docs/compute.md)")
     p.add_argument("--no-wait", action="store_true",
                    help="refuse to run a stage that another sareo run is running for the same region "
                    "(default: say so and wait for it)")
@@ -253,12 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         layout = _layout(args.root, args.data)
         params = load_params(args.params or layout.params_file, PARAM_SECTIONS)
-        args.func(args, Context(layout, params))
+        args.func(args, Context(layout, params, scheduler=args.scheduler))
     except Exception as exc:
         if args.verbose > 1 or not is_user_error(exc):
             raise
         print(f"sareo: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        close_all()
     return 0
 
 

@@ -18,6 +18,7 @@ pixels: a feature at EO pixel (x, y) shows in the SAR at (x + dx, y + dy).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -32,6 +33,7 @@ from scipy import ndimage
 from pipeline import descriptors as dsc
 from pipeline.atomic import atomic_path, write_json
 from pipeline.documents import read_json
+from pipeline.execute import Executor, local
 from pipeline.geometry import AcquisitionGeometry, GeometryError, geometry_from
 from pipeline.grid import grid_for_bbox, metres_per_degree
 from pipeline.layout import RegistrationFiles, SourceFiles
@@ -805,7 +807,8 @@ def _identity_record(sar_crs: str, reason: str) -> dict[str, Any]:
 
 
 def register_region(
-    region: Any, source: SourceFiles, out: RegistrationFiles, p: CoregisterParams | None = None
+    region: Any, source: SourceFiles, out: RegistrationFiles, p: CoregisterParams | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Register every scene of the region on its own; write ``out`` atomically.
 
@@ -822,10 +825,11 @@ def register_region(
     with atomic_path(out.dir) as tmp:
         tmp.mkdir()
         t = out.at(tmp)
-        records = {}
-        for sc in scenes:
-            log.info("%s: registering scene %s", region.name, sc.id)
-            records[sc.id] = register_scene(region, sc.files, t.scene(sc.id), p)
+        # one task per scene (pipeline.execute), results in scene order
+        ex = executor or local()
+        done = ex.map(functools.partial(_register_one, region, t, p), scenes, f"register {region.name}",
+                      lambda sc: f"scene {sc.id}", local_threads=1)  # locally one at a time: a scene has its own threads
+        records = {sc.id: rec for sc, rec in zip(scenes, done)}
         summary = {
             "region": region.name,
             "scenes": {k: {f: r.get(f) for f in ("applied", "flagged", "confidence", "model", "reason", "shift_m",
@@ -837,6 +841,12 @@ def register_region(
         shutil.copyfile(t.scene(scenes[0].id).overlay, t.overlay)
         write_json(t.record, summary)
     return summary
+
+
+def _register_one(region: Any, out: RegistrationFiles, p: CoregisterParams, sc: Any) -> dict[str, Any]:
+    """One scene's task: register it into ``out``'s scene directory."""
+    log.info("%s: registering scene %s", region.name, sc.id)
+    return register_scene(region, sc.files, out.scene(sc.id), p)
 
 
 def register_scene(

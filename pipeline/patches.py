@@ -3,8 +3,10 @@
 Two streaming passes over row bands, never the whole grid in memory:
 1. validity: SAR-finite and EO-valid pixel counts per patch (summed-area tables at the
    gcd(size, stride) resolution), so nodata and edge patches are dropped on purpose;
-2. cutting: each row of patches is read with one rasterio window per layer and appended to the
-   store in shard-sized segments (write-behind on one thread, so reading and encoding overlap).
+2. cutting: one task per shard (``pipeline.execute``: local threads or dask.distributed workers)
+   reads its own windows (one per run of overlapping patches and layer), encodes and writes its
+   whole shard, and returns its patches' class histograms and shares; the store's metadata is
+   written last, from those results in shard order, so the bytes do not depend on the workers.
 Between the passes ``pipeline.splits`` assigns splits; patches are stored ordered by split,
 then row, then col, so each split is one contiguous slice.
 """
@@ -15,7 +17,6 @@ import dataclasses
 import logging
 import math
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -24,6 +25,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.documents import read_json
+from pipeline.execute import Executor, gdal_cache, local
 from pipeline.grid import Grid
 from pipeline.layout import GridFiles, LabelFiles, RegistrationFiles, SourceFiles
 from pipeline.params import param
@@ -31,9 +33,8 @@ from pipeline.progress import Progress
 from pipeline.provenance import attribution_lines, licences, parse_datetime, sha256_file
 from pipeline.scenes import Scene, SceneError, read_scenes
 from pipeline.splits import SPLITS, SplitsParams, split_footprints, split_patches
-from pipeline.storage import open_output_store
-from pipeline.store import (LABEL_NODATA, N_CLASSES, PATCH_ORDER, ShardAssembler, create_store, write_meta,
-                           write_shards)
+from pipeline.storage import open_output_store, reopen_output_store
+from pipeline.store import LABEL_NODATA, N_CLASSES, PATCH_ORDER, create_store, write_meta, write_shards
 from pipeline.tiequality import tie_point_quality
 
 log = logging.getLogger("sareo.patches")
@@ -189,109 +190,108 @@ def valid_tables(layers: dict[str, Any], height: int, width: int, cell: int, ban
     return tables
 
 
-# ---------------------------------------------------------------- pass 2: cutting
+# ---------------------------------------------------------------- pass 2: cutting, one task per shard
 
 
-class _SegmentWriter:
-    """Collect patches of one split into shard-aligned segments; write each when complete.
+@dataclass(frozen=True)
+class ShardSources:
+    """The grid rasters every shard task reads (paths: a task opens its own handles, in any process)."""
 
-    A shard holding the end of one split and the start of the next waits in a ShardAssembler
-    for its second segment: every shard is written whole, once (one PUT on S3). Writes run in order on one
-    background thread, overlapping the next band's reads; at most one write is pending.
+    scenes: tuple[tuple[str, str], ...]  # per scene index: (sar_db.tif, its EO on the grid)
+    label: str
+    zones: str | None
+    size: int
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard of the store: patches ``start .. start + len(rows)`` in store order, and where they come from."""
+
+    store: str
+    start: int
+    scene: np.ndarray  # index into ShardSources.scenes, per patch
+    rows: np.ndarray
+    cols: np.ndarray
+
+
+def shard_runs(scene: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Runs ``[a, b)`` of consecutive patches read through one window: same scene and row, columns
+    increasing and overlapping (a new split starts a new run, even on the same row)."""
+    runs, a = [], 0
+    for j in range(1, len(rows) + 1):
+        if (j == len(rows) or scene[j] != scene[a] or rows[j] != rows[a]
+                or not 0 < cols[j] - cols[j - 1] <= size):
+            runs.append((a, j))
+            a = j
+    return runs
+
+
+def cut_shard(src: ShardSources, shard: Shard) -> dict[str, np.ndarray]:
+    """A shard's task: read its windows, cut its patches, write the whole shard; return its derived metadata.
+
+    Each shard is written by exactly this one task, whole (never read-modify-write), so tasks
+    are independent and a retried task writes the same bytes. Memory: the shard's arrays
+    (``n x size^2 x 8`` bytes) plus one run's window per layer (``size x run width x 10`` bytes).
     """
+    import contextlib
 
-    def __init__(self, group, starts: list[int], n: int, shard: int, size: int):
-        self.group, self.n, self.shard, self.size = group, n, shard, size
-        self.ends = [*starts[1:], n]
-        self.starts = starts
-        self.buf: dict[int, dict[str, Any]] = {}
-        self.pool = ThreadPoolExecutor(max_workers=1)
-        self.pending: Future | None = None
-        self.shards = ShardAssembler(n, shard)
-        segments = sum((e - 1) // shard - s // shard + 1 for s, e in zip(starts, self.ends) if e > s)
-        self.bar = Progress("patches: shard writes", segments, "shards", logger=log)
-
-    def _segment(self, s: int, i: int) -> tuple[int, int]:
-        a = max(self.starts[s], (i // self.shard) * self.shard)
-        b = min(self.ends[s], (i // self.shard + 1) * self.shard)
-        return a, b
-
-    def put(self, s: int, i: int, sar: np.ndarray, eo: np.ndarray, label: np.ndarray) -> None:
-        seg = self.buf.get(s)
-        if seg is None:
-            a, b = self._segment(s, i)
-            n, k = b - a, self.size
-            seg = self.buf[s] = {
-                "a": a,
-                "b": b,
-                "sar": np.empty((n, 1, k, k), np.float32),
-                "eo": np.empty((n, 3, k, k), np.uint8),
-                "label": np.empty((n, k, k), np.uint8),
-            }
-        j = i - seg["a"]
-        seg["sar"][j, 0], seg["eo"][j], seg["label"][j] = sar, eo, label
-        if i == seg["b"] - 1:
-            self._flush(self.buf.pop(s))
-
-    def _flush(self, seg: dict[str, Any]) -> None:
-        whole = self.shards.add(seg["a"], {name: seg[name] for name in ("sar", "eo", "label")})
-        if whole is None:
-            self.bar.update()  # a shard's first segment: written with its last
-            return
-        if self.pending is not None:
-            self.pending.result()
-        self.pending = self.pool.submit(self._write, *whole)
-
-    def _write(self, start: int, layers: dict[str, np.ndarray]) -> None:
-        write_shards(self.group, start, layers)
-        self.bar.update()
-
-    def close(self) -> None:
-        if self.pending is not None:
-            self.pending.result()
-        self.pool.shutdown()
-        self.bar.close()
-        if self.buf or self.shards.pending():
-            raise RuntimeError(f"internal: unfinished segments {list(self.buf)}, shards {self.shards.pending()}")
-
-
-def cut_patches(
-    layers: dict[str, Any], rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, index: np.ndarray, writer, size: int,
-    derived: dict[str, np.ndarray],
-) -> None:
-    """Read one window per patch row and layer, cut its patches, hand them to ``writer``.
-
-    Fills ``derived`` (class_hist, residential_share, nonres_share, arrays in store order) at the
-    store positions ``index`` gives for each input patch.
-    """
+    import rasterio
     from rasterio.windows import Window
 
-    hist, res, nonres = derived["class_hist"], derived["residential_share"], derived["nonres_share"]
-    urows = np.unique(rows)
-    npx = float(size * size)
-    for step, r in enumerate(urows):
-        sel = np.flatnonzero(rows == r)
-        sel = sel[np.argsort(cols[sel], kind="stable")]
-        c0, c1 = int(cols[sel].min()), int(cols[sel].max()) + size
-        win = Window(c0, int(r), c1 - c0, size)
-        sar = layers["sar"].read(1, window=win)
-        eo = layers["eo"].read((1, 2, 3), window=win)
-        lab = layers["label"].read(1, window=win)
-        # the labels cover the AOI; a patch has no label where its own scene's SAR or EO has no data
-        lab[~(np.isfinite(sar) & _eo_valid(layers["eo"], win))] = LABEL_NODATA
-        zones = layers["zones"].read(1, window=win) if "zones" in layers else None
-        for p in sel:
-            x = int(cols[p]) - c0
-            i = int(index[p])
-            lp = lab[:, x : x + size]
-            writer.put(int(codes[p]), i, sar[:, x : x + size], eo[:, :, x : x + size], lp)
-            hist[i] = np.bincount(lp.ravel(), minlength=256)[:N_CLASSES]
-            if zones is not None:  # shares of the patch's land, as the region's are (labels.zone_layer)
-                z = np.bincount(zones[:, x : x + size].ravel(), minlength=4)
-                land = npx - z[3]
-                res[i], nonres[i] = (z[1] / land, z[2] / land) if land > 0 else (0.0, 0.0)
-        if step % 20 == 0 or step == len(urows) - 1:
-            log.info("cut: patch row %d/%d", step + 1, len(urows))
+    from pipeline.rasters import reading
+
+    n, k = len(shard.rows), src.size
+    sar = np.empty((n, 1, k, k), np.float32)
+    eo = np.empty((n, 3, k, k), np.uint8)
+    lab = np.empty((n, k, k), np.uint8)
+    hist = np.zeros((n, N_CLASSES), np.int32)
+    res, nonres = np.full(n, np.nan, np.float32), np.full(n, np.nan, np.float32)
+    npx = float(k * k)
+    with contextlib.ExitStack() as stack:
+        handles: dict[str, Any] = {}
+
+        def opened(path: str) -> Any:
+            if path not in handles:
+                handles[path] = stack.enter_context(rasterio.open(path))
+            return handles[path]
+
+        for a, b in shard_runs(shard.scene, shard.rows, shard.cols, k):
+            sar_path, eo_path = src.scenes[int(shard.scene[a])]
+            c0, c1 = int(shard.cols[a]), int(shard.cols[b - 1]) + k
+            win = Window(c0, int(shard.rows[a]), c1 - c0, k)
+            where = f"window {win}"
+            with reading(sar_path, where):
+                s = opened(sar_path).read(1, window=win)
+            eds = opened(eo_path)
+            with reading(eo_path, where):
+                if eds.count >= 4:  # band 4 = valid mask (DESIGN), read with the colours
+                    e4 = eds.read((1, 2, 3, 4), window=win)
+                    e, ok = e4[:3], e4[3] > 0
+                else:
+                    e, ok = eds.read((1, 2, 3), window=win), _eo_valid(eds, win)
+            with reading(src.label, where):
+                lb = opened(src.label).read(1, window=win)
+            # the labels cover the AOI; a patch has no label where its own scene's SAR or EO has no data
+            lb[~(np.isfinite(s) & ok)] = LABEL_NODATA
+            zones = None
+            if src.zones is not None:
+                with reading(src.zones, where):
+                    zones = opened(src.zones).read(1, window=win)
+            for j in range(a, b):
+                x = int(shard.cols[j]) - c0
+                sar[j, 0], eo[j], lab[j] = s[:, x : x + k], e[:, :, x : x + k], lb[:, x : x + k]
+                hist[j] = np.bincount(lab[j].ravel(), minlength=256)[:N_CLASSES]
+                if zones is not None:  # shares of the patch's land, as the region's are (labels.zone_layer)
+                    z = np.bincount(zones[:, x : x + k].ravel(), minlength=4)
+                    land = npx - z[3]
+                    res[j], nonres[j] = (z[1] / land, z[2] / land) if land > 0 else (0.0, 0.0)
+    write_shards(reopen_output_store(shard.store), shard.start, {"sar": sar, "eo": eo, "label": lab})
+    return {"class_hist": hist, "residential_share": res, "nonres_share": nonres}
+
+
+def shard_memory_mb(shard_patches: int, size: int, width: int) -> float:
+    """A shard task's peak (MiB): its arrays and their encoded copy, plus one full-width window per layer."""
+    return (2 * shard_patches * size * size * 8 + size * width * 14) / 2**20
 
 
 # ---------------------------------------------------------------- stage
@@ -299,18 +299,20 @@ def cut_patches(
 
 def patch_region(region: Any, source: SourceFiles, registration: RegistrationFiles | None, gridded: GridFiles,
                  labels: LabelFiles, out_store: str | os.PathLike[str], p: PatchesParams | None = None,
-                 sp: SplitsParams | None = None) -> dict[str, Any]:
-    """Build ``out_store`` (the region's patches.zarr); GDAL's block cache bounded (``gdal_cache_mb``)."""
-    import rasterio
+                 sp: SplitsParams | None = None, executor: Executor | None = None) -> dict[str, Any]:
+    """Build ``out_store`` (the region's patches.zarr); GDAL's block cache bounded (``gdal_cache_mb``).
 
+    Shards are tasks of ``executor`` (default: local threads); each worker process bounds its own
+    GDAL cache to ``gdal_cache_mb`` too.
+    """
     p = p or PatchesParams()
-    with rasterio.Env(GDAL_CACHEMAX=p.gdal_cache_mb):  # its default (5 % of RAM) grows with every scene opened
-        return _patch_region(region, source, registration, gridded, labels, out_store, p, sp)
+    with gdal_cache(p.gdal_cache_mb):  # its default (5 % of RAM) grows with every scene opened
+        return _patch_region(region, source, registration, gridded, labels, out_store, p, sp, executor or local())
 
 
 def _patch_region(region: Any, source: SourceFiles, registration: RegistrationFiles | None, gridded: GridFiles,
                   labels: LabelFiles, out_store: str | os.PathLike[str], p: PatchesParams,
-                  sp: SplitsParams | None = None) -> dict[str, Any]:
+                  sp: SplitsParams | None, executor: Executor) -> dict[str, Any]:
     """Build ``out_store`` (the region's patches.zarr): every scene's patches on the region grid.
 
     Patches are cut per scene where that scene has enough valid SAR and EO; the split is drawn
@@ -392,10 +394,7 @@ def _patch_region(region: Any, source: SourceFiles, registration: RegistrationFi
         both_share = np.concatenate([c[4] for c in chosen]) if chosen else np.zeros(0, np.float32)
         # store order: split, scene, row, col
         order = np.lexsort((cols, rows, scene_of, codes))
-        index = np.empty(len(order), np.int64)
-        index[order] = np.arange(len(order))
         n = len(order)
-        starts = [int((codes < s).sum()) for s in range(3)]
         report = {**result.report, "cells": int(len(cells)), "patches": n,
                   "counts_are": "ground cells (every scene's patches of a cell share its split)",
                   "patch_counts": {s: int((codes == i).sum()) for i, s in enumerate(SPLITS)},
@@ -409,17 +408,26 @@ def _patch_region(region: Any, source: SourceFiles, registration: RegistrationFi
         with open_output_store(out_store) as target:
             group = create_store(target, n, size=size, shard_patches=p.shard_patches, level=p.compression_level,
                                  attrs=attrs)  # fmt: skip
-            writer = _SegmentWriter(group, starts, n, p.shard_patches, size)
             derived = {"class_hist": np.zeros((n, N_CLASSES), np.int32),
                        "residential_share": np.full(n, np.nan, np.float32),
                        "nonres_share": np.full(n, np.nan, np.float32)}
-            try:
-                for k, (sc, layers, *_rest) in enumerate(per_scene):
-                    sel = np.flatnonzero(scene_of == k)
-                    cut_patches({**layers, **label_layers}, rows[sel], cols[sel], codes[sel], index[sel], writer,
-                                size, derived)
-            finally:
-                writer.close()
+            sources = ShardSources(tuple((str(layers["sar"].name), str(layers["eo"].name)) for _, layers, *_r in per_scene),
+                                   str(label_layers["label"].name),
+                                   str(label_layers["zones"].name) if "zones" in label_layers else None, size)
+            s_of, r_of, c_of = scene_of[order], rows[order], cols[order]
+            ref = target.out.url if hasattr(target, "out") else str(target)  # S3 prefix, or the local temporary
+            shards = [Shard(ref, a, s_of[a : a + p.shard_patches], r_of[a : a + p.shard_patches],
+                            c_of[a : a + p.shard_patches]) for a in range(0, n, p.shard_patches)]
+            with Progress("patches: shards", len(shards), "shards", logger=log) as bar:
+                done = executor.map(cut_shard, shards, f"patches {name}",
+                                    lambda sh: f"shard {sh.start // p.shard_patches} (patches {sh.start}-"
+                                               f"{sh.start + len(sh.rows) - 1})",
+                                    shared=sources, gdal_cache_mb=p.gdal_cache_mb,
+                                    memory_mb=shard_memory_mb(p.shard_patches, size, grid.width))
+                for sh, part in zip(shards, done):
+                    for key, values in part.items():
+                        derived[key][sh.start : sh.start + len(values)] = values
+                    bar.update()
             meta = _meta(name, grid, rows[order], cols[order], codes[order], both_share[order], size,
                          [per_scene[k][0] for k in scene_of[order]] if n else [],
                          [per_scene[k][5] for k in scene_of[order]] if n else [], labels_json,

@@ -18,6 +18,7 @@ from pipeline.calibrate import CalibrateParams
 from pipeline.coregister import CoregisterParams, register_region
 from pipeline.demo.params import DemoParams
 from pipeline.demo.stage import build_demo
+from pipeline.execute import ComputeParams, Executor, executor_for
 from pipeline.fetch.params import FetchParams
 from pipeline.fetch.stage import fetch_region
 from pipeline.labels.params import LabelsParams
@@ -49,6 +50,12 @@ class Context:
     layout: ProjectLayout
     params: Params
     regions: Sequence[str] = ()  # the regions of the build (publish); region stages get theirs as an argument
+    scheduler: str | None = None  # `sareo --scheduler ADDRESS` (overrides compute.scheduler)
+
+    @property
+    def executor(self) -> Executor:
+        """Where the stage's heavy work runs (pipeline.execute); never changes its outputs."""
+        return executor_for(self.params[ComputeParams], self.scheduler)
 
 
 @dataclass(frozen=True)
@@ -94,23 +101,25 @@ def _fetch(ctx: Context, region: Region) -> Path:
 
 def _register(ctx: Context, region: Region) -> Any:
     r = ctx.layout.region(region.name)
-    return register_region(region, r.source, r.registration, ctx.params[CoregisterParams])
+    return register_region(region, r.source, r.registration, ctx.params[CoregisterParams], executor=ctx.executor)
 
 
 def _grid(ctx: Context, region: Region) -> Any:
     r = ctx.layout.region(region.name)
-    return grid_region(region, r.source, r.registration, r.grid, ctx.params[GridParams], ctx.params[CalibrateParams])
+    return grid_region(region, r.source, r.registration, r.grid, ctx.params[GridParams], ctx.params[CalibrateParams],
+                       executor=ctx.executor)
 
 
 def _labels(ctx: Context, region: Region) -> Path:
     r = ctx.layout.region(region.name)
-    return label_region(region, r.source, r.grid, r.labels, ctx.params[LabelsParams], ctx.params[OsmParams])
+    return label_region(region, r.source, r.grid, r.labels, ctx.params[LabelsParams], ctx.params[OsmParams],
+                        executor=ctx.executor)
 
 
 def _patches(ctx: Context, region: Region) -> Any:
     r = ctx.layout.region(region.name)
     return patch_region(region, r.source, r.registration, r.grid, r.labels, r.store_out, ctx.params[PatchesParams],
-                        ctx.params[SplitsParams])
+                        ctx.params[SplitsParams], executor=ctx.executor)
 
 
 def _publish(ctx: Context) -> Any:
@@ -163,5 +172,6 @@ STAGES: tuple[Stage, ...] = (
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 REGION_STAGES: tuple[Stage, ...] = tuple(s for s in STAGES if s.per_region)
 
-# Every params.yaml section, in file order: the loader refuses any other.
-PARAM_SECTIONS: tuple[type[Any], ...] = tuple(dict.fromkeys(u.section for s in STAGES for u in s.params))
+# Every params.yaml section, in file order: the loader refuses any other. `compute` is read by every
+# heavy stage but is no DVC dependency of any: where the work runs never changes the outputs.
+PARAM_SECTIONS: tuple[type[Any], ...] = (*dict.fromkeys(u.section for s in STAGES for u in s.params), ComputeParams)

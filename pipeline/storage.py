@@ -321,6 +321,18 @@ def open_output_store(location: str | os.PathLike[str]) -> Iterator[Any]:
             yield tmp
 
 
+def reopen_output_store(location: str):  # -> zarr.Group
+    """The store :func:`open_output_store` is creating, opened again for writing shards, in any
+    process (a task on a dask worker): the local temporary path, or the ``s3://`` prefix."""
+    import zarr
+
+    from pipeline.store import open_store
+
+    if is_s3(location):
+        return zarr.open_group(store=s3_zarr_store(S3Prefix(location)), mode="r+", zarr_format=3)
+    return open_store(location, mode="r+")
+
+
 def s3_zarr_store(out: S3Prefix):  # -> zarr.abc.store.Store
     """A writable zarr store over ``out`` that never reads a chunk back: shards are PUT whole.
 

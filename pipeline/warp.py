@@ -3,9 +3,10 @@
 The output grid (``pipeline.grid``) is processed in blocks. For each block the source window it
 needs is computed (block bounds -> source CRS -> source pixels, padded for the kernel), only that
 window is read, SAR DN is calibrated to *linear power*, reprojected with GDAL (NaN = nodata so
-invalid pixels never leak into the kernel) and converted to dB. Blocks run in parallel on dask
-threads but are written in a fixed order, so the output bytes are deterministic and memory is
-bounded by (threads x block) whatever the scene size.
+invalid pixels never leak into the kernel) and converted to dB. Blocks are tasks of the execution
+layer (``pipeline.execute``: local threads or dask.distributed workers) and are written in a fixed
+order, so the output bytes are deterministic and memory is bounded by (2 x tasks x block)
+whatever the scene size.
 
 Resampling: SAR is interpolated/averaged in linear power (a mean of dB values is a geometric
 mean, biased low by ~2.5 dB on single-look speckle); bilinear near 1:1, box 'average' when the
@@ -19,12 +20,10 @@ import logging
 import math
 import shutil
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import dask
 import numpy as np
 import rasterio
 from affine import Affine
@@ -43,6 +42,7 @@ from pipeline.calibrate import (
     linear_to_db,
 )
 from pipeline.documents import read_json
+from pipeline.execute import Executor, local
 from pipeline.grid import Grid, aoi_mask, grid_for_bbox, metres_per_degree
 from pipeline.layout import GridFiles, RegistrationFiles, SourceFiles
 from pipeline.params import param
@@ -63,7 +63,6 @@ class GridParams:
     section: ClassVar[str] = "grid"
     block_size: int = param(2048, "output block edge (px) warped as one task; a multiple of tile_size")
     tile_size: int = param(512, "GeoTIFF tile edge of the outputs")
-    threads: int = param(2, "blocks warped in parallel (dask threads)")
     max_source_px: int = param(8_000_000, "source pixels per block read; blocks shrink when downsampling strongly")
     sar_resampling: str = param("auto", "auto (bilinear below average_above x downsampling, else average) "
                                         "or a rasterio Resampling name; always in linear power")
@@ -76,7 +75,7 @@ class GridParams:
     quicklook_max_size: int = param(1024, "longest side of quicklook.png")
 
     def __post_init__(self) -> None:
-        for key in ("block_size", "tile_size", "threads", "max_source_px", "strip_px", "gdal_cache_mb",
+        for key in ("block_size", "tile_size", "max_source_px", "strip_px", "gdal_cache_mb",
                     "quicklook_max_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
@@ -360,25 +359,26 @@ def blocks(grid: Grid, block: int) -> Iterator[Window]:
 
 
 def run_blocks(grid: Grid, block: int, compute: Callable[[Window], Any], write: Callable[[Window, Any], None],
-               threads: int, label: str = "blocks") -> None:
-    """Compute blocks on dask threads, ``threads * 2`` at a time, and write each batch in order.
+               executor: Executor | None = None, label: str = "blocks", gdal_cache_mb: int | None = None,
+               memory_mb: float | None = None) -> None:
+    """Compute blocks as tasks of ``executor`` and write each result in row-major order (deterministic bytes).
 
-    Writing batch i overlaps computing batch i+1; at most two batches are held in memory.
+    Writing block i overlaps computing the next ones; at most 2 x (tasks at once) results are held.
     """
     wins = list(blocks(grid, block))
-    batch = max(1, threads * 2)
-    pending = None
-    with ThreadPoolExecutor(max_workers=1) as writer, Progress(label, len(wins), "blocks", logger=log) as bar:
-        for i in range(0, len(wins), batch):
-            part = wins[i : i + batch]
-            results = dask.compute(*[dask.delayed(compute)(w) for w in part], scheduler="threads",
-                                   num_workers=threads)
-            if pending is not None:
-                pending.result()
-            pending = writer.submit(lambda p=part, rs=results: [write(w, r) for w, r in zip(p, rs)])
-            bar.update(len(part))
-        if pending is not None:
-            pending.result()
+    ex = executor or local()
+    with Progress(label, len(wins), "blocks", logger=log) as bar:
+        results = ex.map(compute, wins, label, lambda w: f"block row {w.row_off} col {w.col_off}",
+                         gdal_cache_mb=gdal_cache_mb, memory_mb=memory_mb)
+        for w, r in zip(wins, results):
+            write(w, r)
+            bar.update()
+
+
+def block_memory_mb(block: int, p: GridParams, bands: int) -> float:
+    """A warp task's peak (MiB): its source window (float32 per band, plus the DN or mask read) and the
+    float32 output block, twice for GDAL's working copy; GDAL's cache comes on top, once per process."""
+    return (p.max_source_px * (4 * bands + 2) + 2 * block * block * 4 * bands) / 2**20
 
 
 def _profile(grid: Grid, p: GridParams, **kw: Any) -> dict[str, Any]:
@@ -393,7 +393,8 @@ def _profile(grid: Grid, p: GridParams, **kw: Any) -> dict[str, Any]:
 
 
 def write_sar_grid(sar: SarSource, grid: Grid, dest: str | Path, p: GridParams | None = None,
-                   tags: dict[str, str] | None = None, aoi: Any = None) -> dict[str, Any]:
+                   tags: dict[str, str] | None = None, aoi: Any = None, executor: Executor | None = None,
+                   what: str = "sar") -> dict[str, Any]:
     """Warp the whole SAR onto ``grid`` block by block into a float32 dB GeoTIFF (atomic). Returns stats.
 
     ``aoi``: a lon/lat polygon; pixels outside it are no data (NaN).
@@ -421,14 +422,16 @@ def write_sar_grid(sar: SarSource, grid: Grid, dest: str | Path, p: GridParams |
                 valid[0] += int(np.isfinite(arr).sum())
                 dst.write(arr, 1, window=w)
 
-            run_blocks(grid, block, compute, write, p.threads, "sar")
+            run_blocks(grid, block, compute, write, executor, what, p.gdal_cache_mb,
+                       block_memory_mb(block, p, 1))
     share = valid[0] / (grid.width * grid.height)
     log.info("sar: %s, %s resampling, %.1f %% valid", dest, resampling.name, 100 * share)
     return {"resampling": resampling.name, "block": block, "valid_share": share}
 
 
 def write_eo_grid(eo: Source, grid: Grid, dest: str | Path, p: GridParams | None = None,
-                  tags: dict[str, str] | None = None, aoi: Any = None) -> dict[str, Any]:
+                  tags: dict[str, str] | None = None, aoi: Any = None, executor: Executor | None = None,
+                  what: str = "eo") -> dict[str, Any]:
     """Warp the EO image onto ``grid`` into uint8 RGB + band 4 valid mask (255/0), atomically.
 
     ``aoi``: a lon/lat polygon; pixels outside it are no data (0, mask 0).
@@ -458,7 +461,8 @@ def write_eo_grid(eo: Source, grid: Grid, dest: str | Path, p: GridParams | None
                 dst.write(rgb, [1, 2, 3], window=w)
                 dst.write(ok.astype(np.uint8) * 255, 4, window=w)
 
-            run_blocks(grid, block, compute, write, p.threads, "eo")
+            run_blocks(grid, block, compute, write, executor, what, p.gdal_cache_mb,
+                       block_memory_mb(block, p, 3))
     share = valid[0] / (grid.width * grid.height)
     log.info("eo: %s, %s resampling, %.1f %% valid", dest, resampling.name, 100 * share)
     return {"resampling": resampling.name, "block": block, "valid_share": share}
@@ -477,13 +481,15 @@ def _sar_provider(sar_prov: dict[str, Any], region: Any) -> str:
 
 
 def grid_region(region: Any, source: SourceFiles, registration: RegistrationFiles | None, out: GridFiles,
-                p: GridParams | None = None, cal: CalibrateParams | None = None) -> Grid:
+                p: GridParams | None = None, cal: CalibrateParams | None = None,
+                executor: Executor | None = None) -> Grid:
     """Stage entry point: grid.json and the region EO on the grid; each scene's SAR (dB) on the same grid.
 
     Every image is warped once: each scene's SAR (with its own registration correction, when
     applied) into ``scenes/ID/sar_db.tif``; the region's EO into ``eo.tif``; a scene with an EO of
     its own (a different file) gets ``scenes/ID/eo.tif``. The whole grid/ appears at once.
     ``registration`` None (or a scene's record absent or not applied) keeps that SAR as published.
+    Blocks are tasks of ``executor`` (default: local threads).
     """
     from pipeline.scenes import read_scenes
 
@@ -499,7 +505,8 @@ def grid_region(region: Any, source: SourceFiles, registration: RegistrationFile
         tmp.mkdir()
         t = out.at(tmp)
         write_json(t.grid, grid.to_dict())
-        eo_attr = _write_eo(region_eo, region_prov, region, grid, t.eo, p, polygon) if region_eo else ""
+        eo_attr = (_write_eo(region_eo, region_prov, region, grid, t.eo, p, polygon, executor, f"grid {region.name}: eo")
+                   if region_eo else "")
         for k, sc in enumerate(scenes):
             st = t.scene(sc.id)
             st.dir.mkdir(parents=True)
@@ -510,11 +517,13 @@ def grid_region(region: Any, source: SourceFiles, registration: RegistrationFile
             sar_attr = sar_attribution(sar_prov, _sar_provider(sar_prov, region), default="CC BY 4.0")
             write_sar_grid(sar, grid, st.sar_db, p,
                            {"region": region.name, "scene": sc.id, "attribution": sar_attr, "registration_applied":
-                            "true" if load_correction(reg) is not None else "false"}, aoi=polygon)
+                            "true" if load_correction(reg) is not None else "false"}, aoi=polygon,
+                           executor=executor, what=f"grid {region.name}: scene {sc.id} sar")
             eo_path, attr = t.eo, eo_attr
             if region_eo is None or (prov.get("eo") or {}).get("sha256") != region_eo_sha:  # an EO of its own
                 eo_path = st.eo
-                attr = _write_eo(open_source(sc.files.eo), prov, region, grid, eo_path, p, polygon)
+                attr = _write_eo(open_source(sc.files.eo), prov, region, grid, eo_path, p, polygon, executor,
+                                 f"grid {region.name}: scene {sc.id} eo")
             credits = "; ".join(a for a in (sar_attr, attr) if a)
             side_by_side(st.sar_db, eo_path, st.quicklook, max_size=p.quicklook_max_size,
                          title=f"{region.name} {sc.id}  SAR | EO   {credits}")
@@ -524,10 +533,11 @@ def grid_region(region: Any, source: SourceFiles, registration: RegistrationFile
 
 
 def _write_eo(eo: Source, prov: dict[str, Any], region: Any, grid: Grid, dest: Path, p: GridParams,
-              polygon: Any) -> str:
+              polygon: Any, executor: Executor | None = None, what: str = "eo") -> str:
     """Warp one EO image onto the grid; returns its attribution."""
     if eo.dtype != "uint8":
         raise WarpError(f"{eo.path}: data type {eo.dtype}; expected uint8 RGB")
     attr = (prov.get("eo") or {}).get("attribution") or region.attribution or ""
-    write_eo_grid(eo, grid, dest, p, {"region": region.name, "attribution": attr}, aoi=polygon)
+    write_eo_grid(eo, grid, dest, p, {"region": region.name, "attribution": attr}, aoi=polygon, executor=executor,
+                  what=what)
     return attr

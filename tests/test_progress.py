@@ -59,13 +59,14 @@ def test_track_counts_items_and_names_unfinished_totals(caplog: pytest.LogCaptur
 
 def test_warp_blocks_log_one_line_per_layer(caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
     from pipeline.grid import grid_for_bbox
+    from pipeline.execute import local
     from pipeline.warp import run_blocks
 
     monkeypatch.delenv("SAREO_PROGRESS", raising=False)
     grid = grid_for_bbox((24.94, 60.166, 24.945, 60.168), 2.0)
     written = []
     caplog.set_level(logging.INFO, logger="sareo.warp")
-    run_blocks(grid, 64, lambda w: w.width * w.height, lambda w, r: written.append(r), threads=2, label="sar")
+    run_blocks(grid, 64, lambda w: w.width * w.height, lambda w, r: written.append(r), local(2), label="sar")
     assert sum(written) == grid.width * grid.height
     msgs = [r.getMessage() for r in caplog.records if r.name == "sareo.warp"]
     assert len(msgs) == 1 and msgs[0].startswith(f"sar: {len(written)} blocks in ")

@@ -36,7 +36,7 @@ from pipeline.warp import (
 
 LON, LAT = 24.9412345, 60.1701234  # the bright target (central Helsinki)
 GEO_META = "capella/CAPELLA_C14_SP_GEO_HH_20240709040329_20240709040358_extended.json"
-SMALL = GridParams(block_size=256, tile_size=256, threads=2)
+SMALL = GridParams(block_size=256, tile_size=256)
 
 
 def _gauss(cols: np.ndarray, rows: np.ndarray, c0: float, r0: float, sigma: float) -> np.ndarray:

@@ -21,7 +21,6 @@ class LabelsParams:
     legend: str | None = param(None, "legend file; null = pipeline/legend.yaml")
     block_size: int = param(2048, "rasterise in blocks of this many pixels per side (best a multiple of tile_size)")
     tile_size: int = param(512, "GeoTIFF tile side of labels.tif and zones.tif")
-    workers: int = param(2, "threads rasterising blocks in parallel")
     png_max_px: int = param(1600, "longest side of labels.png's map panel")
     residential_share: float = param(0.25, "urban if residential landuse covers at least this share of the land ...")
     nonres_share: float = param(0.05, "... or non-residential built-up landuse at least this share")
@@ -33,7 +32,7 @@ class LabelsParams:
                                       "(extracts cut just inside their edge)")
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "tile_size", "workers", "png_max_px"):
+        for name in ("block_size", "tile_size", "png_max_px"):
             if not getattr(self, name) >= 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.tile_size % 16:

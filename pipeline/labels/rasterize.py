@@ -1,15 +1,15 @@
 """Burn classified polygons onto any pixel grid, block by block, in priority order.
 
 The polygons are lon/lat (``pipeline.labels.classify``); each block takes only the shapes its
-window touches (a spatial index), so no whole scene is ever needed in memory and blocks run in
-threads. The labels stage and the demo's scenes both burn through here.
+window touches (a spatial index), so no whole scene is ever needed in memory and blocks run as
+tasks of the execution layer (``pipeline.execute``: threads, or dask.distributed workers that get
+the indexed shapes once). The labels stage and the demo's scenes both burn through here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
 import numpy as np
@@ -18,6 +18,9 @@ import shapely
 from affine import Affine
 from rasterio.features import rasterize
 from rasterio.windows import Window
+
+if TYPE_CHECKING:
+    from pipeline.execute import Executor
 
 
 def iter_windows(shape: tuple[int, int], block: int) -> Iterator[Window]:
@@ -55,6 +58,16 @@ class _Burner:
 ValidFn = Callable[[Window], np.ndarray]
 
 
+def _burn_block(task: tuple[_Burner, Any, int], win: Window) -> tuple[Window, np.ndarray]:
+    """One block's task: burn the shapes, then mark invalid pixels ``nodata``."""
+    burner, valid, nodata = task
+    arr = burner.burn(win)
+    if valid is not None:
+        v = valid(win) if callable(valid) else valid[win.toslices()]
+        arr[~np.asarray(v, bool)] = nodata
+    return win, arr
+
+
 def iter_label_blocks(
     classified: gpd.GeoDataFrame,
     crs: Any,
@@ -64,32 +77,23 @@ def iter_label_blocks(
     block: int = 2048,
     workers: int = 1,
     nodata: int = 255,
+    executor: Executor | None = None,
+    what: str = "labels",
 ) -> Iterator[tuple[Window, np.ndarray]]:
-    """Yield (window, uint8 labels) per block, in row-major order; blocks run in ``workers`` threads."""
+    """Yield (window, uint8 labels) per block, in row-major order.
+
+    Blocks are tasks of ``executor`` (default: ``workers`` local threads); at most 2 x (tasks at
+    once) blocks are held, whatever the grid size.
+    """
+    from pipeline.execute import local
+
     order = np.lexsort((classified["class_id"].to_numpy(), classified["priority"].to_numpy()))
     burner = _Burner(np.asarray(classified.geometry.values, dtype=object)[order],
                      classified["class_id"].to_numpy(np.uint8)[order], crs, transform)
-
-    def one(win: Window) -> tuple[Window, np.ndarray]:
-        arr = burner.burn(win)
-        if valid is not None:
-            v = valid(win) if callable(valid) else valid[win.toslices()]
-            arr[~np.asarray(v, bool)] = nodata
-        return win, arr
-
     wins = list(iter_windows(shape, block))
-    if workers <= 1 or len(wins) == 1:
-        yield from map(one, wins)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        # Bounded look-ahead keeps memory at ~2*workers blocks whatever the grid size.
-        pending = []
-        for win in wins:
-            pending.append(pool.submit(one, win))
-            if len(pending) >= 2 * workers:
-                yield pending.pop(0).result()
-        for f in pending:
-            yield f.result()
+    ex = executor or local(workers)
+    yield from ex.map(_burn_block, wins, what, lambda w: f"block row {w.row_off} col {w.col_off}",
+                      shared=(burner, valid, nodata), memory_mb=block * block * 3 / 2**20)
 
 
 def rasterize_classes(

@@ -21,6 +21,7 @@ import shapely
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.documents import read_json
+from pipeline.execute import Executor, local
 from pipeline.grid import Grid, aoi_mask, grid_for_bbox
 from pipeline.labels.classify import classify_tags, empty_classified, sea_features, with_sea
 from pipeline.labels.coast import SeaResult
@@ -156,7 +157,8 @@ def _read_grid(grid: GridFiles) -> Grid:
 
 
 def label_region(
-    region: Region, source: SourceFiles, grid: GridFiles, out: LabelFiles, p: LabelsParams, osm: OsmParams
+    region: Region, source: SourceFiles, grid: GridFiles, out: LabelFiles, p: LabelsParams, osm: OsmParams,
+    executor: Executor | None = None,
 ) -> Path:
     """The labels stage: the OSM in ``source`` -> labels.tif, zones.tif, labels.json, labels.png (atomic).
 
@@ -181,6 +183,7 @@ def label_region(
     urban = urban_rural(land, region.aoi, p, sea=sea)
     zones = zone_layer(land, sea)
     block, tile = p.block_size, p.tile_size
+    executor = executor or local()
     profile = {"driver": "GTiff", "dtype": "uint8", "count": 1, "width": g.width, "height": g.height,
                "crs": g.crs, "transform": g.transform, "tiled": True, "blockxsize": tile, "blockysize": tile,
                "compress": "deflate", "predictor": 1, "interleave": "band"}
@@ -195,7 +198,8 @@ def label_region(
             dst.update_tags(legend="pipeline/legend.yaml", attribution=credit.attribution)
             n_blocks = math.ceil(g.height / block) * math.ceil(g.width / block)
             with Progress(f"labels {region.name}", n_blocks, "blocks", logger=log) as bar:
-                for win, arr in iter_label_blocks(classified, g.crs, g.transform, g.shape, None, block, p.workers):
+                for win, arr in iter_label_blocks(classified, g.crs, g.transform, g.shape, None, block,
+                                                  executor=executor, what=f"labels {region.name}: labels.tif"):
                     inside = aoi_mask(polygon, g, win)
                     if inside is not None:
                         arr[~inside] = legend.nodata
@@ -204,7 +208,8 @@ def label_region(
                     bar.update()
         with rasterio.open(t.zones, "w", **profile) as dst:
             dst.update_tags(values=ZONE_VALUES, attribution=credit.attribution)
-            for win, arr in iter_label_blocks(zones, g.crs, g.transform, g.shape, None, block, p.workers):
+            for win, arr in iter_label_blocks(zones, g.crs, g.transform, g.shape, None, block, executor=executor,
+                                              what=f"labels {region.name}: zones.tif"):
                 dst.write(arr, 1, window=win)
         report = {
             "region": region.name,
