@@ -8,7 +8,7 @@ the split of the blocks its footprint covers when they all agree (else it is dro
 different splits therefore never share ground, across regions and scenes. ``audit_footprints``
 checks that independently on the lon/lat boxes. ``random`` reproduces the paper's leaky split.
 ``blocks`` (blocks on one region's pixel grid, ``split_patches``/``audit``) is the previous
-per-region method, kept until the patches stage uses ``split_footprints``.
+per-region method, kept as an option (it leaks across overlapping regions).
 
 Everything here is pure: arrays in, arrays and plain dicts out; no I/O.
 """
@@ -43,11 +43,11 @@ class SplitsParams:
         "blocks (per-region pixel blocks, being retired) | random (the paper's split: LEAKS)")
     seed: int = param(0, "seed of the block assignment (or of the random split)")
     block_m: float = param(1000.0, "lattice: block edge on the ground, metres (bands of block_m, columns of "
-                                   "block_m at the band's centre latitude)")
+                                   "block_m at the centre latitude of the band's zone of 64 bands)")
     buffer_m: float = param(0.0, "lattice: ground around each patch (metres) that must be of its own split; "
                                  "patches of different splits are then >= 2 x buffer_m apart")
-    patch_m: float = param(128.0, "lattice: typical patch footprint edge (m, 256 px x 0.5 m) the block shares "
-                                  "are corrected for (minority splits lose more patches at block edges); 0 = none")
+    patch_m: float = param(128.0, "lattice: typical patch footprint edge (m, 256 px x 0.5 m) the block pattern "
+                                  "is corrected for (minority splits lose more patches at block edges); 0 = none")
     max_trim: float = param(0.1, "lattice: largest share of a region's kept patches thinned out of the splits "
                                  "in surplus to bring the shares within tolerance (0 = never thin)")
     block_patches: int = param(8, "blocks: largest block width in patch strides (8 x 128 px = 1024 px)")
