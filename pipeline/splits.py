@@ -481,7 +481,7 @@ def pattern_shares(pattern: tuple[int, ...], step: int, lam: float) -> np.ndarra
     r = np.arange(n)
     right, top, diag = p[(r + 1) % n] == p, p[(r + step) % n] == p, p[(r + step + 1) % n] == p
     keep = (1 - lam) ** 2 + lam * (1 - lam) * (right.astype(float) + top) + lam**2 * (right & top & diag)
-    out = np.bincount(p, weights=keep, minlength=int(p.max()) + 1)
+    out = np.bincount(p, weights=keep, minlength=len(SPLITS))
     return out / out.sum()
 
 
@@ -519,11 +519,11 @@ def lattice_pattern(ratios: tuple[float, ...], lam: float) -> tuple[tuple[int, .
                 break
             seen.add(counts)
             pat = spread(counts)
-            err = float(np.abs(pattern_shares(pat, step, lam)[: len(r)] - r).max())
+            got = pattern_shares(pat, step, lam)
+            err = float(np.abs(got - r).max())
             if best is None or err < best[0] - 1e-12:
                 best = (err, pat, step)
-            got = pattern_shares(pat, step, lam)
-            q = q * np.where(got[: len(r)] > 0, r / np.maximum(got[: len(r)], 1e-12), 1.0)
+            q = q * np.where(got > 0, r / np.maximum(got, 1e-12), 1.0)
             q = q / q.sum()
         if best is not None and best[0] <= 0.005:
             break
