@@ -8,7 +8,7 @@ the split of the blocks its footprint covers when they all agree (else it is dro
 different splits therefore never share ground, across regions and scenes. ``audit_footprints``
 checks that independently on the lon/lat boxes. ``random`` reproduces the paper's leaky split.
 ``blocks`` (blocks on one region's pixel grid, ``split_patches``/``audit``) is the previous
-per-region method, kept until the patches stage uses ``split_footprints``.
+per-region method, kept as an option (it leaks across overlapping regions).
 
 Everything here is pure: arrays in, arrays and plain dicts out; no I/O.
 """
@@ -43,11 +43,11 @@ class SplitsParams:
         "blocks (per-region pixel blocks, being retired) | random (the paper's split: LEAKS)")
     seed: int = param(0, "seed of the block assignment (or of the random split)")
     block_m: float = param(1000.0, "lattice: block edge on the ground, metres (bands of block_m, columns of "
-                                   "block_m at the band's centre latitude)")
+                                   "block_m at the centre latitude of the band's zone of 64 bands)")
     buffer_m: float = param(0.0, "lattice: ground around each patch (metres) that must be of its own split; "
                                  "patches of different splits are then >= 2 x buffer_m apart")
-    patch_m: float = param(128.0, "lattice: typical patch footprint edge (m, 256 px x 0.5 m) the block shares "
-                                  "are corrected for (minority splits lose more patches at block edges); 0 = none")
+    patch_m: float = param(128.0, "lattice: typical patch footprint edge (m, 256 px x 0.5 m) the block pattern "
+                                  "is corrected for (minority splits lose more patches at block edges); 0 = none")
     max_trim: float = param(0.1, "lattice: largest share of a region's kept patches thinned out of the splits "
                                  "in surplus to bring the shares within tolerance (0 = never thin)")
     block_patches: int = param(8, "blocks: largest block width in patch strides (8 x 128 px = 1024 px)")
@@ -346,12 +346,15 @@ def audit(rows: np.ndarray, cols: np.ndarray, split: np.ndarray, size: int, buff
 
 EARTH_M_PER_DEG = math.pi * 6_371_008.8 / 180  # metres per degree on the mean Earth sphere (IUGG R1)
 _EDGE = 1e-9  # a box within 1e-9 block of a block edge counts as crossing it: float noise can only drop
-# Lattice codes: u(band, col) = offset(seed) + band * A + col * B (mod 2^64), A and B the R2
-# low-discrepancy steps (1/g and 1/g^2, g the plastic number) in 64-bit fixed point. Integer
-# arithmetic makes the code of a block exact on every machine; the low discrepancy makes any
-# window of blocks close to the target shares (far closer than blocks drawn independently).
-_STEP_BAND = np.uint64(round(0.7548776662466927 * 2**64))
-_STEP_COL = np.uint64(round(0.5698402909980532 * 2**64))
+# Lattice codes: block (band b, column c) is split pattern[(c + step x b + phase(seed, zone)) mod N]:
+# every run of N blocks along a band holds exactly the pattern's counts, and N consecutive bands
+# of a zone shift the pattern through all N phases, so any window of blocks is within about one
+# block of the shares per split (benchmarks/bench_splits.py, part 0). Bands are grouped in zones of
+# ZONE_BANDS that share one column width, so columns line up across the bands of a zone and the
+# pattern holds in two dimensions; a zone's phase is drawn from the seed and the zone's index.
+ZONE_BANDS = 64
+_GOLDEN_STEP = 1 / ((1 + math.sqrt(5)) / 2) ** 2  # step ~ N / phi^2: the most even 2-D lattice of the residues
+_MAX_PERIOD = 40  # longest pattern tried to meet the ratios for unusual ratios / footprints
 _MAX_PAIRS = 50_000_000  # (patch, block) pairs: a bound on memory for footprints far wider than blocks
 
 
@@ -366,9 +369,14 @@ def band_height_deg(block_m: float) -> float:
 
 
 def column_width_deg(bands: np.ndarray, block_m: float) -> np.ndarray:
-    """Longitude width of the columns of each band: ``block_m`` at the band's centre latitude (<= 360)."""
+    """Longitude width of the columns of each band: ``block_m`` at the centre latitude of the band's zone (<= 360).
+
+    The ZONE_BANDS bands of a zone share one width, so their columns line up (within 1.4 % of
+    ``block_m`` at 70 degrees: the blocks of a zone's outer bands are that much off square).
+    """
     dlat = band_height_deg(block_m)
-    centre = np.clip((np.asarray(bands, np.float64) + 0.5) * dlat, -89.999, 89.999)
+    zone = np.floor_divide(np.asarray(bands, np.int64), ZONE_BANDS)
+    centre = np.clip((zone * ZONE_BANDS + ZONE_BANDS / 2) * dlat, -89.999, 89.999)
     return np.minimum(_round_sig(block_m / (EARTH_M_PER_DEG * np.cos(np.radians(centre)))), 360.0)
 
 
@@ -437,67 +445,129 @@ def footprint_blocks(lon_min, lat_min, lon_max, lat_max, block_m: float) -> tupl
     return np.concatenate(owner), np.concatenate(band), np.concatenate(col)
 
 
-@functools.lru_cache(maxsize=64)
-def block_shares(ratios: tuple[float, ...], lam: float) -> tuple[float, ...]:
-    """Shares of ground blocks per split so that *patches* come out in ``ratios`` at footprint ``lam``.
+def pattern_step(n: int) -> int:
+    """The column shift between consecutive bands for a pattern of period ``n``: coprime with n, nearest n / phi^2."""
+    if n <= 2:
+        return 1
+    base = n * _GOLDEN_STEP
+    return min((k for k in range(1, n) if math.gcd(k, n) == 1), key=lambda k: (abs(k - base), k))
 
-    A patch of edge ``lam`` (in block edges) crossing into a block of another split is dropped,
-    and val/test blocks border foreign blocks far more often than train blocks do, so equal
-    block shares would give train about 4 points too many patches (block 1 km, patch 128 m). The
-    model: a patch lies in one block w.p. (1-lam)^2, crosses one edge w.p. 2 lam (1-lam), a corner
-    w.p. lam^2, and is kept when its column, band and diagonal neighbours (u+B, u+A, u+A+B on
-    the lattice) are of its split; fixed-point iteration. Deterministic: an even grid of codes.
+
+def spread(counts: tuple[int, ...]) -> tuple[int, ...]:
+    """A period of ``sum(counts)`` positions holding split i ``counts[i]`` times, each split as evenly spaced as it can be.
+
+    Each position goes to the split furthest behind its even share so far (ties: the lower index).
+    """
+    n = sum(counts)
+    have = [0] * len(counts)
+    out = []
+    for j in range(n):
+        lag = [c * (j + 1) / n - h for c, h in zip(counts, have)]
+        i = max(range(len(counts)), key=lambda s: (lag[s], -s))
+        have[i] += 1
+        out.append(i)
+    return tuple(out)
+
+
+def pattern_shares(pattern: tuple[int, ...], step: int, lam: float) -> np.ndarray:
+    """Share of kept patches per split on an endless lattice of ``pattern``, for square patches of ``lam`` block edges.
+
+    A block keeps the patches whose origin lies in it and whose footprint meets only blocks of its
+    split: all of them if (1-lam)^2 of the origins, those crossing into the block on its right
+    (residue r+1) or above (r+step) if that block is of its split, the corner ones if the three are.
+    """
+    p = np.asarray(pattern)
+    n = len(p)
+    r = np.arange(n)
+    right, top, diag = p[(r + 1) % n] == p, p[(r + step) % n] == p, p[(r + step + 1) % n] == p
+    keep = (1 - lam) ** 2 + lam * (1 - lam) * (right.astype(float) + top) + lam**2 * (right & top & diag)
+    out = np.bincount(p, weights=keep, minlength=len(SPLITS))
+    return out / out.sum()
+
+
+def _apportion(q: np.ndarray, n: int) -> tuple[int, ...] | None:
+    """Integer counts summing to n closest to q x n (largest remainders), at least 1 where q > 0; None if impossible."""
+    pos = q > 0
+    if pos.sum() > n:
+        return None
+    base = np.where(pos, np.maximum(np.floor(q * n), 1), 0).astype(np.int64)
+    while base.sum() > n:  # the minimum of 1 overshot: take from the largest
+        base[int(np.argmax(base))] -= 1
+    rem = q * n - base
+    for i in np.argsort(-rem, kind="stable")[: n - int(base.sum())]:
+        base[i] += 1
+    return tuple(int(v) for v in base)
+
+
+@functools.lru_cache(maxsize=64)
+def lattice_pattern(ratios: tuple[float, ...], lam: float) -> tuple[tuple[int, ...], int]:
+    """(pattern, step) of the shortest period whose *patch* shares at footprint ``lam`` are within half a point of ``ratios``.
+
+    Blocks of the minority splits border foreign blocks more often and lose more patches at
+    their edges, so the block counts are corrected for the losses of the pattern itself
+    (pattern_shares, a fixed point). 7:1:2 at 128 m patches on 1 km blocks: 6/1/2 of 9 blocks.
+    Periods up to _MAX_PERIOD are tried; the closest wins if none is within half a point.
     """
     r = np.asarray(ratios, np.float64)
-    if lam <= 0:
-        return tuple(float(v) for v in r)
-    u = (np.arange(20_000) + 0.5) / 20_000
-    a, b = float(_STEP_BAND) / 2**64, float(_STEP_COL) / 2**64
-    q = r.copy()
-    for _ in range(60):
-        edges = np.cumsum(q)[:-1]
-        lab = [np.searchsorted(edges, np.mod(u + d, 1.0), side="right") for d in (0.0, b, a, a + b)]
-        keep = np.ones(len(r))
-        for k in np.flatnonzero(r > 0):
-            m = lab[0] == k
-            if not m.any():
-                continue
-            h, v = (lab[1][m] == k).mean(), (lab[2][m] == k).mean()
-            d = ((lab[1][m] == k) & (lab[2][m] == k) & (lab[3][m] == k)).mean()
-            keep[k] = (1 - lam) ** 2 + lam * (1 - lam) * (h + v) + lam**2 * d
-        q = r / keep
-        q = q / q.sum()
-    return tuple(round(float(v), 6) for v in q)
+    best: tuple[float, tuple[int, ...], int] | None = None
+    for n in range(2, _MAX_PERIOD + 1):
+        step, q = pattern_step(n), r.copy()
+        seen = set()
+        for _ in range(20):
+            counts = _apportion(q, n)
+            if counts is None or counts in seen:
+                break
+            seen.add(counts)
+            pat = spread(counts)
+            got = pattern_shares(pat, step, lam)
+            err = float(np.abs(got - r).max())
+            if best is None or err < best[0] - 1e-12:
+                best = (err, pat, step)
+            q = q * np.where(got > 0, r / np.maximum(got, 1e-12), 1.0)
+            q = q / q.sum()
+        if best is not None and best[0] <= 0.005:
+            break
+    if best is None:
+        raise SplitError(f"ratios {list(ratios)}: no pattern of up to {_MAX_PERIOD} blocks holds every split")
+    return best[1], best[2]
 
 
-def lattice_codes(band: np.ndarray, col: np.ndarray, seed: int, shares: tuple[float, ...]) -> np.ndarray:
-    """Split index of each lattice block, from its (band, column), the seed and the block shares only."""
-    offset = int.from_bytes(hashlib.sha256(f"sareo.splits.lattice:{int(seed)}".encode()).digest()[:8], "big")
-    b = np.asarray(band, np.int64).view(np.uint64)
-    c = np.asarray(col, np.int64).view(np.uint64)
-    with np.errstate(over="ignore"):
-        u = np.uint64(offset) + b * _STEP_BAND + c * _STEP_COL  # wraps mod 2^64, exactly
-    cum = np.cumsum(np.asarray(shares, np.float64))[:-1]
-    edges = np.array([min(int(round(v * 2**64)), 2**64 - 1) for v in cum], dtype=np.uint64)
-    return np.searchsorted(edges, u, side="right").astype(np.int8)
+def zone_phase(zone: np.ndarray, seed: int, n: int) -> np.ndarray:
+    """Phase of the pattern in each zone, from the zone's index and the seed only (sha256, so exact everywhere)."""
+    zone = np.asarray(zone, np.int64)
+    uz, inv = np.unique(zone, return_inverse=True)
+    ph = [int.from_bytes(hashlib.sha256(f"sareo.splits.lattice:{int(seed)}:{z}".encode()).digest()[:8], "big") % n
+          for z in uz.tolist()]
+    return np.asarray(ph, np.int64)[inv].reshape(zone.shape)
+
+
+def lattice_codes(band: np.ndarray, col: np.ndarray, seed: int, pattern: tuple[int, ...], step: int) -> np.ndarray:
+    """Split index of each lattice block, from its (band, column), the seed and the pattern only."""
+    band = np.asarray(band, np.int64)
+    col = np.asarray(col, np.int64)
+    n = len(pattern)
+    phase = zone_phase(np.floor_divide(band, ZONE_BANDS), seed, n)
+    return np.asarray(pattern, np.int8)[np.mod(col + step * np.mod(band, n) + phase, n)]
 
 
 def lattice_split(lon_min, lat_min, lon_max, lat_max, p: SplitsParams) -> tuple[np.ndarray, dict[str, Any]]:
     """Each box (grown by buffer_m) gets the split of all the blocks it meets, or DROPPED when they differ."""
     n = len(np.asarray(lon_min))
-    shares = block_shares(tuple(float(r) for r in p.ratios), (p.patch_m + 2 * p.buffer_m) / p.block_m)
+    pattern, step = lattice_pattern(tuple(float(r) for r in p.ratios), (p.patch_m + 2 * p.buffer_m) / p.block_m)
     grown = grow_boxes(lon_min, lat_min, lon_max, lat_max, p.buffer_m)
     owner, band, col = footprint_blocks(*grown, p.block_m)
     # one int64 key per block (|band| < 2^22 and |col| < 2^31 for any block_m >= 10 m)
     _, first, inv = np.unique(band * (1 << 32) + col, return_index=True, return_inverse=True)
-    codes = lattice_codes(band[first], col[first], p.seed, shares)[inv]
+    codes = lattice_codes(band[first], col[first], p.seed, pattern, step)[inv]
     lo = np.full(n, 127, np.int8)
     hi = np.full(n, -1, np.int8)
     np.minimum.at(lo, owner, codes)
     np.maximum.at(hi, owner, codes)
     split = np.where(lo == hi, lo, DROPPED).astype(np.int8)
+    counts = np.bincount(np.asarray(pattern), minlength=len(SPLITS))
     extra = {"block_m": float(p.block_m), "patch_m": float(p.patch_m), "buffer_m": float(p.buffer_m),
-             "block_shares": list(shares), "blocks": int(len(first))}
+             "zone_bands": ZONE_BANDS, "pattern": "".join("TVt"[i] for i in pattern), "pattern_step": int(step),
+             "block_shares": [round(float(v), 6) for v in counts / counts.sum()], "blocks": int(len(first))}
     return split, extra
 
 
