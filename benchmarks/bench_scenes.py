@@ -10,12 +10,18 @@ to match. For each N of --scenes, a region of the first N scenes (AOI = their un
 process; the wall time and the peak RSS of the whole process tree (psutil, polled every 0.1 s)
 are recorded per stage. Registration runs at ``coregister.working_gsd_m: 2.0``.
 
-    python benchmarks/bench_scenes.py [--size 10000] [--scenes 1,10] [--keep DIR]
+With ``--workers 1,2`` each N is built once per worker count on a dask.distributed
+LocalCluster of that many worker processes (one thread each, started by this script; the
+stages get ``sareo --scheduler ADDRESS``), the workers' memory counted with the stage's; the
+summary gives the time ratio between the counts and whether every output file is byte-identical.
+
+    python benchmarks/bench_scenes.py [--size 10000] [--scenes 1,10] [--workers 1,2] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -359,28 +365,58 @@ def tree_memory(proc) -> tuple[int, int]:
     return total, hwm
 
 
-def run_stage(project: Path, stage: str, name: str, log: Path) -> dict[str, Any]:
-    """``sareo --root PROJECT STAGE NAME`` as a child: wall time, peak tree RSS (polled every 0.1 s), the
-    largest single-process VmHWM seen."""
+def run_stage(project: Path, stage: str, name: str, log: Path, scheduler: str | None = None,
+              workers: list[Any] = ()) -> dict[str, Any]:
+    """``sareo --root PROJECT [--scheduler ADDRESS] STAGE NAME`` as a child: wall time, peak RSS of its
+    process tree plus the cluster's ``workers`` (psutil processes; polled every 0.1 s), the largest
+    single-process VmHWM seen."""
     import psutil
 
     sareo = shutil.which("sareo", path=str(Path(sys.executable).parent)) or "sareo"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(log, "w") as out:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sareo, "--root", str(project), stage, name], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=project)  # not the caller's folder: it would shadow PYTHONPATH
+        sched = ["--scheduler", scheduler] if scheduler else []
+        proc = subprocess.Popen([sareo, "--root", str(project), *sched, stage, name], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, cwd=project)  # not the caller's folder: it would shadow PYTHONPATH
         ps = psutil.Process(proc.pid)
         peak = hwm = 0
         while proc.poll() is None:
-            total, top = tree_memory(ps)
-            peak, hwm = max(peak, total), max(hwm, top)
+            parts = [tree_memory(q) for q in (ps, *workers)]
+            peak, hwm = max(peak, sum(t for t, _ in parts)), max(hwm, *(h for _, h in parts))
             time.sleep(0.1)
         wall = time.perf_counter() - t0
     res = {"stage": stage, "wall_s": wall, "peak_mb": peak / 2**20, "hwm_mb": hwm / 2**20, "rc": proc.returncode}
     if proc.returncode != 0:
         res["error"] = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-3:]
     return res
+
+
+def output_digest(project: Path, name: str) -> dict[str, str]:
+    """sha256 of every output file of the region (stage directories and store), by relative path."""
+    import hashlib
+
+    from pipeline.layout import ProjectLayout
+
+    lay = ProjectLayout.at(project).region(name)
+    out = {}
+    for base in (lay.dir, lay.store):
+        for f in sorted(base.rglob("*")) if base.exists() else ():
+            if f.is_file() and "logs" not in f.parts:
+                out[f.relative_to(project).as_posix()] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+@contextlib.contextmanager
+def local_cluster(n: int):
+    """A LocalCluster of ``n`` worker processes with one thread each; yields (address, worker processes)."""
+    import psutil
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit=0) as cluster, Client(cluster) as client:  # fmt: skip
+        pids = [int(v) for v in client.run(os.getpid).values()]
+        yield cluster.scheduler_address, [psutil.Process(pid) for pid in pids]
 
 
 def clear_outputs(project: Path, name: str) -> None:
@@ -468,12 +504,29 @@ def print_summary(results: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]
           + f"; max {peak:.0f} MB; failed stages: {failed or 'none'}; this script's own peak {self_hwm_mb():.0f} MB")
 
 
+def print_workers(n: int, by_workers: dict[int, tuple[list[dict[str, Any]], dict[str, str]]]) -> None:
+    """Wall time per stage for each worker count, the ratio to the first count, and the byte check."""
+    ws = list(by_workers)
+    base_rows, base_digest = by_workers[ws[0]]
+    print(f"\nN = {n}: dask LocalCluster workers (1 thread each), wall s per stage, and ratio to {ws[0]} worker(s)")
+    for w in ws:
+        rows, digest = by_workers[w]
+        total = sum(r["wall_s"] for r in rows)
+        base = sum(r["wall_s"] for r in base_rows)
+        same = digest == base_digest
+        diff = sorted(k for k in set(digest) | set(base_digest) if digest.get(k) != base_digest.get(k))
+        print(f"  workers {w}: " + ", ".join(f"{r['stage']} {r['wall_s']:.1f}" for r in rows)
+              + f"; total {total:.1f} s ({base / total:.2f}x the speed of {ws[0]}); peak {max(r['peak_mb'] for r in rows):.0f} MB; "
+              + f"outputs byte-identical to {ws[0]} worker(s): {same}" + ("" if same else f" (differ: {diff[:5]})"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=10000, help="scene side in pixels (0.5 m)")
     ap.add_argument("--scenes", default="1,10", help="comma-separated scene counts to run, each <= 10")
     ap.add_argument("--keep", type=Path, default=None,
                     help="project folder to build in and keep (inputs there are reused); default: a temp folder")
+    ap.add_argument("--workers", default="", help="comma-separated dask worker counts, e.g. 1,2 (default: local threads)")
     args = ap.parse_args()
     ns = sorted({int(v) for v in args.scenes.split(",") if v.strip()})
     if not ns or ns[0] < 1 or ns[-1] > MAX_SCENES:
@@ -495,20 +548,28 @@ def main() -> None:
                                                   f"({union_share(args.size, n):.2f})" for n in ns), flush=True)
     results: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     (project / "logs").mkdir(exist_ok=True)
+    counts = [int(v) for v in args.workers.split(",") if v.strip()] if args.workers else [0]
     try:
         for n in ns:
             name = f"scenes{n}"
-            clear_outputs(project, name)
-            rows = []
-            for stage in STAGES:
-                r = run_stage(project, stage, name, project / "logs" / f"{name}_{stage}.log")
-                rows.append(r)
-                print(f"  N={n} {stage}: {r['wall_s']:.1f} s, peak {r['peak_mb']:.0f} MB"
-                      + ("" if r["rc"] == 0 else f", FAILED: {r.get('error')}"), flush=True)
-                if r["rc"] != 0:
-                    break
-            results[n] = (rows, region_figures(project, name))
-            print_table(n, *results[n])
+            by_workers: dict[int, tuple[list[dict[str, Any]], dict[str, str]]] = {}
+            for w in counts:
+                clear_outputs(project, name)
+                with local_cluster(w) if w else contextlib.nullcontext((None, [])) as (address, procs):
+                    label = f"N={n}" + (f" workers={w}" if w else "")
+                    rows = []
+                    for stage in STAGES:
+                        r = run_stage(project, stage, name, project / "logs" / f"{name}_{w}_{stage}.log", address, procs)
+                        rows.append(r)
+                        print(f"  {label} {stage}: {r['wall_s']:.1f} s, peak {r['peak_mb']:.0f} MB"
+                              + ("" if r["rc"] == 0 else f", FAILED: {r.get('error')}"), flush=True)
+                        if r["rc"] != 0:
+                            break
+                results[n] = (rows, region_figures(project, name))
+                print_table(n, *results[n])
+                by_workers[w] = (rows, output_digest(project, name))
+            if len(counts) > 1:
+                print_workers(n, by_workers)
         print_summary(results, ns)
     finally:
         if not args.keep:
