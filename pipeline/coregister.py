@@ -8,8 +8,10 @@ the SAR geotransform, so the SAR is still resampled exactly once.
 Method (see docs/coregistration.md): structure, not intensity. CFOG-like descriptors on both
 images (``pipeline.descriptors``), a coarse global estimate by masked FFT-NCC on a downsampled
 pair, then local estimates in tiles spread over the scene within a small radius around it, each
-with a confidence; a robust fit (translation; affine only where the scene supports it) and a
-global confidence. A low confidence keeps the original georeferencing and flags the region.
+with a confidence, from ground-level SAR features and from every SAR feature (the bright
+scatterers are masked only when the two disagree: layover); a robust fit (translation; affine
+only where the scene supports it) and a global confidence. A low confidence keeps the original
+georeferencing and flags the region.
 
 Convention: ``(dx, dy)`` is the shift of SAR *content* relative to the EO in working-grid
 pixels: a feature at EO pixel (x, y) shows in the SAR at (x + dx, y + dy).
@@ -125,7 +127,8 @@ class TiePoint:
     inlier: bool = False
     dx_all: float | None = None  # the same tile matched with every SAR feature (bright scatterers kept)
     dy_all: float | None = None
-    family: str = "ground"  # "ground": bright scatterers masked; "bright": fallback, only strong layover masked
+    family: str = "ground"  # "ground": bright scatterers masked; "all": kept (no layover seen); "bright": fallback,
+    # only strong layover masked
 
     def to_dict(self, ndigits: int = 3) -> dict[str, Any]:
         return {
