@@ -22,19 +22,23 @@ building) laid over 1-4 px toward the sensor relative to the ground (uniform or 
 1-4 looks, offsets +-30 px, also block-averaged to 1 m and 2 m (small scenes); a tuning set (the
 chip, seeds 30000+) and a held-out one (the chip turned and mirrored, seeds 40000+); per set RMSE
 and P90 of the accepted pairs, acceptance, accepted pairs over 1 px, and P(error <= 1 px) per
-confidence bin. Every part runs today's method (``--baseline``, default the commit before issue 11,
-loaded from git) beside the current one.
+confidence bin. Every part runs the method of ``--baseline`` (default: main's, loaded from git:
+coregister.py and descriptors.py of that commit; "old" in the output) beside the current one ("new").
+Cost (``--cost N``): register_scene through files with one worker, both methods interleaved on the same
+pairs, CPU and wall seconds per Mpx (run the whole benchmark under ``taskset -c 0``).
 
 A failure is an error over 3 px. Targets: RMSE <= 0.5 px; no unflagged failure; part 4: no
 accepted pair over 1 px, >= 70 % accepted.
 
-    python benchmarks/bench_coregister.py --trials 30 --file-trials 6 --unrelated 12 --out-of-reach 10 \
-        --urban 12 --layover 12   # the run quoted in docs/coregistration.md
+    taskset -c 0 python benchmarks/bench_coregister.py --trials 30 --file-trials 6 --unrelated 12 \
+        --out-of-reach 10 --urban 12 --layover 12 --cost 4 --json /tmp/bench11c.json
+        # the run quoted in docs/coregistration.md
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -133,8 +137,8 @@ def part2b(eo: np.ndarray, transform: Affine, crs, trials: int, m=cr) -> dict:
             rng = np.random.default_rng(5000 + k)
             off = tuple(float(v) for v in rng.uniform(-15, 15, 2))  # metres = +-30 px at 0.5 m
             region = write_files(eo, transform, crs, off, rng, Path(tmp) / f"t{k}" / "source")
-            rec = m.register_region(region, SourceFiles(Path(tmp) / f"t{k}" / "source"),
-                                    RegistrationFiles(Path(tmp) / f"t{k}" / "reg"), m.CoregisterParams(record_timing=True))
+            rec = m.register_scene(region, SourceFiles(Path(tmp) / f"t{k}" / "source"),
+                                   RegistrationFiles(Path(tmp) / f"t{k}" / "reg"), m.CoregisterParams(record_timing=True))
             est = rec["estimate"]["shift_m"]
             err = math.hypot(est["east"] + off[0], est["north"] + off[1]) / 0.5
             errs.append(err)
@@ -143,8 +147,44 @@ def part2b(eo: np.ndarray, transform: Affine, crs, trials: int, m=cr) -> dict:
             mpx = rec["timing"]["megapixels"]
             if err > FAIL_PX or rec["flagged"]:
                 print(f"  file trial {k}: offset {off} est {est} err {err:.2f} px flagged={rec['flagged']}")
-    return summarise("2b  Atlanta chip through register_region (UTM SAR file, EPSG:3857 EO), error in px of 0.5 m",
+    return summarise("2b  Atlanta chip through register_scene (UTM SAR file, EPSG:3857 EO), error in px of 0.5 m",
                      errs, flags, secs, mpx)
+
+
+def cost(eo: np.ndarray, transform: Affine, crs, trials: int, methods: dict) -> dict:
+    """Seconds per Mpx through files on one core: register_scene (GeoTIFFs read in windows,
+    overlay written) with ``workers: 1`` on the part-2b pairs, the methods interleaved pair by
+    pair so that a loaded machine slows them alike; CPU time of the process (``process_time``)
+    and wall time. Run the benchmark under ``taskset -c 0`` for the one-core figure."""
+    rows = {name: {"cpu": [], "wall": [], "mpx": []} for name in methods}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(trials):
+            rng = np.random.default_rng(5000 + k)
+            off = tuple(float(v) for v in rng.uniform(-15, 15, 2))
+            region = write_files(eo, transform, crs, off, rng, Path(tmp) / f"t{k}" / "source")
+            for name, m in methods.items():
+                c0, w0 = time.process_time(), time.perf_counter()
+                rec = m.register_scene(region, SourceFiles(Path(tmp) / f"t{k}" / "source"),
+                                       RegistrationFiles(Path(tmp) / f"t{k}" / name), m.CoregisterParams(workers=1))
+                rows[name]["cpu"].append(time.process_time() - c0)
+                rows[name]["wall"].append(time.perf_counter() - w0)
+                rows[name]["mpx"].append(rec["working_grid"]["width"] * rec["working_grid"]["height"] / 1e6)
+    out = {}
+    print(f"\n== cost: register_scene through files, workers 1, {trials} pairs (first pair includes imports)")
+    for name, r in rows.items():
+        mpx = float(np.mean(r["mpx"]))
+        cpu = [c / m for c, m in zip(r["cpu"], r["mpx"])]
+        wall = [w / m for w, m in zip(r["wall"], r["mpx"])]
+        out[name] = {"mpx": mpx, "cpu_s_per_mpx": cpu, "wall_s_per_mpx": wall,
+                     "cpu_s_per_mpx_mean": float(np.mean(cpu)), "wall_s_per_mpx_mean": float(np.mean(wall)),
+                     "cpu_s_per_mpx_after_first": float(np.mean(cpu[1:])) if len(cpu) > 1 else float("nan")}
+        print(f"  {name:6s} {mpx:.3f} Mpx: CPU {out[name]['cpu_s_per_mpx_mean']:.2f} s/Mpx "
+              f"(after the first pair {out[name]['cpu_s_per_mpx_after_first']:.2f}), wall {out[name]['wall_s_per_mpx_mean']:.2f} s/Mpx")
+    if len(out) == 2:
+        a, b = list(out)
+        print(f"  ratio {b}/{a}: CPU {out[b]['cpu_s_per_mpx_mean'] / out[a]['cpu_s_per_mpx_mean']:.2f}, "
+              f"wall {out[b]['wall_s_per_mpx_mean'] / out[a]['wall_s_per_mpx_mean']:.2f}")
+    return out
 
 
 def part2c(eo: np.ndarray, trials: int, m=cr) -> dict:
@@ -294,7 +334,7 @@ def part4(eo: np.ndarray, trials: int, held_out: bool, methods: dict) -> dict:
                 seed = (40000 if held_out else 30000) + 1000 * si + k
                 sar_db, img, (dx, dy), g, gsd, _ = layover_trial(eo, kind, rd, dec, seed, held_out)
                 t = time.perf_counter()
-                kw = {"geometry": g} if m is cr else {}  # today's method has no geometry input
+                kw = {"geometry": g} if "geometry" in inspect.signature(m.estimate_shift).parameters else {}
                 reg = m.estimate_shift(sar_db, img, np.isfinite(sar_db), img > 0, gsd_m=gsd, **kw)
                 secs.append(time.perf_counter() - t)
                 mpx = img.size / 1e6
@@ -318,20 +358,25 @@ def part4(eo: np.ndarray, trials: int, held_out: bool, methods: dict) -> dict:
     return out
 
 
-BASELINE = "874ec89"  # the commit before issue 11: "today's method" in the comparison
+BASELINE = "main"  # the method measured beside this worktree's ("old" in the tables); 874ec89 = before issue 11
 
 
 def baseline_module(commit: str = BASELINE):
-    """pipeline/coregister.py as of ``commit`` (git show), as a module beside today's: both
-    methods measured in the same run, on the same pairs. Its descriptors are the current
-    pipeline.descriptors, of which the old functions are unchanged."""
+    """pipeline/coregister.py and pipeline/descriptors.py as of ``commit`` (git show), as modules
+    beside the current ones: both methods measured in the same run, on the same pairs."""
     import subprocess
     import types
 
-    src = subprocess.check_output(["git", "-C", str(ROOT), "show", f"{commit}:pipeline/coregister.py"], text=True)
-    mod = types.ModuleType("coregister_" + commit)
-    sys.modules[mod.__name__] = mod
-    exec(compile(src, f"{commit}:pipeline/coregister.py", "exec"), mod.__dict__)
+    def load(path: str, name: str) -> types.ModuleType:
+        src = subprocess.check_output(["git", "-C", str(ROOT), "show", f"{commit}:{path}"], text=True)
+        mod = types.ModuleType(name)
+        sys.modules[name] = mod
+        exec(compile(src, f"{commit}:{path}", "exec"), mod.__dict__)
+        return mod
+
+    dsc = load("pipeline/descriptors.py", f"descriptors_{commit}")
+    mod = load("pipeline/coregister.py", f"coregister_{commit}")
+    mod.dsc = dsc  # its functions look the module up at call time
     return mod
 
 
@@ -389,6 +434,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--file-trials", type=int, default=10)
+    ap.add_argument("--cost", type=int, default=4, help="pairs of the one-worker cost run through files (0 = skip)")
     ap.add_argument("--unrelated", type=int, default=20)
     ap.add_argument("--out-of-reach", type=int, default=20)
     ap.add_argument("--urban", type=int, default=30, help="trials of part 3 (realistic urban geometry)")
@@ -404,7 +450,7 @@ def main() -> None:
         eo, transform, crs = src.read(1).astype(np.float64), src.transform, src.crs
     methods = {"new": cr}
     if args.baseline:
-        methods = {"today": baseline_module(args.baseline), "new": cr}
+        methods = {"old": baseline_module(args.baseline), "new": cr}
     for name, m in methods.items():
         print(f"\n######## method: {name} ({'pipeline.coregister' if m is cr else m.__name__})")
         r = results.setdefault(name, {})
@@ -418,6 +464,8 @@ def main() -> None:
             r["out_of_reach"] = part2d(eo, args.out_of_reach, m)
         if args.urban:
             r["urban"] = part3(args.urban, m=m)
+    if args.cost:
+        results["cost"] = cost(eo, transform, crs, args.cost, methods)
     if args.layover:
         print("\n######## part 4: layover of bright scatterers on the real chip")
         for held in (False, True):

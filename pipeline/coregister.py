@@ -8,8 +8,10 @@ the SAR geotransform, so the SAR is still resampled exactly once.
 Method (see docs/coregistration.md): structure, not intensity. CFOG-like descriptors on both
 images (``pipeline.descriptors``), a coarse global estimate by masked FFT-NCC on a downsampled
 pair, then local estimates in tiles spread over the scene within a small radius around it, each
-with a confidence; a robust fit (translation; affine only where the scene supports it) and a
-global confidence. A low confidence keeps the original georeferencing and flags the region.
+with a confidence, from ground-level SAR features and from every SAR feature (the bright
+scatterers are masked only when the two disagree: layover); a robust fit (translation; affine
+only where the scene supports it) and a global confidence. A low confidence keeps the original
+georeferencing and flags the region.
 
 Convention: ``(dx, dy)`` is the shift of SAR *content* relative to the EO in working-grid
 pixels: a feature at EO pixel (x, y) shows in the SAR at (x + dx, y + dy).
@@ -81,8 +83,12 @@ class CoregisterParams:
     claimed_accuracy_px: float = param(1.0, "independent estimates disagreeing by more than this: flagged")
     layover_leak: float = param(
         1.0, "range uncertainty from layover: this times the bright-minus-ground difference along range")
+    family_agree_sigmas: float = param(
+        2.0, "every-feature and ground estimates within this many standard errors on both axes: no layover "
+        "seen, bright scatterers kept")
+    gdal_cache_mb: int = param(256, "GDAL block cache bound while the stage reads (its default is 5 % of RAM)")
     eo_sigma: float = param(1.0, "Gaussian smoothing of the EO before its gradient, pixels")
-    overlay_px: int = param(768, "side of the before/after overlay.png")
+    overlay_px: int = param(512, "side of the before/after overlay.png panels (full resolution; a fixed cost per scene)")
     workers: int | None = param(None, "threads for tile matching; null = one per core")
     record_timing: bool = param(False, "wall-clock seconds in registration.json (true makes the output differ per run)")
 
@@ -94,9 +100,11 @@ class CoregisterParams:
         if self.working_gsd_m is not None and self.working_gsd_m <= 0:
             raise ValueError(f"working_gsd_m: must be > 0 or null, got {self.working_gsd_m}")
         for key in ("max_tiles", "coarse_radius_px", "max_coarse_px", "fine_radius_px", "min_tiles", "n_orient",
-                    "sar_half_window", "overlay_px"):
+                    "sar_half_window", "overlay_px", "gdal_cache_mb"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if not self.family_agree_sigmas > 0:
+            raise ValueError(f"family_agree_sigmas: must be > 0, got {self.family_agree_sigmas}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers: must be >= 1 or null, got {self.workers}")
 
@@ -121,7 +129,8 @@ class TiePoint:
     inlier: bool = False
     dx_all: float | None = None  # the same tile matched with every SAR feature (bright scatterers kept)
     dy_all: float | None = None
-    family: str = "ground"  # "ground": bright scatterers masked; "bright": fallback, only strong layover masked
+    family: str = "ground"  # "ground": bright scatterers masked; "all": kept (no layover seen); "bright": fallback,
+    # only strong layover masked
 
     def to_dict(self, ndigits: int = 3) -> dict[str, Any]:
         return {
@@ -171,23 +180,26 @@ class Registration:
 
 # ----------------------------------------------------------------------------- core
 
-# read(row0, col0, height, width, factor) -> (sar_db, sar_valid, eo_gray, eo_valid), a window of
-# the working frame at 1/factor resolution: pixel (i, j) covers working pixels
+# read(row0, col0, height, width, factor, what) -> (sar_db, sar_valid, eo_gray, eo_valid), a window
+# of the working frame at 1/factor resolution: pixel (i, j) covers working pixels
 # [row0 + i*factor, row0 + (i+1)*factor) x [col0 + j*factor, ...). Outside the data: invalid.
-Reader = Callable[[int, int, int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+# ``what``: "both", "sar" or "eo"; the image not asked for comes back as None (not read).
+Reader = Callable[..., tuple[Any, Any, Any, Any]]
+Which = Literal["both", "sar", "eo"]
 
 
-def _sar_masks(sar_db: np.ndarray, sar_valid: np.ndarray, p: CoregisterParams, factor: int
-               ) -> dict[str, np.ndarray]:
+def _sar_masks(sar_db: np.ndarray, sar_valid: np.ndarray, p: CoregisterParams, factor: int,
+               families: tuple[str, ...] = ("all", "bright", "ground")) -> dict[str, np.ndarray]:
     """The SAR pixels each feature family counts (fine level only; the coarse level keeps
     everything: masked there, a dense city loses the global estimate the fine search needs).
 
     ``all``: every valid pixel; ``bright``: minus the 7x7-mean-over-median mask (strong
     layover areas, the previous method); ``ground``: also minus CFAR bright point and line
     scatterers (thin facade and double-bounce lines that a 7x7 mean dilutes), unless they
-    would cover more than ``cfar_max_share`` of the window (CFAR assumes sparse targets)."""
+    would cover more than ``cfar_max_share`` of the window (CFAR assumes sparse targets).
+    Only the masks of ``families`` are computed (the CFAR is the costly one)."""
     out = {"all": sar_valid}
-    if factor != 1 or not sar_valid.any():
+    if factor != 1 or not sar_valid.any() or families == ("all",):
         return {"all": sar_valid, "bright": sar_valid, "ground": sar_valid}
     mid = sar_valid
     if p.sar_bright_mask_db is not None:
@@ -195,7 +207,7 @@ def _sar_masks(sar_db: np.ndarray, sar_valid: np.ndarray, p: CoregisterParams, f
                                            grow=int(p.sar_mask_grow_px))
     out["bright"] = mid
     ground = mid
-    if p.sar_bright_pfa is not None and mid.any():
+    if p.sar_bright_pfa is not None and mid.any() and "ground" in families:
         hit = dsc.bright_scatterers(sar_db, mid, float(p.sar_bright_pfa))
         if p.sar_mask_grow_px > 0:
             hit = ndimage.binary_dilation(hit, iterations=int(p.sar_mask_grow_px))
@@ -230,41 +242,61 @@ def _tile_confidence(peak: dsc.Peak) -> float:
     return s_part * d_part
 
 
-def _match(
-    read: Reader, row0: int, col0: int, h: int, w: int, factor: int, radius: int, guess: tuple[int, int],
-    p: CoregisterParams, min_overlap: float = 0.5, families: bool = False, family: str = "ground",
-) -> tuple[dsc.Peak, str, dsc.Peak | None] | None:
-    """Match an EO window (template) inside a SAR window displaced by ``guess`` (+- radius).
+M = 8  # descriptor margin: filters near a window border see padding
 
-    Returns the peak (shift relative to ``guess``, in pixels at this level), the feature family
-    it came from and (``families``, fine level) the peak with every SAR feature, or None when
-    the window holds too little valid data. ``family`` names the SAR mask (see _sar_masks).
-    """
-    m = 8  # descriptor margin: filters near the window border see padding
+
+@dataclass(frozen=True)
+class _Windows:
+    """One tile's SAR search window (template + 2 * radius, plus the margin) and EO template
+    window (plus the margin) at 1/factor: read once, matched for every feature family."""
+
+    sar: np.ndarray
+    sv: np.ndarray
+    eo: np.ndarray
+    ev: np.ndarray
+    factor: int
+    radius: int
+
+
+def _windows(read: Reader, row0: int, col0: int, h: int, w: int, factor: int, radius: int,
+             guess: tuple[int, int], eo_window: tuple[np.ndarray, np.ndarray] | None = None) -> _Windows | None:
+    """The windows of the tile at (row0, col0) with the SAR displaced by ``guess`` (``eo_window``:
+    the EO one, already read); None when either holds too little valid data."""
     gx, gy = guess
-    H, W = h + 2 * m + 2 * radius, w + 2 * m + 2 * radius
-    sar, sv, _, _ = read(row0 + (gy - radius - m) * factor, col0 + (gx - radius - m) * factor, H, W, factor)
-    _, _, eo, ev = read(row0 - m * factor, col0 - m * factor, h + 2 * m, w + 2 * m, factor)
-    tmask = ev[m:-m, m:-m]
-    if tmask.mean() < 0.3 or sv.mean() < 0.3:
+    H, W = h + 2 * M + 2 * radius, w + 2 * M + 2 * radius
+    sar, sv, _, _ = read(row0 + (gy - radius - M) * factor, col0 + (gx - radius - M) * factor, H, W, factor, "sar")
+    if eo_window is None:
+        _, _, eo, ev = read(row0 - M * factor, col0 - M * factor, h + 2 * M, w + 2 * M, factor, "eo")
+    else:
+        eo, ev = eo_window
+    if ev[M:-M, M:-M].mean() < 0.3 or sv.mean() < 0.3:
         return None
-    masks = _sar_masks(sar, sv, p, factor)
-    ed = _eo_descriptor(eo, ev, p)[:, m:-m, m:-m]
+    return _Windows(sar.astype(np.float32), sv, eo.astype(np.float32), ev, factor, radius)
 
-    def peak_of(name: str, with_null: bool = True) -> dsc.Peak | None:
+
+def _peaks(win: _Windows, families: tuple[str, ...], p: CoregisterParams, min_overlap: float = 0.5
+           ) -> dict[str, dsc.Peak | None]:
+    """Match the EO template of ``win`` inside its SAR window with each SAR feature family (see
+    _sar_masks); each peak's shift is relative to the window's guess, in pixels at its level, and
+    comes with its surrogate null. The template's spectra are computed once for all of them."""
+    m, factor, radius = M, win.factor, win.radius
+    masks = _sar_masks(win.sar, win.sv, p, factor, families)
+    tmask = win.ev[m:-m, m:-m]
+    ed = _eo_descriptor(win.eo, win.ev, p)[:, m:-m, m:-m]
+    shape = dsc.fft_shape(tmask.shape, radius)
+    t_spec = dsc.spectra(ed, tmask, shape)
+    out: dict[str, dsc.Peak | None] = {}
+    for name in families:
         v = masks[name]
         if v[m:-m, m:-m].mean() < 0.3:
-            return None
-        sd, vv = _sar_descriptor(sar, v, p, factor)[:, m:-m, m:-m], v[m:-m, m:-m]
-        surface = dsc.masked_ncc(ed, tmask, sd, vv, radius, min_overlap)
-        null = dsc.null_ncc(ed, tmask, sd, vv, radius, min_overlap) if with_null else None
-        return dsc.find_peak(surface, null=null)
-
-    peak = peak_of(family)
-    if peak is None:
-        return None
-    peak_all = peak_of("all", with_null=False) if families and family == "ground" else None
-    return peak, family, peak_all
+            out[name] = None
+            continue
+        sd, vv = _sar_descriptor(win.sar, v, p, factor)[:, m:-m, m:-m], v[m:-m, m:-m]
+        s_spec = dsc.spectra(sd, vv, shape)
+        surface = dsc.ncc_from_spectra(t_spec, s_spec, radius, min_overlap)
+        null = dsc.ncc_from_spectra(t_spec, s_spec, radius, min_overlap, flipped=True)
+        out[name] = dsc.find_peak(surface, null=null)
+    return out
 
 
 def _spread_tiles(
@@ -400,17 +432,65 @@ def p_within(radius: float, s1: float, s2: float) -> float:
     return float(min(1.0, (dens * (X**2 + Y**2 <= radius**2)).sum() * step * step))
 
 
+def _scatter_sigma(d: np.ndarray, w: np.ndarray, e: np.ndarray, axes: tuple[np.ndarray, np.ndarray]) -> list[float]:
+    """Statistical standard error of a confidence-weighted mean of tile estimates ``d`` (n, 2)
+    around ``e`` along each axis: weighted scatter over sqrt(effective n), floor 0.05 px (sub-pixel
+    peak interpolation)."""
+    n_eff = w.sum() ** 2 / max((w**2).sum(), 1e-12)
+    return [max(0.05, float(np.sqrt((w * ((d - e) @ ax) ** 2).sum() / w.sum()) / math.sqrt(max(n_eff, 1.0))))
+            for ax in axes]
+
+
+def _wmean(d: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return (d * w[:, None]).sum(0) / w.sum()
+
+
+def family_test(ground: list[TiePoint], every: list[TiePoint], geometry: AcquisitionGeometry | None,
+                p: CoregisterParams) -> dict[str, Any]:
+    """Do the bright scatterers move the estimate? Layover displaces elevated scatterers toward
+    the sensor and nothing on flat ground, so an estimate from every SAR feature (``every``)
+    differs from the ground-level one (``ground``) only where there is layover to see. Both are
+    fitted on the tiles that are inliers in both; their difference is tested against its
+    standard error (the two statistical errors in quadrature, independent as a bound) along each
+    axis. ``layover_seen``: the difference exceeds ``family_agree_sigmas`` of it on an axis, or the
+    test could not be made (too few common tiles): keep the mask. Otherwise the bright
+    scatterers are right (no layover: a scene without tall structure, or a flat one) and
+    masking them only throws away true features."""
+    ax_r, ax_a, axes = _axes(geometry, p)
+    names = ("range", "azimuth") if axes == "range_azimuth" else ("x", "y")
+    both = [(g, a) for g, a in zip(ground, every) if g.inlier and a.inlier]
+    out: dict[str, Any] = {"axes": axes, "common_tiles": len(both), "layover_seen": True}
+    if len(both) < max(2, p.min_tiles):
+        out["why"] = f"only {len(both)} tile(s) agree in both families"
+        return out
+    dg = np.array([[g.dx, g.dy] for g, _ in both])
+    da = np.array([[a.dx, a.dy] for _, a in both])
+    wg = np.array([g.confidence for g, _ in both])
+    wa = np.array([a.confidence for _, a in both])
+    mg, ma = _wmean(dg, wg), _wmean(da, wa)
+    sg, sa = _scatter_sigma(dg, wg, mg, (ax_r, ax_a)), _scatter_sigma(da, wa, ma, (ax_r, ax_a))
+    diff = [float((ma - mg) @ ax) for ax in (ax_r, ax_a)]
+    sigma = [math.hypot(a, b) for a, b in zip(sg, sa)]
+    out.update(
+        difference_px={names[0]: round(diff[0], 4), names[1]: round(diff[1], 4)},
+        sigma_px={names[0]: round(sigma[0], 4), names[1]: round(sigma[1], 4)},
+        layover_seen=bool(any(abs(d) > p.family_agree_sigmas * s for d, s in zip(diff, sigma))),
+    )
+    return out
+
+
 def _assess(tps: list[TiePoint], est: tuple[float, float], geometry: AcquisitionGeometry | None,
-            p: CoregisterParams) -> tuple[dict[str, Any], dict[str, Any], str]:
+            p: CoregisterParams, bias_xy: np.ndarray | None) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Independent estimates, uncertainty along two axes and why to distrust the fit.
 
     - Scene halves: the inlier tiles split at the median position along range (or x), each
       half fitted on its own; the halves disagreeing by more than ``claimed_accuracy_px`` means
       the scene does not support one answer at that accuracy.
-    - Feature families: every tile is also matched with all SAR features (bright scatterers
-      kept). Layover moves those toward the sensor only, so along azimuth both families must
-      agree; along range their difference measures how much layover there is to leak through
-      the mask (``layover_leak`` of it is added to the range uncertainty).
+    - Feature families: ``bias_xy`` is the mean of (every SAR feature minus the ground-level
+      features) over the ground family's inlier tiles. Layover moves those toward the sensor
+      only, so along azimuth both families must agree; along range their difference measures
+      how much layover there is to leak through the mask (``layover_leak`` of it is added to the
+      range uncertainty).
     - Statistical: the confidence-weighted scatter of the inlier tiles per axis, over the
       square root of their number, with a 0.05 px floor for sub-pixel peak interpolation.
     """
@@ -423,21 +503,14 @@ def _assess(tps: list[TiePoint], est: tuple[float, float], geometry: Acquisition
     d = np.array([[t.dx, t.dy] for t in inl])
     w = np.array([t.confidence for t in inl])
     xy = np.array([[t.x, t.y] for t in inl])
-    e = np.asarray(est, float)
-    n_eff = w.sum() ** 2 / max((w**2).sum(), 1e-12)
-    sig = []
-    for ax in (ax_r, ax_a):
-        r = (d - e) @ ax
-        sig.append(max(0.05, float(np.sqrt((w * r**2).sum() / w.sum()) / math.sqrt(max(n_eff, 1.0)))))
+    sig = _scatter_sigma(d, w, np.asarray(est, float), (ax_r, ax_a))
     reason = ""
     # halves
     half_diff = np.zeros(2)
     pos = xy @ ax_r
     lo = pos <= np.median(pos)
     if lo.sum() >= 2 and (~lo).sum() >= 2:
-        m1 = (d[lo] * w[lo, None]).sum(0) / w[lo].sum()
-        m2 = (d[~lo] * w[~lo, None]).sum(0) / w[~lo].sum()
-        dv = m1 - m2
+        dv = _wmean(d[lo], w[lo]) - _wmean(d[~lo], w[~lo])
         half_diff = np.array([dv @ ax_r, dv @ ax_a])
         checks["halves_px"] = {names[0]: round(float(half_diff[0]), 3), names[1]: round(float(half_diff[1]), 3)}
         if float(np.hypot(*half_diff)) > p.claimed_accuracy_px:
@@ -446,14 +519,10 @@ def _assess(tps: list[TiePoint], est: tuple[float, float], geometry: Acquisition
     else:
         checks["halves_px"] = None
     # feature families
-    fam = [(t.dx_all - t.dx, t.dy_all - t.dy) for t in inl if t.dx_all is not None]
     bias = np.zeros(2)
-    if len(fam) >= 2:
-        fw = np.array([t.confidence for t in inl if t.dx_all is not None])
-        fv = (np.array(fam) * fw[:, None]).sum(0) / fw.sum()
-        bias = np.array([fv @ ax_r, fv @ ax_a])
-        key = "bright_minus_ground_px"
-        checks[key] = {names[0]: round(float(bias[0]), 3), names[1]: round(float(bias[1]), 3)}
+    if bias_xy is not None:
+        bias = np.array([bias_xy @ ax_r, bias_xy @ ax_a])
+        checks["bright_minus_ground_px"] = {names[0]: round(float(bias[0]), 3), names[1]: round(float(bias[1]), 3)}
         if axes == "range_azimuth" and abs(bias[1]) > p.claimed_accuracy_px and not reason:
             reason = (f"ground and bright-scatterer estimates disagree by {abs(bias[1]):.2f} px along azimuth, "
                       "where layover cannot displace them")
@@ -472,11 +541,26 @@ def _assess(tps: list[TiePoint], est: tuple[float, float], geometry: Acquisition
     return unc, checks, reason
 
 
+def _tie_points(corners: list[tuple[int, int]], results: list[Any], family: str, tile: int,
+                guess: tuple[int, int]) -> list[TiePoint]:
+    """Tie points of one feature family (``dx_all``/``dy_all``: the same tile with every feature)."""
+    tps = []
+    for (r0, c0), res in zip(corners, results):
+        if res is None or res[1].get(family) is None:
+            continue
+        pk, pa = res[1][family], res[1].get("all")
+        tps.append(TiePoint(
+            c0 + tile / 2, r0 + tile / 2, guess[0] + pk.dx, guess[1] + pk.dy, _tile_confidence(pk), pk.score,
+            dx_all=None if pa is None else guess[0] + pa.dx, dy_all=None if pa is None else guess[1] + pa.dy,
+            family=family))
+    return tps
+
+
 def estimate(read: Reader, shape: tuple[int, int], gsd_m: float, p: CoregisterParams | None = None,
              geometry: AcquisitionGeometry | None = None) -> Registration:
     """Coarse-to-fine estimate of the SAR content shift on a working frame of ``shape`` (H, W)
     pixels of ``gsd_m`` metres, reading only what it needs through ``read``. ``geometry`` (the
-    SAR's look direction) sets the axes of the uncertainty and the azimuth family check."""
+    SAR's look direction) sets the axes of the uncertainty and of the family test."""
     p = p or CoregisterParams()
     H, W = shape
     plan = frame_plan(shape, gsd_m, p)
@@ -490,61 +574,80 @@ def estimate(read: Reader, shape: tuple[int, int], gsd_m: float, p: CoregisterPa
     coarse: dict[str, Any] = {"factor": factor, "radius_px": rc}
     guess = (0, 0)
     fine_radius = radius
+    sv_coarse = None
+    # the EO of the whole frame at 1/factor with the descriptor margin, read once: the coarse
+    # template is its middle and the tiles are laid out on its valid part
+    _, _, eo_c, ev_c = read(-M * factor, -M * factor, ch + 2 * M, cw + 2 * M, factor, "eo")
     if ch > 2 * rc + 16 and cw > 2 * rc + 16:
-        res = _match(read, rc * factor, rc * factor, ch - 2 * rc, cw - 2 * rc, factor, rc, (0, 0), p, min_overlap=0.3)
-        if res is not None:
-            pk = res[0]
-            conf = _tile_confidence(pk)
-            coarse.update(dx=pk.dx * factor, dy=pk.dy * factor, ncc=pk.score, confidence=conf)
-            if conf >= 0.3:
-                guess = (int(round(pk.dx * factor)), int(round(pk.dy * factor)))
-                fine_radius = min(radius, max(int(p.fine_radius_px), 2 * factor))
+        win = _windows(read, rc * factor, rc * factor, ch - 2 * rc, cw - 2 * rc, factor, rc, (0, 0),
+                       (eo_c[rc : ch + 2 * M - rc, rc : cw + 2 * M - rc], ev_c[rc : ch + 2 * M - rc, rc : cw + 2 * M - rc]))
+        if win is not None:
+            sv_coarse = win.sv[M:-M, M:-M]  # the SAR window is the whole frame plus the margin
+            pk = _peaks(win, ("all",), p, min_overlap=0.3)["all"]
+            if pk is not None:
+                conf = _tile_confidence(pk)
+                coarse.update(dx=pk.dx * factor, dy=pk.dy * factor, ncc=pk.score, confidence=conf)
+                if conf >= 0.3:
+                    guess = (int(round(pk.dx * factor)), int(round(pk.dy * factor)))
+                    fine_radius = min(radius, max(int(p.fine_radius_px), 2 * factor))
     log.info("coarse x%d: %s; fine radius %d px around %s", factor, coarse, fine_radius, guess)
     # --- fine: tiles spread over the valid overlap
-    _, sv, _, ev = read(0, 0, ch, cw, factor)
+    ev = ev_c[M : M + ch, M : M + cw]
+    sv = sv_coarse if sv_coarse is not None and sv_coarse.shape == ev.shape else read(0, 0, ch, cw, factor, "sar")[1]
     tile = plan["tile_px"]
     corners = _spread_tiles(sv & ev, factor, tile, int(p.max_tiles), shape)
     log.info("matching %d tiles of %d px", len(corners), tile)
     import dask
 
-    def run(family: str) -> tuple[Any, ...]:
-        with Progress(f"registration tiles ({family})", len(corners), "tiles", logger=log) as bar:
-            def match(r0: int, c0: int) -> Any:
-                res = _match(read, r0, c0, tile, tile, 1, fine_radius, guess, p, 0.5, True, family)
+    def run(label: str, fn: Callable[[int, int, Any], Any], prev: list[Any]) -> list[Any]:
+        with Progress(f"registration tiles ({label})", len(corners), "tiles", logger=log) as bar:
+            def one(k: int) -> Any:
+                r0, c0 = corners[k]
+                res = fn(r0, c0, prev[k])
                 bar.update()
                 return res
 
-            return dask.compute(*[dask.delayed(match)(r0, c0) for r0, c0 in corners], scheduler="threads",
-                                num_workers=p.workers)
-    results = run("ground")
-    usable = [r for r in results if r is not None]
-    confident = sum(_tile_confidence(r[0]) > 0 for r in usable)
-    family = "ground"
-    if usable and confident < 0.5 * len(usable) and p.sar_bright_pfa is not None:
+            return list(dask.compute(*[dask.delayed(one)(k) for k in range(len(corners))], scheduler="threads",
+                                     num_workers=p.workers))
+
+    def first(r0: int, c0: int, _: Any) -> Any:
+        w = _windows(read, r0, c0, tile, tile, 1, fine_radius, guess)
+        return None if w is None else (w, _peaks(w, ("ground", "all"), p))
+
+    results = run("ground, all", first, [None] * len(corners))
+    ground = _tie_points(corners, results, "ground", tile, guess)
+    confident = sum(t.confidence > 0 for t in ground)
+    family, test, bias_xy = "ground", None, None
+    if ground and confident < 0.5 * len(ground) and p.sar_bright_pfa is not None:
         # the ground-level features alone do not carry this scene (dense city, layover over most
-        # of the ground): one family per scene, never mixed (their biases differ), so redo it
-        # with only the strong layover areas masked, and say so
+        # of the ground): one family per scene, never mixed (their biases differ), so match again
+        # (same windows) with only the strong layover areas masked, and say so
         family = "bright"
-        results = run("bright")
-    tps: list[TiePoint] = []
-    for (r0, c0), res in zip(corners, results):
-        if res is None:
-            continue
-        pk, fam, pa = res
-        tps.append(
-            TiePoint(c0 + tile / 2, r0 + tile / 2, guess[0] + pk.dx, guess[1] + pk.dy, _tile_confidence(pk), pk.score,
-                     dx_all=None if pa is None else guess[0] + pa.dx, dy_all=None if pa is None else guess[1] + pa.dy,
-                     family=fam)
-        )
-    tps, model, matrix, residuals, conf, reason = _fit(tps, p, shape)
+        results = run("bright", lambda r0, c0, prev: None if prev is None else
+                      (prev[0], {**prev[1], "bright": _peaks(prev[0], ("bright",), p)["bright"]}), results)
+        tps = _fit(_tie_points(corners, results, family, tile, guess), p, shape)
+    else:
+        tps = _fit(ground, p, shape)
+        every = _fit(_tie_points(corners, results, "all", tile, guess), p, shape)
+        test = family_test(tps[0], every[0], geometry, p)
+        fam = [(t.dx_all - t.dx, t.dy_all - t.dy, t.confidence) for t in tps[0] if t.inlier and t.dx_all is not None]
+        if len(fam) >= 2:
+            f = np.array(fam)
+            bias_xy = _wmean(f[:, :2], f[:, 2])
+        if not test["layover_seen"] and not every[5]:
+            family, tps = "all", every
+    del results  # the tile windows
+    tps, model, matrix, residuals, conf, reason = tps
     if not tps:
         reason = (f"no {tile} px tile of the {W}x{H} px scene had enough valid SAR and EO overlap"
                   if not corners else reason)
     cx, cy = W / 2, H / 2
     a, b, c, d, e, f = matrix
     dx, dy = a * cx + b * cy + c - cx, d * cx + e * cy + f - cy
-    unc, checks, why = _assess(tps, (dx, dy), geometry, p)
+    unc, checks, why = _assess(tps, (dx, dy), geometry, p, bias_xy)
     checks["family"] = family
+    if test is not None:
+        checks["family_test"] = test
     reason = reason or why
     if "p_within_1px" in unc:
         conf = conf * unc["p_within_1px"]
@@ -563,10 +666,13 @@ def array_reader(sar_db: np.ndarray, eo_gray: np.ndarray, sar_valid: np.ndarray,
     sar_valid = sar_valid & np.isfinite(sar_db)
     H, W = sar_db.shape
 
-    def read(row0: int, col0: int, h: int, w: int, factor: int):
+    def read(row0: int, col0: int, h: int, w: int, factor: int, what: Which = "both"):
         hh, ww = h * factor, w * factor
-        out = []
-        for img, valid in ((sar_lin, sar_valid), (eo_gray, eo_valid)):
+        out: list[Any] = []
+        for img, valid, name in ((sar_lin, sar_valid, "sar"), (eo_gray, eo_valid, "eo")):
+            if what not in ("both", name):
+                out += [None, None]
+                continue
             a = np.zeros((hh, ww))
             v = np.zeros((hh, ww), dtype=bool)
             r0, c0 = max(row0, 0), max(col0, 0)
@@ -577,7 +683,7 @@ def array_reader(sar_db: np.ndarray, eo_gray: np.ndarray, sar_valid: np.ndarray,
             a, v = dsc.downsample(a, v, factor)
             out += [a, v]
         s, sv, e, ev = out
-        return 10 * np.log10(np.maximum(s, 1e-12)), sv, e, ev
+        return (None if s is None else 10 * np.log10(np.maximum(s, 1e-12))), sv, e, ev
 
     return read
 
@@ -601,16 +707,49 @@ def estimate_shift(
 # ----------------------------------------------------------------------------- raster I/O
 
 
+class OpenSources:
+    """Datasets opened once per thread and path (a rasterio dataset must not be shared between
+    threads; opening one per window read cost as much as a small warp), closed together."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[Any] = []
+
+    def get(self, path: str | Path) -> Any:
+        import rasterio
+
+        cache = self._local.__dict__.setdefault("datasets", {})
+        key = str(path)
+        if key not in cache:
+            with reading(path, "open"):
+                cache[key] = rasterio.open(path)
+            with self._lock:
+                self._open.append(cache[key])
+        return cache[key]
+
+    def close(self) -> None:
+        with self._lock:
+            for ds in self._open:
+                ds.close()
+            self._open.clear()
+
+
 def warp_window(
     path: str | Path, dst_crs: str, dst_transform: Any, width: int, height: int, bands: list[int],
-    resampling: str = "bilinear", src_transform: Any = None,
+    resampling: str = "bilinear", src_transform: Any = None, band_mean: bool = False,
+    sources: OpenSources | None = None,
 ) -> np.ndarray:
     """Bands of ``path`` resampled onto a small target window, NaN where there is no data.
 
     Reads only the source window under the target (decimated when the target is coarser, so a
     coarse view of a 24k x 24k scene stays small) and honours every kind of source mask
     (nodata, alpha, internal mask: GDAL's dataset mask), which WarpedVRT alone does not.
-    ``src_transform`` overrides the source georeferencing (used to show a correction).
+    ``src_transform`` overrides the source georeferencing (used to show a correction);
+    ``band_mean``: one band, the mean of ``bands`` (averaged before the warp: a third of the work
+    for RGB).
     """
     import rasterio
     from rasterio.enums import Resampling
@@ -620,7 +759,9 @@ def warp_window(
     from rasterio.windows import transform as win_transform
 
     out = np.full((len(bands), height, width), np.nan, dtype=np.float32)
-    with rasterio.open(path) as src:
+    import contextlib
+
+    with (contextlib.nullcontext(sources.get(path)) if sources is not None else rasterio.open(path)) as src:
         s_t = src_transform if src_transform is not None else src.transform
         l, b, r, t = array_bounds(height, width, dst_transform)
         west, south, east, north = transform_bounds(dst_crs, src.crs, l, b, r, t, densify_pts=21)
@@ -637,6 +778,9 @@ def warp_window(
             data = src.read(bands, window=win, out_shape=(len(bands),) + shape, out_dtype="float32",
                             resampling=Resampling.average if dec > 1 else Resampling.nearest)
             mask = src.dataset_mask(window=win, out_shape=shape)
+        if band_mean and len(bands) > 1:  # linear, so the same as warping each band and averaging
+            data = data.mean(axis=0, keepdims=True)
+            out = out[:1]
         data[:, mask == 0] = np.nan
         st = win_transform(win, s_t) @ type(s_t).scale(win.width / shape[1], win.height / shape[0])
         reproject(
@@ -646,7 +790,8 @@ def warp_window(
     return out
 
 
-def file_reader(sar_path: str | Path, eo_path: str | Path, grid: Any, sar_transform: Any = None) -> Reader:
+def file_reader(sar_path: str | Path, eo_path: str | Path, grid: Any, sar_transform: Any = None,
+                sources: OpenSources | None = None) -> Reader:
     """A Reader over the source files on ``grid`` (a pipeline.grid.Grid). SAR amplitude DN
     becomes 20*log10(DN) (uncalibrated dB: the match is on structure); EO RGB becomes grey."""
     import rasterio
@@ -655,16 +800,20 @@ def file_reader(sar_path: str | Path, eo_path: str | Path, grid: Any, sar_transf
     with rasterio.open(eo_path) as eo_src:
         eo_bands = [1, 2, 3] if eo_src.count >= 3 else [1]
 
-    def read(row0: int, col0: int, h: int, w: int, factor: int):
+    def read(row0: int, col0: int, h: int, w: int, factor: int, what: Which = "both"):
         t = grid.transform @ Affine.translation(col0, row0) @ Affine.scale(factor)
         rs = "average" if factor > 1 else "bilinear"
-        sar = warp_window(sar_path, grid.crs, t, w, h, [1], rs, sar_transform)[0]
-        eo = warp_window(eo_path, grid.crs, t, w, h, eo_bands, rs).mean(axis=0)
-        sv = np.isfinite(sar) & (sar > 0)
-        ev = np.isfinite(eo)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            db = np.where(sv, 20 * np.log10(np.where(sv, sar, 1.0)), np.nan)
-        return db, sv, np.nan_to_num(eo), ev
+        db = sv = eo = ev = None
+        if what in ("both", "sar"):
+            sar = warp_window(sar_path, grid.crs, t, w, h, [1], rs, sar_transform, sources=sources)[0]
+            sv = np.isfinite(sar) & (sar > 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                db = np.where(sv, 20 * np.log10(np.where(sv, sar, 1.0)), np.nan)
+        if what in ("both", "eo"):
+            e = warp_window(eo_path, grid.crs, t, w, h, eo_bands, rs, band_mean=True, sources=sources)[0]
+            ev = np.isfinite(e)
+            eo = np.nan_to_num(e)
+        return db, sv, eo, ev
 
     return read
 
@@ -722,7 +871,7 @@ def _stretch(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Grey levels 0..255 between the 2nd and 98th percentile of the valid pixels."""
     if not valid.any():
         return np.zeros(img.shape, dtype=np.uint8)
-    lo, hi = np.percentile(img[valid], [2, 98])
+    lo, hi = np.percentile(img[valid][::4], [2, 98])  # a quarter of the pixels is plenty for a stretch
     out = np.clip((img - lo) / max(hi - lo, 1e-9) * 255, 0, 255)
     return np.where(valid, out, 0).astype(np.uint8)
 
@@ -734,12 +883,12 @@ def checkerboard(
     square borders. SAR is lightly smoothed so speckle does not hide the structure."""
     from scipy import ndimage
 
-    fill = float(np.nanmedian(sar_db[sar_valid])) if sar_valid.any() else 0.0
+    fill = float(np.nanmedian(sar_db[sar_valid][::4])) if sar_valid.any() else 0.0
     s = ndimage.gaussian_filter(np.where(sar_valid, sar_db, fill), 1.0)
     a, b = _stretch(eo, eo_valid), _stretch(s, sar_valid)
     h, w = eo.shape
-    yy, xx = np.mgrid[0:h, 0:w]
     blk = max(1, min(h, w) // n)
+    yy, xx = np.ogrid[0:h, 0:w]
     return np.where(((yy // blk + xx // blk) % 2) == 0, a, b)
 
 
@@ -754,7 +903,7 @@ def _render_overlay(before: np.ndarray, after: np.ndarray, title_after: str, des
     draw.text((4, 6), "before (EO / SAR checkerboard)", fill=0)
     draw.text((w + 14, 6), title_after, fill=0)
     with atomic_path(dest) as tmp:
-        canvas.convert("RGB").save(tmp, format="PNG", optimize=False)
+        canvas.save(tmp, format="PNG", optimize=False, compress_level=3)  # grey levels: one channel
 
 
 # ----------------------------------------------------------------------------- stage
@@ -855,13 +1004,24 @@ def register_scene(
     """Estimate the SAR offset of one scene and write its registration.json and overlay.png into ``out.dir``.
 
     Reads the scene's SAR and EO in windows on the region grid (or a coarser one,
-    ``working_gsd_m``); returns the record written to registration.json. The caller makes the
-    directory appear atomically (the region's registration/ as a whole).
+    ``working_gsd_m``), GDAL's block cache bounded by ``gdal_cache_mb`` (its default, 5 % of
+    RAM, grows with every window read); returns the record written to registration.json. The
+    caller makes the directory appear atomically (the region's registration/ as a whole).
     """
     import rasterio
 
-    t_start = time.perf_counter()
+    import contextlib
+
     p = p or CoregisterParams()
+    with rasterio.Env(GDAL_CACHEMAX=int(p.gdal_cache_mb)), contextlib.closing(OpenSources()) as sources:
+        return _register_scene(region, source, out, p, sources)
+
+
+def _register_scene(region: Any, source: SourceFiles, out: RegistrationFiles, p: CoregisterParams,
+                    sources: OpenSources) -> dict[str, Any]:
+    import rasterio
+
+    t_start = time.perf_counter()
     sar_path, eo_path = source.sar, source.eo
     for f in (sar_path, eo_path):
         if not f.is_file():
@@ -882,7 +1042,7 @@ def register_scene(
         reg = None
     else:
         log.info("%s: estimating on a %dx%d grid at %.2f m", region.name, grid.width, grid.height, gsd)
-        reg = estimate(file_reader(sar_path, eo_path, grid), grid.shape, gsd, p, geometry)
+        reg = estimate(file_reader(sar_path, eo_path, grid, sources=sources), grid.shape, gsd, p, geometry)
         est_corr, est_shift = map_correction(reg, grid, sar_crs)
         applied = not reg.flagged
         lonlat = [grid.pixel_to_lonlat(tp.x, tp.y) for tp in reg.tie_points]
@@ -931,22 +1091,22 @@ def register_scene(
     cx, cy = (best.x, best.y) if best else (grid.width / 2, grid.height / 2)
     r0 = int(np.clip(cy - side / 2, 0, grid.height - side))
     c0 = int(np.clip(cx - side / 2, 0, grid.width - side))
-    before = file_reader(sar_path, eo_path, grid)(r0, c0, side, side, 1)
+    before = file_reader(sar_path, eo_path, grid, sources=sources)(r0, c0, side, side, 1)
     if record["applied"]:
         from affine import Affine
 
         new_t = Affine(*record["correction"]) @ sar_transform
-        after = file_reader(sar_path, eo_path, grid, sar_transform=new_t)(r0, c0, side, side, 1)
+        moved = file_reader(sar_path, eo_path, grid, new_t, sources)(r0, c0, side, side, 1, "sar")
+        after = (moved[0], moved[1], before[2], before[3])  # the EO does not move
         sm = record["shift_m"]
         title = f"after: {record['model']}, shift {sm['east']:+.2f} m E {sm['north']:+.2f} m N"
     else:
         after = before
         title = f"after: NOT applied ({'flagged' if record['flagged'] else 'disabled'})"
     out.dir.mkdir(parents=True, exist_ok=True)
-    _render_overlay(
-        checkerboard(before[2], before[3], before[0], before[1]),
-        checkerboard(after[2], after[3], after[0], after[1]), title, out.overlay,
-    )
+    panel = checkerboard(before[2], before[3], before[0], before[1])
+    _render_overlay(panel, panel if after is before else checkerboard(after[2], after[3], after[0], after[1]),
+                    title, out.overlay)
     if p.record_timing:
         secs = time.perf_counter() - t_start
         mpx = grid.width * grid.height / 1e6

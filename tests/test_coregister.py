@@ -335,6 +335,7 @@ def test_layover_of_bright_scatterers_does_not_bias_the_estimate(atlanta) -> Non
     assert math.hypot(reg.dx - off[0], reg.dy - off[1]) < 0.5
     fam = reg.checks["bright_minus_ground_px"]
     assert fam["range"] > 0.3 and abs(fam["azimuth"]) < fam["range"] / 2  # layover: toward the sensor
+    assert reg.checks["family_test"]["layover_seen"] and reg.checks["family"] == "ground"
     u = reg.uncertainty
     assert u["axes"] == "range_azimuth" and u["sigma_range_px"] > u["sigma_azimuth_px"] > 0
     assert 0 < u["p_within_1px"] <= 1 and reg.confidence <= u["p_within_1px"]
@@ -401,3 +402,95 @@ def test_register_region_records_geometry_and_uncertainty(atlanta, fixtures: Pat
     (tmp_path / "source" / "sar_metadata.json").write_text(json.dumps(meta))
     with pytest.raises(cr.RegistrationError, match=r"sar_metadata.json: collect.radar.pointing: expected 'left' or 'right'"):
         cr.register_scene(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "reg2"), FAST)
+
+
+# ----------------------------------------------------------------------------- cost-saving paths and the family test
+
+
+def test_spectra_null_equals_the_flipped_window_and_is_single_precision_safe() -> None:
+    # the surrogate null from the shared spectra (convolution, no FFT of the turned window) is the
+    # plain masked NCC against the window turned 180 degrees
+    rng = np.random.default_rng(5)
+    t = ndimage.gaussian_filter(rng.random((9, 60, 50)), (0, 1.5, 1.5)) + 5.0  # large mean, small spread
+    s = ndimage.gaussian_filter(rng.random((9, 80, 70)), (0, 1.5, 1.5)) + 5.0
+    tm, sm = rng.random((60, 50)) > 0.2, rng.random((80, 70)) > 0.3
+    shape = dsc.fft_shape(tm.shape, 10)
+    ts, ss = dsc.spectra(t, tm, shape), dsc.spectra(s, sm, shape)
+    null = dsc.ncc_from_spectra(ts, ss, 10, 0.5, flipped=True)
+    ref = dsc.masked_ncc(t, tm, s[:, ::-1, ::-1].copy(), sm[::-1, ::-1].copy(), 10, 0.5)
+    assert (np.isfinite(null) == np.isfinite(ref)).all() and np.isfinite(ref).sum() > 300
+    assert np.nanmax(np.abs(np.where(np.isfinite(ref), null - ref, 0.0))) < 1e-4
+    # against a double-precision NCC computed directly at a few shifts
+    surf = dsc.ncc_from_spectra(ts, ss, 10, 0.5)
+    for dy, dx in ((0, 0), (-7, 3), (10, -10)):
+        win = s[:, 10 + dy : 10 + dy + 60, 10 + dx : 10 + dx + 50]
+        both = tm & sm[10 + dy : 10 + dy + 60, 10 + dx : 10 + dx + 50]
+        a, b = t[:, both].ravel(), win[:, both].ravel()
+        assert surf[10 + dy, 10 + dx] == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-4)
+
+
+def test_point_features_kept_without_layover(atlanta) -> None:
+    """On a scene without layover (the chip made SAR-like: bright points and texture sit where
+    the ground structure is), every-feature and ground estimates agree, so the bright scatterers
+    are kept (family "all") and the offset comes back to < 0.1 px. With the test made to see
+    layover everywhere, the ground family (bright scatterers masked) is used instead."""
+    eo = atlanta[0][:640, :640]
+    shift = (12.37, -8.81)
+    moved = ndimage.shift(eo, (shift[1], shift[0]), order=3, mode="constant", cval=np.nan)
+    sar = sar_like(moved, np.random.default_rng(23), looks=3)
+    db = 10 * np.log10(sar)
+    p = cr.CoregisterParams(tile_size=128, workers=1)
+    reg = cr.estimate_shift(db, eo, np.isfinite(sar), eo > 0, p, gsd_m=0.5)
+    assert not reg.flagged, reg.reason
+    test = reg.checks["family_test"]
+    assert reg.checks["family"] == "all" and not test["layover_seen"], test
+    assert all(t.family == "all" for t in reg.tie_points)
+    err = math.hypot(reg.dx - shift[0], reg.dy - shift[1])
+    assert err < 0.1
+    masked = cr.estimate_shift(db, eo, np.isfinite(sar), eo > 0, dataclasses.replace(p, family_agree_sigmas=1e-9),
+                               gsd_m=0.5)
+    assert masked.checks["family"] == "ground" and masked.checks["family_test"]["layover_seen"]
+    assert all(t.family == "ground" for t in masked.tie_points)
+
+
+def test_family_test_sees_layover_along_range() -> None:
+    from pipeline.geometry import AcquisitionGeometry
+
+    g = AcquisitionGeometry("simulated", "right", 35.0, None, 0.0, 90.0, None, None, "test")  # sensor to the east
+    p = cr.CoregisterParams()
+
+    def tps(dx: float, jitter: float, seed: int) -> list:
+        rng = np.random.default_rng(seed)
+        return [cr.TiePoint(100.0 * i, 50.0 * (i % 3), 5 + dx + rng.normal(0, jitter), -3 + rng.normal(0, jitter),
+                            0.9, 0.5, inlier=True) for i in range(9)]
+
+    ground = tps(0.0, 0.1, 1)
+    seen = cr.family_test(ground, tps(0.6, 0.1, 2), g, p)  # bright ones 0.6 px toward the sensor (+x)
+    assert seen["layover_seen"] and seen["axes"] == "range_azimuth"
+    assert seen["difference_px"]["range"] == pytest.approx(0.6, abs=0.15)
+    assert abs(seen["difference_px"]["azimuth"]) < 0.15
+    same = cr.family_test(ground, tps(0.0, 0.1, 3), g, p)
+    assert not same["layover_seen"]
+    few = cr.family_test(ground[:2], tps(0.0, 0.1, 3)[:2], g, p)  # too few tiles to tell: keep the mask
+    assert few["layover_seen"] and "only 2" in few["why"]
+
+
+def test_register_scene_bounds_the_gdal_cache(atlanta, tmp_path: Path, monkeypatch) -> None:
+    from rasterio.env import get_gdal_config
+
+    region = make_source(atlanta, tmp_path, (2.0, 1.0), size=300)
+    seen = []
+    real = cr.warp_window
+
+    def spy(*a, **k):
+        seen.append(int(get_gdal_config("GDAL_CACHEMAX")))
+        return real(*a, **k)
+
+    monkeypatch.setattr(cr, "warp_window", spy)
+    before = get_gdal_config("GDAL_CACHEMAX")
+    params = dataclasses.replace(FAST, gdal_cache_mb=37, workers=2)
+    cr.register_scene(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "reg"), params)
+    assert seen and set(seen) == {37}  # every window read, in the worker threads too
+    assert get_gdal_config("GDAL_CACHEMAX") == before
+    with pytest.raises(ValueError, match="gdal_cache_mb"):
+        cr.CoregisterParams(gdal_cache_mb=0)
