@@ -636,14 +636,23 @@ def _as_numpy(buf) -> np.ndarray:
     return buf if isinstance(buf, np.ndarray) else buf.numpy()
 
 
-class Batch(list):
-    """What ``__getitems__`` returns: the list of samples torch's contract asks for (each a dict of
-    views into one batch buffer, so torch's default collate still works), plus ``.data``, the
-    batch already stacked, which ``collate`` hands over without a copy."""
+class Batch(Sequence):
+    """What ``__getitems__`` returns: the sequence of samples torch's contract asks for (each a dict
+    of views into the batch buffers, made only when asked for, so torch's default collate still
+    works), plus ``.data``, the batch already stacked, which ``collate`` hands over without a copy."""
 
-    def __init__(self, samples: list[dict[str, Any]], data: dict[str, Any]):
-        super().__init__(samples)
+    def __init__(self, data: dict[str, Any]):
         self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data["id"])
+
+    def __getitem__(self, b):
+        if isinstance(b, slice):
+            return [self[k] for k in range(*b.indices(len(self)))]
+        if not -len(self) <= b < len(self):
+            raise IndexError(f"sample {b} out of range for a batch of {len(self)}")
+        return {key: value[b] for key, value in self.data.items()}
 
 
 def collate(batch: Any) -> Any:
@@ -824,9 +833,7 @@ class PatchDataset:
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         """torch's batched-fetch hook (map-style datasets): one ``read_batch`` for the whole batch."""
-        data = self.read_batch(indices)
-        samples = [{key: value[b] for key, value in data.items()} for b in range(len(data["id"]))]
-        return Batch(samples, data)
+        return Batch(self.read_batch(indices))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if isinstance(i, (list, tuple, np.ndarray)):
