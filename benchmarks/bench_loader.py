@@ -12,7 +12,10 @@ stride 128, shards of 256), then reads the same patches in the same random order
   3. torch DataLoader with 0/1/2 workers (both cores) vs the floor run in as many processes,
      and vs one process reading directly (read_batch, same order, same batch size).
 
-    python benchmarks/bench_loader.py [--size-px 7168] [--reads 3000] [--skip rasterio,remote] [--workdir DIR]\n\nThe last line is the verdict on the DataLoader target (2 workers >= 1.5 x one process reading\ndirectly), with the load average it was measured under.
+    python benchmarks/bench_loader.py [--size-px 7168] [--reads 3000] [--skip rasterio,remote] [--workdir DIR]
+
+The last line is the verdict on the DataLoader target (2 workers >= 1.5 x one process reading
+directly), with the load average it was measured under.
 """
 
 from __future__ import annotations
@@ -413,9 +416,10 @@ def dataloader_section(store: Path, order, floor: Floor, batch: int, rounds: int
           f"(floor: the hand-written reader in as many processes as workers, at once):")  # fmt: skip
     print(f"  one process, ds[i]                           {direct:8.0f}")
     print(f"  one process, read_batch({batch})                 {batched:8.0f}")
+    floors = {}
     for w in (0, 1, 2):
         rate = bench_dataloader(tds, order, w, batch)
-        fl = parallel_floor(floor, order, max(w, 1))
+        fl = floors[w] = parallel_floor(floor, order, max(w, 1))
         print(f"  DataLoader num_workers={w} (ds.loader)         {rate:8.0f}  floor in {max(w, 1)} proc {fl:6.0f}"
               f"  {rate / fl:5.2f} x floor  {rate / batched:5.2f} x one process read_batch")  # fmt: skip
     old = bench_dataloader(tds, order, 2, batch, collate=False)
@@ -445,7 +449,8 @@ def dataloader_section(store: Path, order, floor: Floor, batch: int, rounds: int
     verdict = "MET" if ratio >= 1.5 else "NOT MET"
     print(f"VERDICT: DataLoader num_workers=2 = {ratio:.2f} x one process reading directly (median of {rounds} "
           f"rounds, batch {batch}, same order): target 1.5 x {verdict} "
-          f"(load average 1/5/15 min: {load_before} before, {load_average()} after, {len(cores)} cores)")  # fmt: skip
+          f"(load average 1/5/15 min: {load_before} before, {load_average()} after, {len(cores)} cores; "
+          f"the floor itself gave {floors[2] / floors[1]:.2f} x from 1 to 2 processes)")  # fmt: skip
 
 
 def remote_section(work: Path, store: Path, order, local_ds, batch: int) -> None:

@@ -592,7 +592,8 @@ def _rebuild_shared(df, size: int, layout: dict[str, tuple[int, int, str, tuple[
     finally:
         os.close(fd)
     base = np.frombuffer(mm, np.uint8, size - _HEADER, _HEADER)
-    layers = {k: torch.from_numpy(base[at : at + n].view(dt).reshape(shape)) for k, (at, n, dt, shape) in layout.items()}
+    layers = {k: torch.from_numpy(base[at : at + n].view(dt).reshape(shape))
+              for k, (at, n, dt, shape) in layout.items()}  # fmt: skip
     weakref.finalize(base, _release, mm).atexit = False  # every tensor and view holds ``base``
     return {k: layers[k] if k in layers else rest[k] for k in keys}
 
