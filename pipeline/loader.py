@@ -542,7 +542,11 @@ class _SlotPool:
                 return None  # every slot still held downstream: the caller allocates a fresh block
             self.slots.remove(spare)  # batches grew: replace a free slot that is too small
             spare.close()
-        self.slots.append(_Slot(nbytes))
+        try:
+            self.slots.append(_Slot(nbytes))
+        except OSError as exc:  # out of descriptors or memory: torch's own shared memory still works
+            log.warning("no shared batch slot (%s); using a fresh shared block per batch", exc)
+            return None
         return self.slots[-1]
 
 
