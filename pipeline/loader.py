@@ -528,6 +528,7 @@ class _SlotPool:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.slots: list[_Slot] = []
+        self.cannot_grow = False  # a slot could not be made: do not retry (and log) at every batch
 
     def take(self, nbytes: int) -> _Slot | None:
         """A free slot of at least ``nbytes``, a new one while the pool is not full, else None."""
@@ -537,15 +538,16 @@ class _SlotPool:
                 if slot.capacity >= nbytes:
                     return slot
                 spare = slot
-        if len(self.slots) >= SHARED_SLOTS:
-            if spare is None:
+        if len(self.slots) >= SHARED_SLOTS or self.cannot_grow:
+            if spare is None or self.cannot_grow:
                 return None  # every slot still held downstream: the caller allocates a fresh block
             self.slots.remove(spare)  # batches grew: replace a free slot that is too small
             spare.close()
         try:
             self.slots.append(_Slot(nbytes))
         except OSError as exc:  # out of descriptors or memory: torch's own shared memory still works
-            log.warning("no shared batch slot (%s); using a fresh shared block per batch", exc)
+            log.warning("no shared batch slot (%s); batches that find no free slot use fresh shared memory", exc)
+            self.cannot_grow = True
             return None
         return self.slots[-1]
 

@@ -618,3 +618,18 @@ def _shm_leaks(before: set[str]) -> set[str]:
         return m is not None and int(m[1]) != os.getpid() and Path(f"/proc/{m[1]}").exists()
 
     return {n for n in set(os.listdir("/dev/shm")) - before if not foreign(n)}
+
+
+def test_no_slot_falls_back_to_torch_shared_memory(stores, monkeypatch):
+    """Workers that cannot make a slot (out of descriptors or memory) still deliver the batches."""
+    torch = pytest.importorskip("torch")
+
+    def refuse(*args):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "memfd_create", refuse)  # workers fork with it
+    path, truth = stores["a"]
+    batches = list(PatchDataset(path, as_torch=True).loader(batch_size=4, num_workers=2, persistent_workers=False))
+    for name in ("sar", "eo", "label"):
+        np.testing.assert_array_equal(torch.cat([b[name] for b in batches]).numpy(), truth[name])
+    assert all("memfd:sareo-batch" not in _mapping_of(b["sar"]) for b in batches)
