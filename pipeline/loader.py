@@ -606,8 +606,8 @@ def _rebuild_shared(df, size: int, layout: dict[str, tuple[int, int, str, tuple[
 
 def _release(mm: mmap.mmap) -> None:
     with _RELEASE_LOCK:
-        released = int.from_bytes(mm[8:16], "little") + 1
-        mm[8:16] = released.to_bytes(8, "little")
+        released = np.frombuffer(mm, "<u8", 1, 8)
+        released[0] += 1  # one aligned 8-byte store: the worker never reads half of it
 
 
 def _buffers(specs: dict[str, tuple[tuple[int, ...], np.dtype]], as_torch: bool) -> dict[str, Any]:
