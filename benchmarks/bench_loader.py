@@ -10,9 +10,12 @@ stride 128, shards of 256), then reads the same patches in the same random order
   2. the store on loopback S3 (a moto server in its own process) and loopback HTTPS (TLS,
      Range support): the loader without and with its local cache vs hand-written ranged GETs;
   3. torch DataLoader with 0/1/2 workers (both cores) vs the floor run in as many processes,
-     and vs one process reading directly.
+     and vs one process reading directly (read_batch, same order, same batch size).
 
     python benchmarks/bench_loader.py [--size-px 7168] [--reads 3000] [--skip rasterio,remote] [--workdir DIR]
+
+The last line is the verdict on the DataLoader target (2 workers >= 1.5 x one process reading
+directly), with the load average it was measured under.
 """
 
 from __future__ import annotations
@@ -213,30 +216,49 @@ def parallel_floor(floor: Floor, order, procs: int) -> float:
     return len(order) / (time.perf_counter() - t)
 
 
-def bench_dataloader(ds, order, workers: int, batch: int, passes: int = 2, collate=True) -> float:
-    """Patches/s a torch DataLoader delivers to the main process (which touches every batch)."""
+def make_loader(ds, order, workers: int, batch: int, collate=True):
+    """A DataLoader over ``order``: ds.loader's settings (batched reads, pipeline.loader.collate,
+    persistent workers, prefetch 4), or torch's defaults (per-sample reads, default collate)."""
     from torch.utils.data import DataLoader, Subset
 
-    if collate:  # the settings ds.loader() uses, on this benchmark's order
+    if collate:
         from pipeline.loader import collate as collate_fn
 
         kw = {"persistent_workers": True, "prefetch_factor": 4} if workers else {}
-        loader = DataLoader(Subset(ds, [int(i) for i in order]), batch_size=batch, num_workers=workers,
-                            collate_fn=collate_fn, **kw)  # fmt: skip
-    else:  # torch's defaults: per-sample reads, default collate (as users write it)
-        loader = DataLoader(_PerItem(ds), batch_size=batch, sampler=[int(i) for i in order], num_workers=workers,
-                            persistent_workers=workers > 0)  # fmt: skip
-    rates = []
-    for p in range(passes + 1):
-        t = time.perf_counter()
-        n = 0
-        for b in loader:
-            n += len(b["id"])
-            float(b["label"][:, 0, 0].sum())  # the batch really arrived
-        if p:  # pass 0 starts the workers
-            rates.append(n / (time.perf_counter() - t))
+        return DataLoader(Subset(ds, [int(i) for i in order]), batch_size=batch, num_workers=workers,
+                          collate_fn=collate_fn, **kw)  # fmt: skip
+    return DataLoader(_PerItem(ds), batch_size=batch, sampler=[int(i) for i in order], num_workers=workers,
+                      persistent_workers=workers > 0)  # fmt: skip
+
+
+def loader_pass(loader) -> float:
+    """Patches/s of one pass of ``loader`` as the main process receives them (it touches every batch)."""
+    t = time.perf_counter()
+    n = 0
+    for b in loader:
+        n += len(b["id"])
+        float(b["label"][:, 0, 0].sum())  # the batch really arrived
+    return n / (time.perf_counter() - t)
+
+
+def bench_dataloader(ds, order, workers: int, batch: int, passes: int = 2, collate=True) -> float:
+    """Patches/s a torch DataLoader delivers to the main process: median of ``passes`` passes
+    after one that starts the workers."""
+    loader = make_loader(ds, order, workers, batch, collate)
+    loader_pass(loader)
+    rates = [loader_pass(loader) for _ in range(passes)]
     del loader
     return float(np.median(rates))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 class _PerItem:
@@ -289,6 +311,7 @@ def main() -> None:
     ap.add_argument("--remote-reads", type=int, default=200, help="random reads per remote method")
     ap.add_argument("--level", default="3", help="zstd level: an int or sar,eo,label ints, e.g. -1,3,3")
     ap.add_argument("--batch", type=int, default=16, help="DataLoader batch size")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds for the DataLoader target")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: rasterio,remote,dataloader")
     ap.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir, removed)")
     args = ap.parse_args()
@@ -369,27 +392,66 @@ def main() -> None:
 
         # 3. torch DataLoader: both cores, batch of args.batch, as_torch
         if "dataloader" not in skip:
-            os.sched_setaffinity(0, all_cores)
-            import torch
-
-            torch.set_num_threads(1)
-            tds = PatchDataset(store, as_torch=True)
-            direct = bench(lambda i: tds[i], order, passes=3)
-            batched = bench_batches(tds.read_batch, order, args.batch)
-            print(f"torch DataLoader, {len(all_cores)} cores, batch {args.batch}, as_torch, patches/s "
-                  f"(floor: the hand-written reader in as many processes as workers, at once):")  # fmt: skip
-            print(f"  one process, ds[i]                       {direct:8.0f}")
-            print(f"  one process, read_batch                  {batched:8.0f}")
-            for w in (0, 1, 2):
-                rate = bench_dataloader(tds, order, w, args.batch)
-                fl = parallel_floor(floor_local, order, max(w, 1))
-                print(f"  DataLoader num_workers={w} (ds.loader)     {rate:8.0f}  floor {fl:8.0f}  {rate / fl:5.2f} x floor"
-                      f"  {rate / direct:5.2f} x ds[i]  {rate / batched:5.2f} x read_batch")  # fmt: skip
-            old = bench_dataloader(tds, order, 2, args.batch, collate=False)
-            print(f"  DataLoader num_workers=2, per-item reads + default collate  {old:8.0f}  {old / direct:5.2f} x ds[i]")
+            dataloader_section(store=store, order=order, floor=floor_local, batch=args.batch,
+                               rounds=args.rounds, cores=all_cores)  # fmt: skip
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def dataloader_section(store: Path, order, floor: Floor, batch: int, rounds: int, cores: set[int]) -> None:
+    """DataLoader with 0/1/2 workers vs one process reading directly (same order, same batch) and
+    vs the floor in as many processes; then the target (2 workers >= 1.5x one process) measured
+    in ``rounds`` interleaved rounds, so a change of machine load hits both sides alike."""
+    import torch
+
+    from pipeline.loader import PatchDataset
+
+    os.sched_setaffinity(0, cores)
+    torch.set_num_threads(1)
+    load_before = load_average()
+    tds = PatchDataset(store, as_torch=True)
+    direct = bench(lambda i: tds[i], order, passes=3)
+    batched = bench_batches(tds.read_batch, order, batch)
+    print(f"torch DataLoader, {len(cores)} cores, batch {batch}, as_torch, patches/s "
+          f"(floor: the hand-written reader in as many processes as workers, at once):")  # fmt: skip
+    print(f"  one process, ds[i]                           {direct:8.0f}")
+    print(f"  one process, read_batch({batch})                 {batched:8.0f}")
+    floors = {}
+    for w in (0, 1, 2):
+        rate = bench_dataloader(tds, order, w, batch)
+        fl = floors[w] = parallel_floor(floor, order, max(w, 1))
+        print(f"  DataLoader num_workers={w} (ds.loader)         {rate:8.0f}  floor in {max(w, 1)} proc {fl:6.0f}"
+              f"  {rate / fl:5.2f} x floor  {rate / batched:5.2f} x one process read_batch")  # fmt: skip
+    old = bench_dataloader(tds, order, 2, batch, collate=False)
+    print(f"  DataLoader num_workers=2, per-item reads + default collate  {old:8.0f}  "
+          f"{old / batched:5.2f} x one process read_batch")  # fmt: skip
+    loader = make_loader(tds, order, 2, batch)
+    loader_pass(loader)  # start the workers
+    workers = [w.pid for w in loader._iterator._workers]
+    ratios, pairs, cpu_one, cpu_main, cpu_workers = [], [], [], [], []
+    for _ in range(rounds):
+        c = time.process_time()
+        one = bench_batches(tds.read_batch, order, batch, passes=1)
+        cpu_one.append((time.process_time() - c) / (len(order) + batch))  # + the warm-up batch
+        c, cw = time.process_time(), sum(cpu_seconds(p) for p in workers)
+        two = loader_pass(loader)
+        cpu_main.append((time.process_time() - c) / len(order))
+        cpu_workers.append((sum(cpu_seconds(p) for p in workers) - cw) / len(order))
+        ratios.append(two / one)
+        pairs.append(f"{two:.0f}/{one:.0f}")
+    del loader
+    one_ms, main_ms, work_ms = (1e3 * float(np.median(v)) for v in (cpu_one, cpu_main, cpu_workers))
+    print(f"  interleaved rounds, num_workers=2 / one process read_batch({batch}): {', '.join(pairs)} patches/s")
+    print(f"  CPU per patch (hardly depends on load): one process {one_ms:.2f} ms; num_workers=2: main "
+          f"{main_ms:.2f} ms + workers {work_ms:.2f} ms -> on {len(cores)} idle cores at most "
+          f"{len(cores) / (main_ms + work_ms) * one_ms:.2f} x one process")  # fmt: skip
+    ratio = float(np.median(ratios))
+    verdict = "MET" if ratio >= 1.5 else "NOT MET"
+    print(f"VERDICT: DataLoader num_workers=2 = {ratio:.2f} x one process reading directly (median of {rounds} "
+          f"rounds, batch {batch}, same order): target 1.5 x {verdict} "
+          f"(load average 1/5/15 min: {load_before} before, {load_average()} after, {len(cores)} cores; "
+          f"the floor itself gave {floors[2] / floors[1]:.2f} x from 1 to 2 processes)")  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -21,9 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import sys
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -486,10 +488,132 @@ def _in_torch_worker() -> bool:
     return torch is not None and torch.utils.data.get_worker_info() is not None
 
 
+SHARED_SLOTS = 8  # reusable shared-memory batch buffers per DataLoader worker (docs/loader.md)
+_HEADER = mmap.PAGESIZE  # a slot's first page: uint64 counters [shipped (worker), released (main)]
+_RELEASE_LOCK = threading.Lock()
+
+
+class _Slot:
+    """One reusable shared batch buffer of a DataLoader worker: an anonymous memfd (nothing in
+    /dev/shm; freed by the kernel when the last process unmaps it), mapped once, so its pages are
+    faulted in once and not at every batch. A header page holds two counters, each written by one
+    side only: batches shipped (worker) and batches released (main). Free when they are equal and
+    the worker itself holds no view of it."""
+
+    def __init__(self, nbytes: int):
+        self.capacity = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+        self.size = _HEADER + self.capacity
+        self.fd = os.memfd_create("sareo-batch", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, self.size)
+            self.mm = mmap.mmap(self.fd, self.size)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.counters = np.frombuffer(self.mm, "<u8", 2)
+        self.local: weakref.ref | None = None  # the worker-side array while the worker fills or holds it
+
+    def free(self) -> bool:
+        return (self.local is None or self.local() is None) and int(self.counters[0]) == int(self.counters[1])
+
+    def close(self) -> None:
+        del self.counters
+        self.mm.close()
+        os.close(self.fd)
+
+
+class _SlotPool:
+    """This process's slots (at most SHARED_SLOTS); reset after a fork."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.slots: list[_Slot] = []
+        self.cannot_grow = False  # a slot could not be made: do not retry (and log) at every batch
+
+    def take(self, nbytes: int) -> _Slot | None:
+        """A free slot of at least ``nbytes``, a new one while the pool is not full, else None."""
+        spare = None
+        for slot in self.slots:
+            if slot.free():
+                if slot.capacity >= nbytes:
+                    return slot
+                spare = slot
+        if len(self.slots) >= SHARED_SLOTS or self.cannot_grow:
+            if spare is None or self.cannot_grow:
+                return None  # every slot still held downstream: the caller allocates a fresh block
+            self.slots.remove(spare)  # batches grew: replace a free slot that is too small
+            spare.close()
+        try:
+            self.slots.append(_Slot(nbytes))
+        except OSError as exc:  # out of descriptors or memory: torch's own shared memory still works
+            log.warning("no shared batch slot (%s); batches that find no free slot use fresh shared memory", exc)
+            self.cannot_grow = True
+            return None
+        return self.slots[-1]
+
+
+_pool: _SlotPool | None = None
+
+
+def _slot_pool() -> _SlotPool | None:
+    global _pool
+    if not hasattr(os, "memfd_create"):
+        return None  # not Linux: torch's own shared memory, one fresh block per batch
+    if _pool is None or _pool.pid != os.getpid():
+        _pool = _SlotPool()
+    return _pool
+
+
+class SharedBatch(dict):
+    """A batch decoded inside a DataLoader worker into one of its reusable slots. Pickled (by the
+    worker's result queue), each layer still in the slot travels as (memfd, offset, shape): the
+    receiving process maps the same pages and gets a plain dict of tensors, and releases the slot
+    when the last tensor (or view of one) is freed. Values replaced after the read are pickled
+    as usual."""
+
+    def __init__(self, data: dict[str, Any], slot: _Slot, layout: dict[str, tuple[int, int, str, tuple[int, ...]]]):
+        super().__init__(data)
+        self._slot, self._layout = slot, layout
+        self._views = {k: data[k] for k in layout}
+
+    def __reduce__(self):
+        from multiprocessing.reduction import DupFd
+
+        shipped = {k: spec for k, spec in self._layout.items() if k in self and self[k] is self._views[k]}
+        if not shipped:
+            return (dict, (dict(self),))
+        rest = {k: v for k, v in self.items() if k not in shipped}
+        self._slot.counters[0] += 1  # busy until the receiver releases it
+        return (_rebuild_shared, (DupFd(self._slot.fd), self._slot.size, shipped, rest, list(self)))
+
+
+def _rebuild_shared(df, size: int, layout: dict[str, tuple[int, int, str, tuple[int, ...]]], rest: dict[str, Any],
+                    keys: list[str]) -> dict[str, Any]:  # fmt: skip
+    """The receiving side of SharedBatch: one mapping, tensors over it, the slot released with it."""
+    import torch
+
+    fd = df.detach()
+    try:
+        mm = mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+    base = np.frombuffer(mm, np.uint8, size - _HEADER, _HEADER)
+    layers = {k: torch.from_numpy(base[at : at + n].view(dt).reshape(shape))
+              for k, (at, n, dt, shape) in layout.items()}  # fmt: skip
+    weakref.finalize(base, _release, mm).atexit = False  # every tensor and view holds ``base``
+    return {k: layers[k] if k in layers else rest[k] for k in keys}
+
+
+def _release(mm: mmap.mmap) -> None:
+    with _RELEASE_LOCK:
+        released = np.frombuffer(mm, "<u8", 1, 8)
+        released[0] += 1  # one aligned 8-byte store: the worker never reads half of it
+
+
 def _buffers(specs: dict[str, tuple[tuple[int, ...], np.dtype]], as_torch: bool) -> dict[str, Any]:
     """Batch buffers, one per layer: numpy, or torch tensors. Inside a DataLoader worker all layers
-    are views of ONE shared-memory block, so a batch reaches the main process as one shared
-    segment (one descriptor passed, one mapping) and torch copies nothing."""
+    are views of one reusable shared slot (a SharedBatch): fresh shared memory costs a page
+    fault per 4 KiB at every batch, about as much as decoding it (docs/loader.md)."""
     if not as_torch:
         return {k: np.empty(shape, dtype) for k, (shape, dtype) in specs.items()}
     import torch
@@ -500,32 +624,48 @@ def _buffers(specs: dict[str, tuple[tuple[int, ...], np.dtype]], as_torch: bool)
     if not _in_torch_worker():
         return {k: torch.empty(shape, dtype=tdtype(dtype)) for k, (shape, dtype) in specs.items()}
     sizes = {k: int(np.prod(shape)) * dtype.itemsize for k, (shape, dtype) in specs.items()}
-    pad = {k: -n % 8 for k, n in sizes.items()}  # keep every view 8-byte aligned
-    block = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(sum(sizes.values()) + sum(pad.values())))
-    out, at = {}, 0
+    layout, at = {}, 0
     for k, (shape, dtype) in specs.items():
-        out[k] = block[at : at + sizes[k]].view(tdtype(dtype)).view(shape)
-        at += sizes[k] + pad[k]
-    return out
+        layout[k] = (at, sizes[k], dtype.newbyteorder("=").str, tuple(shape))
+        at += sizes[k] + -sizes[k] % 64  # keep every layer 64-byte aligned
+    pool = _slot_pool()
+    slot = pool.take(at) if pool is not None else None
+    if slot is None:  # torch's shared memory: a fresh block, freed by torch
+        block = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(at, 1)))
+        return {k: block[o : o + n].view(tdtype(np.dtype(dt))).view(shape) for k, (o, n, dt, shape) in layout.items()}
+    base = np.frombuffer(slot.mm, np.uint8, slot.capacity, _HEADER)
+    slot.local = weakref.ref(base)
+    data = {k: torch.from_numpy(base[o : o + n].view(dt).reshape(shape)) for k, (o, n, dt, shape) in layout.items()}
+    return SharedBatch(data, slot, layout)
 
 
 def _as_numpy(buf) -> np.ndarray:
     return buf if isinstance(buf, np.ndarray) else buf.numpy()
 
 
-class Batch(list):
-    """What ``__getitems__`` returns: the list of samples torch's contract asks for (each a dict of
-    views into one batch buffer, so torch's default collate still works), plus ``.data``, the
-    batch already stacked, which ``collate`` hands over without a copy."""
+class Batch(Sequence):
+    """What ``__getitems__`` returns: the sequence of samples torch's contract asks for (each a dict
+    of views into the batch buffers, made only when asked for, so torch's default collate still
+    works), plus ``.data``, the batch already stacked, which ``collate`` hands over without a copy."""
 
-    def __init__(self, samples: list[dict[str, Any]], data: dict[str, Any]):
-        super().__init__(samples)
+    def __init__(self, data: dict[str, Any]):
         self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data["id"])
+
+    def __getitem__(self, b):
+        if isinstance(b, slice):
+            return [self[k] for k in range(*b.indices(len(self)))]
+        if not -len(self) <= b < len(self):
+            raise IndexError(f"sample {b} out of range for a batch of {len(self)}")
+        return {key: value[b] for key, value in self.data.items()}
 
 
 def collate(batch: Any) -> Any:
-    """DataLoader ``collate_fn`` for PatchDataset: a ``Batch`` is already stacked (no copy), anything
-    else goes to torch's default collate."""
+    """DataLoader ``collate_fn`` for PatchDataset: a ``Batch`` is already stacked (no copy; from a
+    worker, a SharedBatch that crosses to the main process as its slot), anything else goes to
+    torch's default collate."""
     if isinstance(batch, Batch):
         return batch.data
     from torch.utils.data import default_collate
@@ -700,9 +840,7 @@ class PatchDataset:
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         """torch's batched-fetch hook (map-style datasets): one ``read_batch`` for the whole batch."""
-        data = self.read_batch(indices)
-        samples = [{key: value[b] for key, value in data.items()} for b in range(len(data["id"]))]
-        return Batch(samples, data)
+        return Batch(self.read_batch(indices))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if isinstance(i, (list, tuple, np.ndarray)):

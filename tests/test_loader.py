@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing as mp
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -514,20 +516,120 @@ def test_read_batch_equals_items_across_stores(stores):
         ds.read_batch([0, len(ds)])
 
 
-def test_dataloader_batches_arrive_in_one_shared_block(stores):
-    """ds.loader (collate that takes the batch as is) and torch's default collate give the same
-    batches; from workers, all layers of a batch come in one shared-memory block."""
+def test_dataloader_batches_equal_items_with_both_collates(stores):
+    """ds.loader (collate that takes the batch as is) and torch's default collate over the samples
+    give the same batches as ds[i], from 2 workers; with ds.loader a batch arrives as one mapping
+    of a worker's slot, not as tensors torch copied."""
     torch = pytest.importorskip("torch")
     from torch.utils.data import DataLoader
 
     path, truth = stores["a"]
     ds = PatchDataset(path, as_torch=True, meta=("row",))
     fast = list(ds.loader(batch_size=6, num_workers=2, persistent_workers=False))
-    plain = list(DataLoader(ds, batch_size=6, num_workers=1))  # torch's default collate over the samples
+    plain = list(DataLoader(ds, batch_size=6, num_workers=2))  # torch's default collate over the samples
     assert [len(b["id"]) for b in fast] == [6, 6, 6, 6, 5]
-    for a, b in zip(fast, plain):
+    for k, (a, b) in enumerate(zip(fast, plain)):
+        assert type(a) is dict and list(a) == ["sar", "eo", "label", "id", "region", "split", "row"]
         assert a["id"] == b["id"] and a["split"] == b["split"]
         for name in ("sar", "eo", "label", "row"):
             np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]))
-        assert a["sar"].is_shared() and a["sar"].untyped_storage().data_ptr() == a["label"].untyped_storage().data_ptr()
+        for j in range(len(a["id"])):
+            item = ds[6 * k + j]
+            for name in ("sar", "eo", "label"):
+                np.testing.assert_array_equal(a[name][j].numpy(), item[name].numpy())
+        mapped = {_mapping_of(a[name]) for name in ("sar", "eo", "label")}
+        assert len(mapped) == 1 and "memfd:sareo-batch" in mapped.pop()
     np.testing.assert_array_equal(torch.cat([b["eo"] for b in fast]).numpy(), truth["eo"])
+
+
+def _mapping_of(tensor) -> str:
+    """The /proc/self/maps line of the mapping holding ``tensor``'s memory."""
+    ptr = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
+        if lo <= ptr < hi:
+            return line
+    raise AssertionError(f"no mapping holds {ptr:#x}")
+
+
+def _slot_mappings() -> set[str]:
+    return {line.split()[0] for line in Path("/proc/self/maps").read_text().splitlines() if "sareo-batch" in line}
+
+
+def test_held_batches_and_views_are_never_overwritten(stores, monkeypatch):
+    """Workers reuse a few shared slots: a slot is refilled only once every tensor and view of its
+    batch is gone. Holding more batches (or just a view of each) than there are slots, every one
+    still equals ds[i]; batches dropped as they come reuse the slots."""
+    torch = pytest.importorskip("torch")
+    import pipeline.loader as loader_module
+
+    monkeypatch.setattr(loader_module, "SHARED_SLOTS", 2)  # workers fork with it
+    path, _ = stores["a"]
+    ds = PatchDataset(path, as_torch=True)
+    want = PatchDataset(path).read_batch(range(len(ds)))
+    loader = ds.loader(batch_size=2, num_workers=2, prefetch_factor=2)
+    held = list(loader)  # 15 batches, at most 2 slots per worker
+    views = [b["sar"][:, 0, 5] for b in loader]  # a view of each batch; the dicts are dropped
+    for name in ("sar", "eo", "label"):
+        np.testing.assert_array_equal(torch.cat([b[name] for b in held]).numpy(), want[name])
+    np.testing.assert_array_equal(torch.cat(views).numpy(), want["sar"][:, 0, 5])
+    del held, views
+    monkeypatch.setattr(loader_module, "SHARED_SLOTS", 3)  # 1 batch prefetched + 1 held + 1 being read
+    loader = ds.loader(batch_size=2, num_workers=2, prefetch_factor=1)
+    inodes, n = set(), 0
+    for _ in range(3):
+        for b in loader:
+            where = _mapping_of(b["label"])
+            assert "memfd:sareo-batch" in where, where  # not a fresh block: the slots were free again
+            inodes.add(where.split()[4])
+            np.testing.assert_array_equal(b["label"].numpy(), want["label"][2 * (n % 15) : 2 * (n % 15) + 2])
+            n += 1
+            del b
+    assert n == 45 and len(inodes) <= 2 * 3  # 45 batches through at most 3 slots per worker
+
+
+def test_loader_leaves_no_shared_memory_behind(stores):
+    """After a loader is done and its batches are dropped: nothing new in /dev/shm, no slot still
+    mapped in this process, no descriptor left open (each of these grows on a leak)."""
+    pytest.importorskip("torch")
+    path, truth = stores["a"]
+    ds = PatchDataset(path, as_torch=True)
+    shm_before, fds_before = set(os.listdir("/dev/shm")), set(os.listdir("/proc/self/fd"))
+    for workers in (1, 2):
+        for persistent in (False, True):
+            loader = ds.loader(batch_size=4, num_workers=workers, persistent_workers=persistent)
+            for _ in range(2):
+                got = [b["label"].sum().item() for b in loader]
+                assert got == [int(truth["label"][k : k + 4].sum()) for k in range(0, 29, 4)]
+            assert _slot_mappings() == set()  # every batch dropped: every slot unmapped here
+            del loader
+    gc.collect()
+    assert _shm_leaks(shm_before) == set()
+    assert _slot_mappings() == set()
+    assert set(os.listdir("/proc/self/fd")) - fds_before == set()
+
+
+def _shm_leaks(before: set[str]) -> set[str]:
+    """Entries of /dev/shm made since ``before``, except those of other live processes (the
+    machine is shared: torch_PID_... of another job is not ours)."""
+
+    def foreign(name: str) -> bool:
+        m = re.match(r"torch_(\d+)_", name)
+        return m is not None and int(m[1]) != os.getpid() and Path(f"/proc/{m[1]}").exists()
+
+    return {n for n in set(os.listdir("/dev/shm")) - before if not foreign(n)}
+
+
+def test_no_slot_falls_back_to_torch_shared_memory(stores, monkeypatch):
+    """Workers that cannot make a slot (out of descriptors or memory) still deliver the batches."""
+    torch = pytest.importorskip("torch")
+
+    def refuse(*args):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "memfd_create", refuse)  # workers fork with it
+    path, truth = stores["a"]
+    batches = list(PatchDataset(path, as_torch=True).loader(batch_size=4, num_workers=2, persistent_workers=False))
+    for name in ("sar", "eo", "label"):
+        np.testing.assert_array_equal(torch.cat([b[name] for b in batches]).numpy(), truth[name])
+    assert all("memfd:sareo-batch" not in _mapping_of(b["sar"]) for b in batches)
