@@ -35,7 +35,7 @@ from scipy import ndimage
 from pipeline import descriptors as dsc
 from pipeline.atomic import atomic_path, write_json
 from pipeline.documents import read_json
-from pipeline.execute import Executor, local
+from pipeline.execute import Executor, gdal_cache, local
 from pipeline.geometry import AcquisitionGeometry, GeometryError, geometry_from
 from pipeline.grid import grid_for_bbox, metres_per_degree
 from pipeline.layout import RegistrationFiles, SourceFiles
@@ -1008,12 +1008,10 @@ def register_scene(
     RAM, grows with every window read); returns the record written to registration.json. The
     caller makes the directory appear atomically (the region's registration/ as a whole).
     """
-    import rasterio
-
     import contextlib
 
     p = p or CoregisterParams()
-    with rasterio.Env(GDAL_CACHEMAX=int(p.gdal_cache_mb)), contextlib.closing(OpenSources()) as sources:
+    with gdal_cache(p.gdal_cache_mb), contextlib.closing(OpenSources()) as sources:
         return _register_scene(region, source, out, p, sources)
 
 

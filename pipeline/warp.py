@@ -53,6 +53,12 @@ from pipeline.provenance import sar_attribution
 
 log = logging.getLogger("sareo.warp")
 
+# GDAL's block cache while a grid GeoTIFF is written, in bytes (rasterio's unit for GDAL_CACHEMAX):
+# too small to hold a tile, so every tile is flushed as it is written, in the stage's fixed
+# row-major order. A cache that held dirty tiles would evict them in an order that depends on
+# the reader threads' timing, and tiles would land at different file offsets (different bytes).
+WRITER_CACHE_BYTES = 256
+
 _KERNEL_RADIUS = {"nearest": 1, "bilinear": 1, "average": 1, "cubic": 2, "cubic_spline": 2, "lanczos": 3}
 
 
@@ -71,7 +77,9 @@ class GridParams:
     pad_px: int = param(2, "extra source pixels around each window, beyond the kernel radius")
     strip_px: int = param(256, "GDAL warps rows of at most this many px (bounds its row linearisation error)")
     compress: str = param("zstd", "GeoTIFF compression of the outputs")
-    gdal_cache_mb: int = param(256, "GDAL block cache bound (its default is 5 % of RAM)")
+    gdal_cache_mb: int = param(256, "GDAL block cache (MiB) of dask workers reading source windows; the stage's own "
+                               "process keeps GDAL's cache minimal, so output tiles reach the file in write order "
+                               "(deterministic bytes) and memory stays bounded")
     quicklook_max_size: int = param(1024, "longest side of quicklook.png")
 
     def __post_init__(self) -> None:
@@ -413,7 +421,7 @@ def write_sar_grid(sar: SarSource, grid: Grid, dest: str | Path, p: GridParams |
             arr[~inside] = np.nan
         return arr
 
-    with rasterio.Env(GDAL_CACHEMAX=p.gdal_cache_mb), atomic_path(dest) as tmp:
+    with rasterio.Env(GDAL_CACHEMAX=WRITER_CACHE_BYTES), atomic_path(dest) as tmp:
         with rasterio.open(tmp, "w", **prof) as dst:
             dst.update_tags(**(tags or {}), **sar.cal.to_tags(), resampling=f"{resampling.name} in linear power")
             dst.set_band_description(1, "sigma0_dB" if sar.cal.calibrated else "relative_dB")
@@ -451,7 +459,7 @@ def write_eo_grid(eo: Source, grid: Grid, dest: str | Path, p: GridParams | None
             rgb[:, ~ok] = 0
         return rgb, ok
 
-    with rasterio.Env(GDAL_CACHEMAX=p.gdal_cache_mb), atomic_path(dest) as tmp:
+    with rasterio.Env(GDAL_CACHEMAX=WRITER_CACHE_BYTES), atomic_path(dest) as tmp:
         with rasterio.open(tmp, "w", **prof) as dst:
             dst.update_tags(**(tags or {}), resampling=resampling.name, band4="valid mask: 255 valid, 0 no data")
 

@@ -490,7 +490,7 @@ def test_register_scene_bounds_the_gdal_cache(atlanta, tmp_path: Path, monkeypat
     before = get_gdal_config("GDAL_CACHEMAX")
     params = dataclasses.replace(FAST, gdal_cache_mb=37, workers=2)
     cr.register_scene(region, SourceFiles(tmp_path / "source"), RegistrationFiles(tmp_path / "reg"), params)
-    assert seen and set(seen) == {37}  # every window read, in the worker threads too
+    assert seen and set(seen) == {37 * 2**20}  # MiB, as bytes (rasterio's unit); every window read, worker threads too
     assert get_gdal_config("GDAL_CACHEMAX") == before
     with pytest.raises(ValueError, match="gdal_cache_mb"):
         cr.CoregisterParams(gdal_cache_mb=0)

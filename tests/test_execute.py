@@ -133,3 +133,24 @@ def test_a_task_failing_for_good_names_region_and_block(tmp_path: Path, fixtures
     finally:
         ex.close()
     assert not (tmp_path / "grid").exists()
+
+
+def test_gdal_cache_is_in_mib() -> None:
+    """rasterio takes GDAL_CACHEMAX in bytes: `gdal_cache(37)` must give GDAL a 37 MiB cache, not 37 bytes."""
+    import ctypes
+    import glob
+    import os
+
+    import rasterio
+
+    from pipeline.execute import gdal_cache
+
+    libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal*"))
+    if not libs:
+        pytest.skip("rasterio without a bundled libgdal (a system GDAL build)")
+    gdal = ctypes.CDLL(libs[0])
+    gdal.GDALGetCacheMax64.restype = ctypes.c_int64
+    with gdal_cache(37):
+        assert gdal.GDALGetCacheMax64() == 37 * 2**20
+    with rasterio.Env(GDAL_CACHEMAX=37):  # the trap this guards against
+        assert gdal.GDALGetCacheMax64() == 37

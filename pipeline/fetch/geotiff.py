@@ -24,7 +24,7 @@ def read_whole(path: Path, what: str, max_px: int = 4_000_000) -> None:
     from rasterio.windows import Window
 
     try:
-        with rasterio.Env(GDAL_CACHEMAX=64), rasterio.open(path) as src:
+        with rasterio.Env(GDAL_CACHEMAX=64 * 2**20), rasterio.open(path) as src:
             block_h = src.block_shapes[0][0] if src.block_shapes else 1
             rows = max(block_h, (max_px // max(1, src.width)) // block_h * block_h)
             masked = MaskFlags.per_dataset in src.mask_flag_enums[0]
