@@ -358,7 +358,7 @@ def part4(eo: np.ndarray, trials: int, held_out: bool, methods: dict) -> dict:
     return out
 
 
-BASELINE = "main"  # the method measured beside this worktree's ("old" in the tables); 874ec89 = before issue 11
+BASELINE = "dda6189"  # the method measured beside this checkout ("old" in the tables): main before the issue-11 speed-up (a fixed commit, so the baseline never drifts); 874ec89 = before issue 11
 
 
 def baseline_module(commit: str = BASELINE):

@@ -198,3 +198,20 @@ def test_bad_buckets_and_foreign_prefixes_are_refused(aws, built, capsys):
 
     assert main(["--root", str(built), "--data", "https://example.org/d", "-q", "fetch", REGION]) == 2
     assert "only local directories and s3://BUCKET/PREFIX can receive outputs" in capsys.readouterr().err
+
+
+def test_patch_shards_written_to_s3_by_cluster_workers(aws, s3_build, built):
+    """--scheduler with --data s3://: each dask worker process PUTs its whole shards; the store is the local one."""
+    import distributed
+
+    local = built / "data" / "patches" / f"{REGION}.zarr"
+    files = {p.relative_to(local).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+             for p in local.rglob("*") if p.is_file()}
+    # workers started now inherit this process's AWS settings (the loopback endpoint, test credentials)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  host="127.0.0.1") as cluster:
+        assert main(["--root", str(built), "--data", s3_build, "--scheduler", cluster.scheduler_address, "-q",
+                     "patches", REGION]) == 0
+    store = f"{s3_build}/patches/{REGION}.zarr"
+    assert {k: r["etag"].strip('"') for k, r in verify(store)["objects"].items()} == files
+    _same(PatchDataset(store), PatchDataset(local))
