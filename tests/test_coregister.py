@@ -475,6 +475,42 @@ def test_family_test_sees_layover_along_range() -> None:
     assert few["layover_seen"] and "only 2" in few["why"]
 
 
+def test_family_test_is_paired_per_tile() -> None:
+    """The two families of a tile share its template and most of its SAR: their errors are
+    correlated, so the test is on the per-tile differences, not on the two means."""
+    p = cr.CoregisterParams()
+    rng = np.random.default_rng(5)
+    tile_err = rng.normal(0, 0.5, (12, 2))  # shared by both families of a tile
+
+    def tps(d: np.ndarray) -> list:
+        return [cr.TiePoint(100.0 * i, 40.0 * (i % 4), 5 + d[i, 0], -3 + d[i, 1], 0.8, 0.5, inlier=True)
+                for i in range(len(d))]
+
+    ground = tps(tile_err)
+    # a consistent 0.3 px shift of every tile (layover) under 0.5 px tile noise: the means' standard
+    # errors in quadrature (~0.2 px) would hide it; the paired differences do not
+    shifted = tile_err + np.array([0.3, 0.0]) + rng.normal(0, 0.02, (12, 2))
+    seen = cr.family_test(ground, tps(shifted), None, p)
+    assert seen["layover_seen"], seen
+    assert seen["difference_px"]["x"] == pytest.approx(0.3, abs=0.03)
+    # the differences barely scatter: the 0.05 px statistical floor and the systematic term
+    assert seen["sigma_px"]["x"] == pytest.approx(math.hypot(0.05, p.family_systematic_px), abs=1e-4)
+    # per-tile differences that scatter 0.4 px around a small mean: no consistent shift
+    jitter = rng.normal(0, 0.4, (12, 2))
+    noisy = tile_err + np.array([0.1, 0.0]) + jitter - jitter.mean(0)
+    not_seen = cr.family_test(ground, tps(noisy), None, p)
+    assert not not_seen["layover_seen"], not_seen
+    assert not_seen["difference_px"]["x"] == pytest.approx(0.1, abs=1e-3) and not_seen["sigma_px"]["x"] > 0.08
+    # a tile that is an outlier in either family does not count
+    out = [t.with_inlier(i % 2 == 0) for i, t in enumerate(tps(shifted))]
+    assert cr.family_test(ground, out, None, p)["common_tiles"] == 6
+    # a consistent 0.15 px difference is within what masking alone moves a scene (no layover seen),
+    # unless the systematic term is dropped
+    mask_bias = tile_err + np.array([0.0, 0.15]) + rng.normal(0, 0.02, (12, 2))
+    assert not cr.family_test(ground, tps(mask_bias), None, p)["layover_seen"]
+    assert cr.family_test(ground, tps(mask_bias), None, dataclasses.replace(p, family_systematic_px=0.0))["layover_seen"]
+
+
 def test_register_scene_bounds_the_gdal_cache(atlanta, tmp_path: Path, monkeypatch) -> None:
     from rasterio.env import get_gdal_config
 
