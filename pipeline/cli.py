@@ -14,12 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from pipeline import __version__
 from pipeline.atomic import remove_tree, write_text
 from pipeline.coregister import CoregisterParams
-from pipeline.dvcfiles import build_regions, index_sets, render_dvc_yaml, render_index, slots_of
+from pipeline.dvcfiles import build_regions, index_sets, render_dvc_yaml, render_index
 from pipeline.execute import close_all
 from pipeline.layout import INDEX_FILE, ProjectLayout
 from pipeline.locks import stage_lock
@@ -89,9 +87,8 @@ def sync(layout: ProjectLayout, sets: tuple[str, ...] | None = None) -> list[str
     ``sets``: the named region sets to build (regions/SET/*.yaml); None keeps those of the index.
     Then remove the outputs of regions that are no longer in the build (see :func:`prune_removed`).
     """
-    index, names = render_index(layout, sets)
-    entries = list((yaml.safe_load(index).get("regions") or {}).values())
-    dvc_yaml = render_dvc_yaml(slots=slots_of(entries[0]) if entries else None)
+    index, names, slots = render_index(layout, sets)
+    dvc_yaml = render_dvc_yaml(slots=slots)
     for target, text in ((layout.index_file, index), (layout.root / "dvc.yaml", dvc_yaml)):
         if not target.exists() or target.read_text(encoding="utf-8") != text:
             write_text(target, text)

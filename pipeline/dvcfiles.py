@@ -194,9 +194,14 @@ def input_index(regions: list[Region], root: Path) -> dict[str, dict[str, str]]:
 
 
 def index_slots(index_file: Path) -> tuple[str, ...]:
-    """The input slots of an index (the base slots when there is no index or no region)."""
+    """The input slots of an index file (the base slots when there is no index or no region)."""
     data = yaml.safe_load(index_file.read_text(encoding="utf-8")) if index_file.exists() else None
-    entries = list(((data or {}).get("regions") or {}).values())
+    return entries_slots((data or {}).get("regions") or {})
+
+
+def entries_slots(index: dict[str, dict[str, str]]) -> tuple[str, ...]:
+    """The input slots of index entries (every entry has the same ones; none: the base slots)."""
+    entries = list(index.values())
     return slots_of(entries[0]) if entries else tuple(INPUT_SLOTS)
 
 
@@ -222,12 +227,14 @@ def build_regions(layout: ProjectLayout, sets: tuple[str, ...] | None = None) ->
     return load_regions(layout.regions_dir, index_sets(layout) if sets is None else sets)
 
 
-def render_index(layout: ProjectLayout, sets: tuple[str, ...] | None = None) -> tuple[str, list[str]]:
-    """regions.index.yaml as text, and the region names, after validating every region file of the build."""
+def render_index(layout: ProjectLayout, sets: tuple[str, ...] | None = None
+                 ) -> tuple[str, list[str], tuple[str, ...]]:
+    """regions.index.yaml as text, the region names and the input slots (what dvc.yaml depends on),
+    after validating every region file of the build."""
     sets = index_sets(layout) if sets is None else tuple(sorted(dict.fromkeys(sets)))
     regions = build_regions(layout, sets)
     index = input_index(regions, layout.root)
     doc: dict[str, Any] = {"regions": index}
     if sets:
         doc["sets"] = list(sets)
-    return INDEX_HEADER + yaml.safe_dump(doc, sort_keys=True), list(index)
+    return INDEX_HEADER + yaml.safe_dump(doc, sort_keys=True), list(index), entries_slots(index)
