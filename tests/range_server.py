@@ -14,11 +14,12 @@ import http.server
 import os
 import re
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from servers import running  # tests/ is on sys.path (pytest, benchmarks)
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
@@ -93,10 +94,5 @@ def serve_ranges(directory: str | Path, requests: list | None = None, tls: ssl.S
     server = _Server(("127.0.0.1", 0), functools.partial(handler))
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with running(server, "https" if tls else "http") as url:
+        yield url

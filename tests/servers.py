@@ -93,10 +93,17 @@ def serve_directory(directory: str | Path, truncate: tuple[str, ...] = (), laten
                                       "requests": requests})
     server = _Server(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
     server.daemon_threads = True
+    with running(server) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running(server: http.server.HTTPServer, scheme: str = "http") -> Iterator[str]:
+    """Serve ``server`` (bound to 127.0.0.1) on a daemon thread; yields its base URL; shuts it down after."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
