@@ -33,7 +33,7 @@ from pipeline.progress import Progress
 from pipeline.provenance import attribution_lines, licences, parse_datetime, sha256_file
 from pipeline.scenes import Scene, SceneError, read_scenes
 from pipeline.splits import SPLITS, SplitsParams, split_footprints, split_patches
-from pipeline.storage import open_output_store, reopen_output_store
+from pipeline.storage import open_output_store, output_location, reopen_output_store
 from pipeline.store import LABEL_NODATA, N_CLASSES, PATCH_ORDER, create_store, write_meta, write_shards
 from pipeline.tiequality import tie_point_quality
 
@@ -415,7 +415,7 @@ def _patch_region(region: Any, source: SourceFiles, registration: RegistrationFi
                                    str(label_layers["label"].name),
                                    str(label_layers["zones"].name) if "zones" in label_layers else None, size)
             s_of, r_of, c_of = scene_of[order], rows[order], cols[order]
-            ref = target.out.url if hasattr(target, "out") else str(target)  # S3 prefix, or the local temporary
+            ref = output_location(target)
             shards = [Shard(ref, a, s_of[a : a + p.shard_patches], r_of[a : a + p.shard_patches],
                             c_of[a : a + p.shard_patches]) for a in range(0, n, p.shard_patches)]
             with Progress("patches: shards", len(shards), "shards", logger=log) as bar:

@@ -321,6 +321,12 @@ def open_output_store(location: str | os.PathLike[str]) -> Iterator[Any]:
             yield tmp
 
 
+def output_location(target: Any) -> str:
+    """Where a target that :func:`open_output_store` yielded lives, for :func:`reopen_output_store`
+    in another process: the S3 prefix of its store, or the local temporary path."""
+    return target.out.url if isinstance(getattr(target, "out", None), S3Prefix) else str(target)
+
+
 def reopen_output_store(location: str):  # -> zarr.Group
     """The store :func:`open_output_store` is creating, opened again for writing shards, in any
     process (a task on a dask worker): the local temporary path, or the ``s3://`` prefix."""
